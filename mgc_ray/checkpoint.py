@@ -1,0 +1,99 @@
+"""Self-contained model checkpoints: everything `predict` needs, nothing else.
+
+A checkpoint is a directory holding `model.pt`, a dict with:
+    format        CHECKPOINT_FORMAT (refuse others with a clear error)
+    version       mgc_ray.__version__ that wrote it
+    model_config  dataclasses.asdict(ModelConfig): arch, sample rate, window,
+                  n_mels, crop length, the 1D normalisation statistics
+    label_names   genre names in label order
+    state_dict    the model's weights (on CPU)
+    train_config  the trial's TrainConfig as a dict (informational)
+    epoch, metrics  the epoch it was taken at and its validation metrics
+Training state (optimiser, epoch history) sits beside it in `train_state.pt`
+so that a restarted trial continues; `predict` never reads that file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mgc_ray import __version__
+from mgc_ray.config import ModelConfig
+from mgc_ray.errors import UserError
+
+CHECKPOINT_FORMAT = 1
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save(directory: str | Path, model: torch.nn.Module, model_config: ModelConfig,
+         label_names: list[str], *, train_config: dict | None = None, epoch: int | None = None,
+         metrics: dict | None = None, train_state: dict | None = None) -> Path:
+    """Write a checkpoint directory (atomically per file) and return it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_save({"format": CHECKPOINT_FORMAT, "version": __version__,
+                  "model_config": dataclasses.asdict(model_config),
+                  "label_names": list(label_names), "state_dict": state,
+                  "train_config": train_config or {}, "epoch": epoch,
+                  "metrics": metrics or {}}, d / MODEL_FILE)
+    if train_state is not None:
+        _atomic_save(train_state, d / STATE_FILE)
+    return d
+
+
+def load_payload(path: str | Path) -> dict:
+    """Read a checkpoint (a directory or its model.pt) and check its format."""
+    p = Path(path)
+    f = p / MODEL_FILE if p.is_dir() else p
+    if not f.is_file():
+        raise UserError(f"no checkpoint at {p}: expected a directory holding {MODEL_FILE}")
+    try:
+        payload = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"cannot read checkpoint {f}: {exc.__class__.__name__}; is it an mgc_ray checkpoint?") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise UserError(f"checkpoint {f} has format {found!r}, this mgc_ray {__version__} reads format "
+                        f"{CHECKPOINT_FORMAT}: re-train or use the mgc_ray version that wrote it "
+                        f"({payload.get('version') if isinstance(payload, dict) else 'unknown'})")
+    return payload
+
+
+def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from a checkpoint. Returns (model in eval mode, payload)."""
+    from mgc_ray.models import build_model  # models import torch front ends; keep import lazy
+
+    payload = load_payload(path)
+    cfg = dict(payload["model_config"])
+    if expect_arch is not None and cfg["arch"] != expect_arch:
+        raise UserError(f"checkpoint {path} holds arch {cfg['arch']!r}, not {expect_arch!r}")
+    cfg["pretrained_path"] = None  # weights come from the checkpoint itself
+    model = build_model(cfg.pop("arch"), **cfg)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not fit its own model config "
+                        f"({str(exc).splitlines()[0]}); it was written by mgc_ray {payload.get('version')}") from None
+    model.eval()
+    return model, payload
+
+
+def model_config_of(payload: dict) -> ModelConfig:
+    return ModelConfig(**payload["model_config"])
+
+
+def load_train_state(directory: str | Path) -> dict | None:
+    f = Path(directory) / STATE_FILE
+    return torch.load(f, map_location="cpu", weights_only=False) if f.is_file() else None

@@ -1,0 +1,159 @@
+"""Frozen configs, the one home of defaults, and the paper's presets.
+
+Every number that the paper fixes lives here with its reason. Code below the
+CLI reads these dataclasses, never Tune's flat config dict (STYLE habit 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# --- the paper's constants -------------------------------------------------
+CACHE_SAMPLE_RATE = 22_050   # the paper's 2D frame counts (128, 224) only work out at 22,050 Hz
+WAVE_1D_SAMPLE_RATE = 16_000  # the paper's 1D input: 16 kHz mono
+N_CLASSES = 8                # fma_small's 8 top-level genres
+CROP_SECONDS = 10.0          # the paper's random 10-s crop
+TOP_DB = 80.0                # librosa.power_to_db's default floor
+NOISE_P = 0.5                # Gaussian noise on half the training examples
+NOISE_MAX_REL = 0.03         # noise amplitude uniform below 3 % of the clip's max
+STRETCH_P = 0.5              # time stretch on half the training examples
+STRETCH_RANGE = (0.9, 1.1)   # resampling factor, uniform
+PAPER_EPOCHS = 20            # keep the epoch with the lowest validation loss
+PAPER_SPLIT = (0.8, 0.1, 0.1)  # shuffled train/val/test
+
+# --- the cache ---------------------------------------------------------------
+CACHE_SCHEMA_VERSION = 1     # bump when the shard or manifest layout changes
+MIN_TRACK_SECONDS = 2.0      # shorter decoded audio is "too short" (bad); longer but < crop is padded
+SILENCE_PEAK = 1e-4          # a track whose peak |x| stays below this (-80 dBFS) is "silent" (bad)
+TRACKS_PER_SHARD = 64        # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size
+SPLITS = ("train", "val", "test")
+
+# Where the built-in demo dataset and its cache live when no data is given.
+DEFAULT_HOME = "~/.cache/mgc_ray"
+FMA_ROOT_ENV = "MGC_FMA_ROOT"  # environment variable naming an FMA root
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything a model needs to be rebuilt; stored in every checkpoint.
+
+    Args:
+        arch: a name from `mgc_ray.models.list_models()`.
+        n_classes: output logits.
+        sample_rate: rate of the waveform the model receives (the cache rate).
+        window: STFT window = n_fft (samples at `sample_rate`); hop = window // 2.
+        n_mels: mel bands of the 2D front end.
+        crop_seconds: crop length the model was trained on (predict slides this window).
+        wave_mean, wave_std: training-set waveform statistics for the 1D z-score.
+        pretrained_path: optional local torchvision DenseNet-121 state dict.
+    """
+
+    arch: str
+    n_classes: int = N_CLASSES
+    sample_rate: int = CACHE_SAMPLE_RATE
+    window: int = 1976
+    n_mels: int = 224
+    crop_seconds: float = CROP_SECONDS
+    wave_mean: float = 0.0
+    wave_std: float = 1.0
+    pretrained_path: str | None = None
+
+    @property
+    def hop(self) -> int:
+        return self.window // 2  # 50 % overlap, the paper's
+
+    @property
+    def crop_samples(self) -> int:
+        return int(round(self.crop_seconds * self.sample_rate))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One trial's hyperparameters; Tune's flat dict becomes this at trial entry."""
+
+    arch: str
+    lr: float = 1e-4            # the paper's Adam learning rate
+    weight_decay: float = 1e-4  # the paper's
+    batch_size: int = 32        # the paper's for 2D
+    window: int = 1976
+    n_mels: int = 224
+    crop_seconds: float = CROP_SECONDS
+    max_epochs: int = PAPER_EPOCHS
+    seed: int = 0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.window < 16 or self.n_mels < 1 or self.crop_seconds <= 0:
+            raise ValueError("window, n_mels and crop_seconds must be positive")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Build from Tune's flat dict, ignoring keys that are not fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("batch_size", "window", "n_mels", "max_epochs", "seed"):
+            if k in kw:
+                kw[k] = int(kw[k])
+        for k in ("lr", "weight_decay", "crop_seconds"):
+            if k in kw:
+                kw[k] = float(kw[k])
+        return cls(**kw)
+
+    def model_config(self, sample_rate: int, wave_mean: float = 0.0, wave_std: float = 1.0,
+                     n_classes: int = N_CLASSES) -> ModelConfig:
+        return ModelConfig(arch=self.arch, n_classes=n_classes, sample_rate=sample_rate,
+                           window=self.window, n_mels=self.n_mels, crop_seconds=self.crop_seconds,
+                           wave_mean=wave_mean, wave_std=wave_std)
+
+
+@dataclass(frozen=True)
+class PaperPreset:
+    """The paper's exact settings for one architecture (SPEC section 1)."""
+
+    arch: str
+    label: str                 # the row name in the paper's Table 1
+    batch_size: int
+    window: int
+    n_mels: int
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    crop_seconds: float = CROP_SECONDS
+    epochs: int = PAPER_EPOCHS
+    table1: Mapping[str, float] = field(default_factory=dict)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        kw = dict(arch=self.arch, lr=self.lr, weight_decay=self.weight_decay,
+                  batch_size=self.batch_size, window=self.window, n_mels=self.n_mels,
+                  crop_seconds=self.crop_seconds, max_epochs=self.epochs)
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+
+# Table 1 of the paper (test set), under the metric names `mgc_ray.metrics` logs.
+def _t1(f1: float, acc: float, p: float, r: float) -> dict[str, float]:
+    return {"paper_f1": f1, "paper_accuracy": acc, "macro_precision": p, "macro_recall": r}
+
+
+PAPER: dict[str, PaperPreset] = {
+    # 1D: batch 16 "due to memory constraints"; window/n_mels unused by the 1D branch.
+    "baseline_a_1d": PaperPreset("baseline_a_1d", "1D Baseline A", 16, 3472, 513,
+                                 table1=_t1(0.448, 0.864, 0.438, 0.457)),
+    # window 3472 (~160 ms) -> 513 x 128 at 22,050 Hz
+    "baseline_a_2d": PaperPreset("baseline_a_2d", "2D Baseline A", 32, 3472, 513,
+                                 table1=_t1(0.558, 0.889, 0.556, 0.559)),
+    "baseline_b": PaperPreset("baseline_b", "Baseline B", 32, 3472, 513,
+                              table1=_t1(0.534, 0.883, 0.537, 0.531)),
+    # window 1976 (~90 ms) -> 224 x 224 at 22,050 Hz
+    "densenet": PaperPreset("densenet", "DenseNet", 32, 1976, 224,
+                            table1=_t1(0.574, 0.892, 0.578, 0.571)),
+    # batch 8: the paper's memory limit for the two-branch net
+    "fusion": PaperPreset("fusion", "FusionNet", 8, 1976, 224,
+                          table1=_t1(0.553, 0.888, 0.548, 0.557)),
+}

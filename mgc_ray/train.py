@@ -1,0 +1,123 @@
+"""The plain-torch epoch loop: no Ray here, so it tests fast on a CPU.
+
+The trial (`trainable.py`) feeds it batches from Ray Data; tests and
+benchmarks feed it tensors directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mgc_ray.config import TrainConfig
+from mgc_ray.metrics import compute_metrics
+
+
+def pick_device() -> torch.device:
+    """The first CUDA device when there is one (Ray sets CUDA_VISIBLE_DEVICES per trial)."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to `device`; on CUDA use channels_last (the conv kernels' fast layout)."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); nothing on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay, the paper's optimiser (lr 1e-4, wd 1e-4 at paper settings)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                optimizer: torch.optim.Optimizer, *, augment=None, generator: torch.Generator | None = None,
+                device: torch.device | None = None, amp: bool = True) -> dict[str, float]:
+    """One pass over `batches` with unweighted cross-entropy (the paper's loss).
+
+    Args:
+        batches: (wave (B, N) float in [-1, 1], label (B,)) pairs, already on the device.
+        augment: optional callable (wave, generator) -> wave, run on the device.
+    Returns:
+        {"loss": mean training loss, "samples": n, "seconds": wall time, "samples_per_s"}.
+    """
+    device = device or next(model.parameters()).device
+    model.train()
+    total, n, t0 = 0.0, 0, time.perf_counter()
+    for wave, label in batches:
+        if augment is not None:
+            wave = augment(wave, generator)  # (B, N), noise + stretch on the device
+        with autocast(device, amp):
+            logits = model(wave)  # (B, n_classes)
+            loss = F.cross_entropy(logits.float(), label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(label)
+        n += len(label)
+    seconds = time.perf_counter() - t0
+    if n == 0:
+        raise RuntimeError("the training split gave no batch: is it smaller than one batch?")
+    return {"loss": total / n, "samples": n, "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, batches: Iterable, *, device: torch.device | None = None,
+                   amp: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits of every crop.
+
+    Args:
+        batches: (wave, label) or (wave, label, track_id) tuples.
+    Returns:
+        (logits (N, C) float32, labels (N,), track_ids (N,) or -1 where not given).
+    """
+    device = device or next(model.parameters()).device
+    model.eval()
+    out, labels, ids = [], [], []
+    for b in batches:
+        wave, label = b[0], b[1]
+        with autocast(device, amp):
+            out.append(model(wave).float().cpu())  # (B, n_classes)
+        labels.append(torch.as_tensor(label).cpu())
+        ids.append(torch.as_tensor(b[2]).cpu() if len(b) > 2 else torch.full((len(label),), -1))
+    if not out:
+        raise RuntimeError("the evaluation split gave no batch: is it empty?")
+    return torch.cat(out).numpy(), torch.cat(labels).numpy(), torch.cat(ids).numpy()
+
+
+def track_level(logits: np.ndarray, labels: np.ndarray, track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average the crops' logits per track (crops covering the whole clip)."""
+    uniq, inv = np.unique(track_ids, return_inverse=True)
+    summed = np.zeros((len(uniq), logits.shape[1]), dtype=np.float64)
+    np.add.at(summed, inv, logits)
+    counts = np.bincount(inv, minlength=len(uniq))[:, None]
+    first = np.zeros(len(uniq), dtype=np.int64)
+    first[inv[::-1]] = np.arange(len(inv))[::-1]
+    return (summed / counts).astype(np.float32), labels[first]
+
+
+def score(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, float]:
+    """Cross-entropy plus every metric of `mgc_ray.metrics` for these logits."""
+    loss = float(F.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(labels).long()))
+    return {"loss": loss, **compute_metrics(labels, logits.argmax(1), label_names)}
+
+
+def tensor_batches(waves: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from in-memory tensors (tests and benchmarks without Ray)."""
+    order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield waves[idx], labels[idx]
