@@ -1,0 +1,101 @@
+"""The paper's metrics and the standard ones, under distinct names; the confusion matrix.
+
+`compute_metrics` returns exactly these keys (they are MLflow metric keys and
+the keys of `config.PAPER[...].table1`):
+
+    macro_precision   mean over the k classes of TP / (TP + FP) (the paper's precision)
+    macro_recall      mean over the k classes of TP / (TP + FN) (the paper's recall)
+    paper_f1          2 P R / (P + R) of macro_precision and macro_recall (the paper's F1;
+                      0.578 and 0.571 give 0.574), not the mean of per-class F1
+    paper_accuracy    mean over classes of one-vs-rest accuracy (TP + TN) / N (the paper's
+                      accuracy); with k balanced classes it is 1 - 2 (1 - top1) / k
+    macro_f1          mean of per-class F1 (scikit-learn's f1_score(average="macro"))
+    top1_accuracy     fraction of examples whose predicted class is the true one
+    precision/<label>, recall/<label>, f1/<label>   per class, label name as given
+                      (e.g. f1/Hip-Hop)
+
+A class never predicted has precision 0, a class never present has recall 0,
+and 0/0 F1 is 0 (scikit-learn's zero_division=0). Plain numpy: scikit-learn is
+only a test dependency.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+METRIC_NAMES = ("macro_precision", "macro_recall", "paper_f1", "paper_accuracy", "macro_f1", "top1_accuracy")
+PER_CLASS_PREFIXES = ("precision", "recall", "f1")
+
+
+def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                     n_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs.
+
+    Args:
+        y_true: true class indices in [0, n_classes).
+        y_pred: predicted class indices in [0, n_classes), same length.
+        n_classes: number of classes k.
+
+    Returns:
+        (k, k) int64 array; rows are true classes, columns predicted classes.
+    """
+    t = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {t.size} vs {p.size}")
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= n_classes):
+        raise ValueError(f"class indices must lie in [0, {n_classes})")
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def harmonic_f1(precision: float, recall: float) -> float:
+    """The paper's F1: 2 P R / (P + R) (0 when both are 0); 0.578 and 0.571 give 0.574."""
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den == 0 (zero_division=0)."""
+    out = np.zeros_like(num, dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def compute_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
+                    label_names: Sequence[str]) -> dict[str, float]:
+    """The paper's and the standard classification metrics.
+
+    Args:
+        y_true: true class indices.
+        y_pred: predicted class indices (argmax of the logits).
+        label_names: one name per class, in index order (k = len(label_names)).
+
+    Returns:
+        dict of floats under the names in the module docstring.
+    """
+    k = len(label_names)
+    cm = confusion_matrix(y_true, y_pred, k).astype(np.float64)
+    n = cm.sum()
+    if n == 0:
+        raise ValueError("compute_metrics needs at least one example")
+    tp = np.diag(cm)  # (k,)
+    fp = cm.sum(axis=0) - tp  # predicted as the class, but not it
+    fn = cm.sum(axis=1) - tp  # the class, predicted as another
+    tn = n - tp - fp - fn
+    precision = _safe_div(tp, tp + fp)  # (k,)
+    recall = _safe_div(tp, tp + fn)  # (k,)
+    f1 = _safe_div(2 * precision * recall, precision + recall)  # (k,)
+    p, r = float(precision.mean()), float(recall.mean())
+    out = {
+        "macro_precision": p,
+        "macro_recall": r,
+        "paper_f1": harmonic_f1(p, r),
+        "paper_accuracy": float(((tp + tn) / n).mean()),
+        "macro_f1": float(f1.mean()),
+        "top1_accuracy": float(tp.sum() / n),
+    }
+    for i, name in enumerate(label_names):
+        out[f"precision/{name}"] = float(precision[i])
+        out[f"recall/{name}"] = float(recall[i])
+        out[f"f1/{name}"] = float(f1[i])
+    return out
