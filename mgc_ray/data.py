@@ -95,6 +95,7 @@ class CacheDatasets:
             size = sum(_file_size(p) for s in ("train", "val", "test") for p in shard_paths(cache, s))
             store = ray.available_resources().get("object_store_memory", 0)
             materialise = size <= MATERIALISE_SHARE * store
+        _quiet_ray_data()
         cols = ["track_id", "label", "samples"]
         splits = {}
         for split in ("train", "val", "test"):
@@ -108,10 +109,15 @@ def _file_size(path: str) -> int:
 
 
 def _quiet_ray_data() -> None:
+    """Tune's table is the progress display: no per-epoch Ray Data bars or plan logs.
+
+    Datasets capture the DataContext where they are built, so the driver calls this
+    too (in `CacheDatasets.build`)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # Tune's table is the progress display inside trials
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 def train_batches(ds, *, crop_len: int, batch_size: int, seed: int, epoch: int,

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--fma-root", help=f"FMA root (fma_metadata/, fma_<subset>/); or set ${FMA_ROOT_ENV}")
     data.add_argument("--cache", help="a prepared cache (python -m mgc_ray.prepare)")
     p.add_argument("--subset", default="small", choices=("small", "medium", "large"))
-    p.add_argument("--split", default="paper", choices=("paper", "official"))
+    p.add_argument("--split", choices=("paper", "official"),
+                   help="paper: seeded 80/10/10 shuffle (default); official: FMA's set.split")
     p.add_argument("--num-samples", type=int, help="trials (default: 32 on FMA, 4 on the demo)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial; ASHA's max_t (default 20; 4 on the demo)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
@@ -119,7 +120,7 @@ def resolve_data(args) -> tuple[str, str | None, str]:
         if not root_p.is_dir():
             raise UserError(f"--fma-root {root} does not exist: point it at the folder holding fma_metadata/")
         key = hashlib.sha1(str(root_p).encode()).hexdigest()[:8]
-        cache = home() / "caches" / f"{args.subset}-{args.split}-s{args.seed}-{CACHE_SAMPLE_RATE}-{key}"
+        cache = home() / "caches" / f"{args.subset}-{args.split or 'paper'}-s{args.seed}-{CACHE_SAMPLE_RATE}-{key}"
         return str(cache), str(root_p), f"fma_{args.subset}"
     kind = "demo-smoke" if args.smoke else "demo"
     size = SMOKE_DEMO if args.smoke else DEMO
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if fma_root is not None:
         from mgc_ray.prepare import prepare
 
-        prepare(fma_root, cache, subset=args.subset, split=args.split, seed=args.seed, address=None)
+        prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", seed=args.seed)
     manifest = check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
     run_search(plan, space, manifest, args=args, results_root=results_root)
     return 0
