@@ -1,0 +1,473 @@
+"""Decode every track once into int16 Parquet shards with a manifest, as Ray tasks.
+
+    python -m mgc_ray.prepare --fma-root DIR [--subset small] [--out CACHE] [--sample-rate 22050]
+                              [--split paper|official] [--seed 0] [--address ADDR]
+
+One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in track-id
+order), so a cluster shares the decoding; the driver only plans, tallies and
+writes the manifest. Layout: see `mgc_ray.cache`.
+
+Idempotent and atomic: each task writes its parquet, then a JSON sidecar (bad
+tracks, sample sums), both under temporary names renamed into place; a shard
+counts as done only when both are there and agree with the settings, so a
+re-run redoes exactly what a killed run left unfinished. manifest.json is
+written last. A cache made with other settings is refused, never mixed.
+
+Decoding: soundfile (libsndfile, reads MP3), librosa/audioread only where it
+fails; channels averaged to mono; resampled with scipy's `resample_poly`
+(exact rational ratio, e.g. 44,100 -> 22,050 is 1:2 and 48,000 -> 22,050 is
+147:320, with a linear-phase Kaiser anti-aliasing FIR; C code, no numba
+start-up, the same output on every node); clipped to [-1, 1] (FMA's clips
+peak a little above full scale). Bad tracks (missing, empty, undecodable,
+shorter than MIN_TRACK_SECONDS, silent) are reported and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from math import gcd
+from typing import Sequence
+
+import numpy as np
+
+from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, default_cache_dir, to_int16
+from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
+                            SPLITS, TRACKS_PER_SHARD)
+from mgc_ray.errors import UserError, run_cli
+from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
+
+# Tasks return small dicts and write their shards to disk: the object store barely
+# holds anything, so a local Ray needs little of it (75 MiB is Ray's minimum).
+OBJECT_STORE_BYTES = 128 * 2**20
+TASK_RETRIES = 2  # a shard task whose worker died (OOM, node lost) is retried this often
+BAD_KINDS = ("missing", "empty", "undecodable", "too short", "silent")  # the summary's order
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard's work: its name, split and tracks (parallel tuples, track-id order)."""
+
+    name: str
+    split: str
+    track_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    paths: tuple[str, ...]
+
+
+def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD) -> list[ShardPlan]:
+    """Deterministic shard assignment: by split, then track id, in chunks.
+
+    Args:
+        tracks: `fma.load_dataset(...).tracks` (index track_id; label, split, path).
+        tracks_per_shard: tracks per shard (the last of a split may hold fewer).
+
+    Returns:
+        Shards named `<split>-<NNNNN>`, numbered from 0 within each split.
+    """
+    plans = []
+    for split in SPLITS:
+        rows = tracks[tracks["split"] == split].sort_index()
+        for n, start in enumerate(range(0, len(rows), tracks_per_shard)):
+            chunk = rows.iloc[start:start + tracks_per_shard]
+            plans.append(ShardPlan(f"{split}-{n:05d}", split, tuple(int(i) for i in chunk.index),
+                                   tuple(int(x) for x in chunk["label"]), tuple(str(p) for p in chunk["path"])))
+    return plans
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence fd 2 (mpg123 prints resync notes on broken files; the manifest gets the reason)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def _read_any(path: str) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and its rate: soundfile, else librosa/audioread."""
+    import soundfile as sf
+
+    try:
+        with _native_stderr_silenced():
+            x, sr = sf.read(path, dtype="float32", always_2d=True)
+        return x, int(sr)
+    except Exception as sf_exc:  # noqa: BLE001 - any decoder failure makes the track bad, not the run
+        try:
+            with warnings.catch_warnings(), _native_stderr_silenced():
+                warnings.simplefilter("ignore")
+                import librosa
+
+                y, sr = librosa.load(path, sr=None, mono=False)
+        except Exception as lr_exc:  # noqa: BLE001
+            msg = _first_line(sf_exc).replace(f"'{path}'", "file").replace(path, "file")
+            raise ValueError(f"soundfile: {msg}; audioread: {_first_line(lr_exc)}") from None
+        return np.atleast_2d(y).T.astype(np.float32), int(sr)
+
+
+def decode_audio(path: str, sample_rate: int = CACHE_SAMPLE_RATE) -> np.ndarray:
+    """Decode an audio file to a mono float32 waveform at `sample_rate`, clipped to [-1, 1].
+
+    Args:
+        path: an mp3 (or anything libsndfile or audioread reads).
+        sample_rate: target rate.
+
+    Returns:
+        (n,) float32.
+
+    Raises:
+        ValueError: the file cannot be decoded (the message names both decoders' errors).
+    """
+    from scipy.signal import resample_poly
+
+    x, sr = _read_any(path)
+    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if sr != sample_rate and len(mono):
+        g = gcd(int(sample_rate), int(sr))
+        mono = resample_poly(mono, sample_rate // g, sr // g).astype(np.float32)
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def check_track(path: str, sample_rate: int) -> tuple[np.ndarray | None, str | None]:
+    """Decode a track and judge it: (waveform, None) if good, (None, "kind: detail") if bad.
+
+    Args:
+        path: the track's audio file.
+        sample_rate: the cache rate.
+
+    Returns:
+        The waveform or the reason it is bad; the kind is one of BAD_KINDS.
+    """
+    if not os.path.isfile(path):
+        return None, "missing: no such file"
+    if os.path.getsize(path) == 0:
+        return None, "empty: 0-byte file"
+    try:
+        x = decode_audio(path, sample_rate)
+    except ValueError as exc:
+        return None, f"undecodable: {exc}"
+    if len(x) == 0:
+        return None, "empty: no audio frames"
+    if len(x) < MIN_TRACK_SECONDS * sample_rate:
+        return None, f"too short: {len(x) / sample_rate:.2f} s < {MIN_TRACK_SECONDS:g} s"
+    peak = float(np.abs(x).max())
+    if peak < SILENCE_PEAK:
+        return None, f"silent: peak {peak:.1e} < {SILENCE_PEAK:.0e}"
+    return x, None
+
+
+def _atomic_write(path: str, write) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _shard_files(out: str, name: str) -> tuple[str, str]:
+    base = os.path.join(out, SHARD_DIR, name)
+    return base + ".parquet", base + ".json"
+
+
+def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> dict:
+    """Decode one shard's tracks and write its parquet, then its sidecar (the Ray task body).
+
+    Args:
+        plan: the shard.
+        out: the cache folder (must be reachable from the node running this).
+        sample_rate: the cache rate.
+        settings: the cache settings, stored in the sidecar.
+
+    Returns:
+        The sidecar: name, split, settings, track_ids (planned), good_track_ids, bad
+        ([{track_id, path, reason}]), and exact integer sums of the int16 samples
+        (sum, sumsq, count) for the training-set mean and std.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids, labels, waves, bad = [], [], [], []
+    for tid, label, path in zip(plan.track_ids, plan.labels, plan.paths):
+        x, reason = check_track(path, sample_rate)
+        if reason:
+            bad.append({"track_id": tid, "path": path, "reason": reason})
+        else:
+            ids.append(tid)
+            labels.append(label)
+            waves.append(to_int16(x))
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(waves) if waves else np.zeros(0, np.int16)
+    table = pa.table({
+        "track_id": pa.array(ids, pa.int64()),
+        "label": pa.array(labels, pa.int32()),
+        "split": pa.array([plan.split] * len(ids), pa.string()),
+        "num_samples": pa.array(lengths, pa.int64()),
+        "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
+    })
+    parquet, sidecar = _shard_files(out, plan.name)
+    os.makedirs(os.path.dirname(parquet), exist_ok=True)
+    _atomic_write(parquet, lambda p: pq.write_table(table, p))
+    v = values.astype(np.int64)
+    info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
+            "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size)}
+    _atomic_write(sidecar, lambda p: _write_json(p, info))
+    return info
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def finished_shard(out: str, plan: ShardPlan, settings: dict) -> dict | None:
+    """The sidecar of a shard a previous run finished with these settings, else None.
+
+    Raises:
+        UserError: the shard was made with other settings (the cache must not mix them).
+    """
+    parquet, sidecar = _shard_files(out, plan.name)
+    info = _read_json(sidecar)
+    if info is None:
+        return None
+    if info.get("settings") != settings or info.get("track_ids") != list(plan.track_ids):
+        why = _diff(info.get("settings"), settings)
+        raise UserError(f"{out} holds shards made with other settings or tracks ({why}); "
+                        "use another --out (or delete that folder to rebuild it)")
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(parquet).metadata.num_rows
+    except Exception:  # noqa: BLE001 - missing or unreadable: redo the shard
+        return None
+    return info if rows == len(info.get("good_track_ids", ())) else None
+
+
+def _diff(old: dict | None, new: dict) -> str:
+    if not isinstance(old, dict):
+        return "unreadable settings"
+    keys = [k for k in new if old.get(k) != new[k]] or ["track list"]
+    return ", ".join(f"{k}: {old.get(k)!r} here, {new[k]!r} asked" if k in old and k != "track_list_sha1" else k
+                     for k in keys)
+
+
+def _track_list_sha1(tracks) -> str:
+    lines = "".join(f"{t},{r.label},{r.split}\n" for t, r in tracks.sort_index().iterrows())
+    return hashlib.sha1(lines.encode()).hexdigest()
+
+
+def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict, address: str | None,
+               done: int, total: int) -> list[dict]:
+    """Run `write_shard` for each plan as Ray tasks, with a progress bar over finished shards."""
+    import ray
+    from tqdm import tqdm
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            ray.init(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, logging_level="WARNING")
+        started = True
+    try:
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(write_shard)
+        pending = {task.remote(p, out, sample_rate, settings): p for p in todo}
+        infos = []
+        with tqdm(total=total, initial=done, desc="prepare", unit="shard", file=sys.stderr) as bar:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                plan = pending.pop(ready[0])
+                try:
+                    info = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), OSError) else None
+                    if cause is None:
+                        raise
+                    raise UserError(f"cannot write shard {plan.name} in {out}: {cause}; "
+                                    "free space or pick another --out") from None
+                if not os.path.isfile(_shard_files(out, plan.name)[1]):
+                    raise UserError(f"shard {plan.name} was written on another node and is not visible here: "
+                                    "--out must be a folder every Ray node shares")
+                infos.append(info)
+                bar.update(1)
+        return infos
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _summarise_bad(bad: list[dict], out: str) -> None:
+    if not bad:
+        return
+    print(f"prepare: skipped {len(bad)} bad track(s) (every one is listed in {os.path.join(out, MANIFEST)}):",
+          file=sys.stderr)
+    for kind in BAD_KINDS:
+        ids = [f"{b['track_id']:06d}" for b in bad if b["reason"].startswith(kind + ":")]
+        if ids:
+            more = f", ... {len(ids) - 5} more" if len(ids) > 5 else ""
+            print(f"  {kind}: {len(ids)} ({', '.join(ids[:5])}{more})", file=sys.stderr)
+
+
+def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "small",
+            sample_rate: int = CACHE_SAMPLE_RATE, split: str = "paper", seed: int = 0, address: str | None = None,
+            tracks_per_shard: int = TRACKS_PER_SHARD, tracks_csv: str | os.PathLike | None = None) -> dict:
+    """Build (or finish, or confirm) the waveform cache of an FMA subset.
+
+    Uses the Ray already initialised in this process if there is one; else joins
+    `address`, else starts a small local Ray (no dashboard) and stops it after.
+    Ray is only started when some shard is left to do.
+
+    Args:
+        fma_root: folder holding fma_metadata/ and fma_<subset>/.
+        out: the cache folder.
+        subset: "small", "medium" or "large".
+        sample_rate: cache rate in Hz.
+        split: "paper" or "official" (see `fma.load_dataset`).
+        seed: paper-split seed.
+        address: a Ray cluster to join (None: local).
+        tracks_per_shard: tracks per Parquet shard.
+        tracks_csv: another tracks.csv (default `<fma_root>/fma_metadata/tracks.csv`).
+
+    Returns:
+        The manifest: schema_version, sample_rate, subset, split_scheme, seed, fma_root,
+        label_names, counts ({split: {genre: n}}), num_tracks ({split: n}), wave_mean,
+        wave_std (training split, float waveform), bad_tracks ([{track_id, path, reason}]),
+        shards ({split: [relative paths]}, shards with at least one track), min_track_seconds,
+        silence_peak, tracks_per_shard, track_list_sha1.
+
+    Raises:
+        UserError: bad arguments or metadata, a cache made with other settings, no good tracks.
+    """
+    if sample_rate < 1000:
+        raise UserError(f"--sample-rate {sample_rate} is too low: use e.g. {CACHE_SAMPLE_RATE}")
+    if tracks_per_shard < 1:
+        raise UserError(f"--tracks-per-shard {tracks_per_shard} must be at least 1")
+    fma_root = os.path.abspath(os.fspath(fma_root))
+    if not os.path.isdir(fma_root):
+        raise UserError(f"--fma-root {fma_root} is not a folder; point it at the folder holding fma_metadata/")
+    out = os.path.abspath(os.fspath(out))
+    ds = load_dataset(fma_root, subset, split, seed, tracks_csv=tracks_csv)
+    settings = {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
+                "split_scheme": split, "seed": int(seed), "label_names": ds.label_names,
+                "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
+                "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
+    old = _read_json(os.path.join(out, MANIFEST))
+    if os.path.exists(os.path.join(out, MANIFEST)) and (
+            old is None or any(old.get(k) != v for k, v in settings.items())):
+        raise UserError(f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
+                        "use another --out (or delete that folder to rebuild it)")
+    os.makedirs(os.path.join(out, SHARD_DIR), exist_ok=True)
+    for name in os.listdir(os.path.join(out, SHARD_DIR)):  # leftovers of a killed run: never trusted
+        if name.startswith(".tmp-"):
+            os.remove(os.path.join(out, SHARD_DIR, name))
+
+    plans = plan_shards(ds.tracks, tracks_per_shard)
+    infos = {p.name: finished_shard(out, p, settings) for p in plans}
+    todo = [p for p in plans if infos[p.name] is None]
+    if todo:
+        for info in _run_tasks(todo, out, sample_rate, settings, address, len(plans) - len(todo), len(plans)):
+            infos[info["name"]] = info
+
+    manifest = _manifest(ds, plans, infos, settings, fma_root)
+    _summarise_bad(manifest["bad_tracks"], out)
+    n = manifest["num_tracks"]
+    if sum(n.values()) == 0:
+        raise UserError(f"no track of {fma_root} could be used (all {len(ds.tracks)} are bad, see above); "
+                        "check that fma_<subset>/ holds the mp3 files")
+    empty = [s for s in SPLITS if n[s] == 0]
+    if empty:
+        raise UserError(f"no good track left in {', '.join(empty)} (see above); use more tracks or another --split")
+    _atomic_write(os.path.join(out, MANIFEST), lambda p: _write_json(p, manifest))
+    print(f"prepare: {sum(n.values())} tracks cached in {out} "
+          f"({', '.join(f'{s} {n[s]}' for s in SPLITS)}; {len(manifest['bad_tracks'])} bad)", file=sys.stderr)
+    return manifest
+
+
+def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str) -> dict:
+    genre_of = ds.tracks["genre"]
+    counts = {s: {g: 0 for g in ds.label_names} for s in SPLITS}
+    shards: dict[str, list[str]] = {s: [] for s in SPLITS}
+    bad, total, sumsq, count = [], 0, 0, 0
+    for p in plans:
+        info = infos[p.name]
+        for tid in info["good_track_ids"]:
+            counts[p.split][genre_of.loc[tid]] += 1
+        bad.extend(info["bad"])
+        if info["good_track_ids"]:
+            shards[p.split].append(f"{SHARD_DIR}/{p.name}.parquet")
+        if p.split == SPLITS[0]:
+            total, sumsq, count = total + info["sum"], sumsq + info["sumsq"], count + info["count"]
+    mean = total / count / INT16_SCALE if count else 0.0
+    var = sumsq / count / INT16_SCALE ** 2 - mean ** 2 if count else 1.0
+    return {
+        "schema_version": CACHE_SCHEMA_VERSION, "sample_rate": settings["sample_rate"], "subset": settings["subset"],
+        "split_scheme": settings["split_scheme"], "seed": settings["seed"], "fma_root": fma_root,
+        "label_names": list(ds.label_names), "counts": counts,
+        "num_tracks": {s: sum(counts[s].values()) for s in SPLITS},
+        "wave_mean": float(mean), "wave_std": float(np.sqrt(max(var, 0.0))),
+        "bad_tracks": sorted(bad, key=lambda b: b["track_id"]), "shards": shards,
+        "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
+        "tracks_per_shard": settings["tracks_per_shard"],
+        "track_list_sha1": settings["track_list_sha1"],
+    }
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2 via run_cli, not argparse's usage dump
+        raise UserError(f"{message} (see python -m mgc_ray.prepare --help)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _Parser(prog="python -m mgc_ray.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--fma-root", default=os.environ.get(FMA_ROOT_ENV),
+                   help=f"folder holding fma_metadata/ and fma_<subset>/ (default ${FMA_ROOT_ENV})")
+    p.add_argument("--subset", default="small", choices=SUBSETS)
+    p.add_argument("--out", help="cache folder (default: one per data set and settings under $MGC_HOME/caches)")
+    p.add_argument("--sample-rate", type=int, default=CACHE_SAMPLE_RATE, help=f"Hz (default {CACHE_SAMPLE_RATE})")
+    p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES,
+                   help="paper: seeded 80/10/10 shuffle; official: FMA's set.split (default paper)")
+    p.add_argument("--seed", type=int, default=0, help="paper-split seed (default 0)")
+    p.add_argument("--address", help="join this Ray cluster (default: a local Ray); --out must be shared")
+    p.add_argument("--tracks-per-shard", type=int, default=TRACKS_PER_SHARD,
+                   help=f"tracks per Parquet shard (default {TRACKS_PER_SHARD})")
+    p.add_argument("--tracks-csv", help="another tracks.csv (default FMA_ROOT/fma_metadata/tracks.csv)")
+    args = p.parse_args(argv)
+    if not args.fma_root:
+        raise UserError(f"--fma-root is required: the folder holding fma_metadata/ and fma_{args.subset}/ "
+                        f"(or set ${FMA_ROOT_ENV}; python -m mgc_ray.demo --out DIR writes a demo one)")
+    out = args.out or default_cache_dir(args.fma_root, args.subset, args.split, args.seed, args.sample_rate)
+    prepare(args.fma_root, out, args.subset, args.sample_rate, args.split, args.seed, args.address,
+            args.tracks_per_shard, args.tracks_csv)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
