@@ -4,13 +4,11 @@
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import sys
+import logging
 from pathlib import Path
 
 from mgc_ray import report, search, tracking
-from mgc_ray.config import PAPER, TrainConfig
+from mgc_ray.config import TrainConfig
 from mgc_ray.errors import UserError
 
 # Keep the best two checkpoints by validation loss (Tune always keeps the latest too,
@@ -18,6 +16,22 @@ from mgc_ray.errors import UserError
 KEEP_CHECKPOINTS = 2
 # A trial whose worker dies is retried this many times from its last checkpoint.
 MAX_FAILURES = 2
+
+
+class _BenignSyncRace(logging.Filter):
+    """Ray 2.60 writes the searcher state while an earlier sync of the same folder may
+    still be copying it (experiment_state.py: save_fn runs before wait_for_sync), so that
+    sync can miss a renamed temp file and logs a traceback. The next sync copies the whole
+    folder again and Tune ends with a forced, waited-for sync, so nothing is lost: say so
+    in one line instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Saving experiment state to storage") and record.exc_info:
+            record.exc_info, record.exc_text = None, None
+            record.msg, record.args = ("experiment state sync skipped a file that was being rewritten; "
+                                       "the next sync carries it (Ray 2.60 race, harmless)"), ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _check_batches(space: search.SearchSpace, n_train: int, paper_only: bool) -> None:
@@ -88,6 +102,7 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
     print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
           f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
           f"{Path(plan.storage_path) / plan.name}", flush=True)
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
     status = "FAILED"
     try:
         tuner = _tuner(plan, space, trainable, param_space, concurrent,
