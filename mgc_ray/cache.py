@@ -19,13 +19,12 @@ import os
 
 import numpy as np
 
-from mgc_ray.config import CACHE_SCHEMA_VERSION, DEFAULT_HOME
+from mgc_ray.config import CACHE_SCHEMA_VERSION, home
 from mgc_ray.errors import UserError
 
 INT16_SCALE = 32768.0  # int16 full scale: float = int16 / 32768, in [-1, 1)
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
-HOME_ENV = "MGC_HOME"  # where caches go by default (the same variable as mgc_ray.tune's)
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:
@@ -48,9 +47,8 @@ def default_cache_dir(fma_root: str | os.PathLike, subset: str, split: str, seed
     Returns:
         `<$MGC_HOME or DEFAULT_HOME>/caches/<subset>-<split>-s<seed>-<rate>-<sha1(root)[:8]>`.
     """
-    home = os.environ.get(HOME_ENV) or os.path.expanduser(DEFAULT_HOME)
     key = hashlib.sha1(os.path.realpath(os.fspath(fma_root)).encode()).hexdigest()[:8]
-    return os.path.join(home, "caches", f"{subset}-{split}-s{seed}-{sample_rate}-{key}")
+    return os.path.join(home(), "caches", f"{subset}-{split}-s{seed}-{sample_rate}-{key}")
 
 
 def read_manifest(cache: str | os.PathLike) -> dict:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 # --- the paper's constants -------------------------------------------------
@@ -31,7 +33,13 @@ SPLITS = ("train", "val", "test")
 
 # Where the built-in demo dataset and its cache live when no data is given.
 DEFAULT_HOME = "~/.cache/mgc_ray"
+HOME_ENV = "MGC_HOME"        # overrides DEFAULT_HOME (tests and CI point it at a temp folder)
 FMA_ROOT_ENV = "MGC_FMA_ROOT"  # environment variable naming an FMA root
+
+
+def home() -> Path:
+    """Where the demo dataset, caches and default Tune output go ($MGC_HOME or DEFAULT_HOME)."""
+    return Path(os.environ.get(HOME_ENV) or os.path.expanduser(DEFAULT_HOME))
 
 
 @dataclass(frozen=True)

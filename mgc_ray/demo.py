@@ -17,7 +17,6 @@ its own seeded generator. The default set (128 tracks x 15 s) takes ~17 s on 2 i
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,8 +26,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mgc_ray.config import DEFAULT_HOME
-from mgc_ray.errors import UserError, run_cli
+from mgc_ray.config import home
+from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.fma import audio_path, metadata_dir
 
 # FMA's genre ids of the eight fma_small genres (genres.csv; all top level, parent 0).
@@ -461,8 +460,9 @@ def synth_track(genre: str, seconds: float, sr: int, rng: np.random.Generator, c
 
 
 def default_demo_dir() -> str:
-    """Where the demo goes when no --out is given: `<DEFAULT_HOME>/demo`."""
-    return os.path.join(os.path.expanduser(DEFAULT_HOME), "demo")
+    """Where the demo goes when no --out is given: `<$MGC_HOME>/demo/fma`, where the tune
+    command looks for it when no data is given."""
+    return str(home() / "demo" / "fma")
 
 
 def official_splits(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -637,13 +637,8 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
     return root
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2 via run_cli, not argparse's usage dump
-        raise UserError(f"{message} (see python -m mgc_ray.demo --help)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m mgc_ray.demo", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m mgc_ray.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help=f"FMA root to write (default {default_demo_dir()})")
     p.add_argument("--tracks-per-genre", type=int, default=16, help="tracks per genre (default 16)")
     p.add_argument("--seconds", type=float, default=15.0, help="clip length in seconds (default 15)")

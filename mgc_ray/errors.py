@@ -1,12 +1,21 @@
 """Bad input becomes one clear line and exit status 2, never a traceback."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, Sequence
 
 
 class UserError(Exception):
     """A problem with what the user asked for or gave; the message names it and the fix."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad flag is a UserError (exit 2 via `run_cli`),
+    not argparse's usage dump."""
+
+    def error(self, message: str) -> None:
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:

@@ -23,7 +23,6 @@ shorter than MIN_TRACK_SECONDS, silent) are reported and skipped.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -39,7 +38,7 @@ import numpy as np
 from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, default_cache_dir, to_int16
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
                             SPLITS, TRACKS_PER_SHARD)
-from mgc_ray.errors import UserError, run_cli
+from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 
 # Tasks return small dicts and write their shards to disk: the object store barely
@@ -439,13 +438,8 @@ def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root:
     }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2 via run_cli, not argparse's usage dump
-        raise UserError(f"{message} (see python -m mgc_ray.prepare --help)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m mgc_ray.prepare", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m mgc_ray.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--fma-root", default=os.environ.get(FMA_ROOT_ENV),
                    help=f"folder holding fma_metadata/ and fma_<subset>/ (default ${FMA_ROOT_ENV})")
     p.add_argument("--subset", default="small", choices=SUBSETS)

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from mgc_ray.config import DEFAULT_HOME, FMA_ROOT_ENV, PAPER, CACHE_SAMPLE_RATE
+from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, home
 from mgc_ray.errors import UserError, run_cli
 
-HOME_ENV = "MGC_HOME"  # where the demo dataset, caches and default outputs go
 DASHBOARD_PORT = 8265  # Ray's default
 # The built-in demo: big enough that a 2D model learns it, small enough that the
 # default densenet search finishes in minutes on 2 CPU cores (README figures).
@@ -32,10 +30,6 @@ SMOKE_DEMO = dict(tracks_per_genre=6, seconds=4.0)
 SMOKE_SEARCH = dict(num_samples=2, max_epochs=2)
 SMOKE_INPUT = dict(window=512, n_mels=32, crop_seconds=2.0)  # 23 ms window, 32 mels, 2-s crops
 SMOKE_BATCH = 8
-
-
-def home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or os.path.expanduser(DEFAULT_HOME))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +104,7 @@ def _writable_dir(path: Path, flag: str) -> Path:
 
 def resolve_data(args) -> tuple[str, str | None, str]:
     """Returns (cache dir, FMA root to prepare from or None, dataset name)."""
+    from mgc_ray.cache import default_cache_dir
     from mgc_ray.demo import write_demo
 
     if args.cache:
@@ -119,9 +114,8 @@ def resolve_data(args) -> tuple[str, str | None, str]:
         root_p = Path(root).expanduser().resolve()
         if not root_p.is_dir():
             raise UserError(f"--fma-root {root} does not exist: point it at the folder holding fma_metadata/")
-        key = hashlib.sha1(str(root_p).encode()).hexdigest()[:8]
-        cache = home() / "caches" / f"{args.subset}-{args.split or 'paper'}-s{args.seed}-{CACHE_SAMPLE_RATE}-{key}"
-        return str(cache), str(root_p), f"fma_{args.subset}"
+        cache = default_cache_dir(root_p, args.subset, args.split or "paper", args.seed, CACHE_SAMPLE_RATE)
+        return cache, str(root_p), f"fma_{args.subset}"
     kind = "demo-smoke" if args.smoke else "demo"
     size = SMOKE_DEMO if args.smoke else DEMO
     base = _writable_dir(home() / kind, f"${HOME_ENV}")
