@@ -11,6 +11,12 @@ A checkpoint is a directory holding `model.pt`, a dict with:
     epoch, metrics  the epoch it was taken at and its validation metrics
 Training state (optimiser, epoch history) sits beside it in `train_state.pt`
 so that a restarted trial continues; `predict` never reads that file.
+
+Compatibility: a checkpoint is read by the mgc_ray version that wrote it, up to
+the patch number (same major.minor as `mgc_ray.__version__`): model code may
+change between minor versions, and a checkpoint whose weights load into a
+changed model would predict nonsense silently. Anything else is a UserError
+naming both versions.
 """
 from __future__ import annotations
 
@@ -53,8 +59,32 @@ def save(directory: str | Path, model: torch.nn.Module, model_config: ModelConfi
     return d
 
 
+def _major_minor(version: object) -> tuple[str, ...] | None:
+    parts = str(version).split(".")
+    return tuple(parts[:2]) if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]) else None
+
+
+def check_version(payload: dict, where: str | Path) -> None:
+    """Refuse a checkpoint written by another major.minor version of mgc_ray.
+
+    Raises:
+        UserError: the version is missing or differs from `mgc_ray.__version__` beyond the patch.
+    """
+    written = payload.get("version")
+    if _major_minor(written) is None or _major_minor(written) != _major_minor(__version__):
+        mm = ".".join(_major_minor(written) or ("?", "?"))
+        raise UserError(f"checkpoint {where} was written by mgc_ray {written or 'of unknown version'}, "
+                        f"this is mgc_ray {__version__}: checkpoints are read by the same major.minor "
+                        f"version; use mgc_ray {mm}.x to read it, or train again with this version")
+
+
 def load_payload(path: str | Path) -> dict:
-    """Read a checkpoint (a directory or its model.pt) and check its format."""
+    """Read a checkpoint (a directory or its model.pt) and check its format and version.
+
+    Raises:
+        UserError: no checkpoint there, an unreadable file, another format or another
+            major.minor version of mgc_ray (see the module docstring).
+    """
     p = Path(path)
     f = p / MODEL_FILE if p.is_dir() else p
     if not f.is_file():
@@ -68,19 +98,37 @@ def load_payload(path: str | Path) -> dict:
         raise UserError(f"checkpoint {f} has format {found!r}, this mgc_ray {__version__} reads format "
                         f"{CHECKPOINT_FORMAT}: re-train or use the mgc_ray version that wrote it "
                         f"({payload.get('version') if isinstance(payload, dict) else 'unknown'})")
+    check_version(payload, f)
     return payload
 
 
 def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a checkpoint. Returns (model in eval mode, payload)."""
+    """Rebuild the model from a checkpoint.
+
+    Args:
+        path: a checkpoint directory or its model.pt.
+        expect_arch: the arch the caller needs (None: any).
+
+    Returns:
+        (model in eval mode on CPU, payload).
+
+    Raises:
+        UserError: see `load_payload`; another arch than `expect_arch`; weights that do not
+            fit the model the checkpoint's own config builds.
+    """
     from mgc_ray.models import build_model  # models import torch front ends; keep import lazy
 
     payload = load_payload(path)
     cfg = dict(payload["model_config"])
-    if expect_arch is not None and cfg["arch"] != expect_arch:
-        raise UserError(f"checkpoint {path} holds arch {cfg['arch']!r}, not {expect_arch!r}")
+    if expect_arch is not None and cfg.get("arch") != expect_arch:
+        raise UserError(f"checkpoint {path} holds a {cfg.get('arch')!r} model, not {expect_arch!r}: "
+                        f"give a {expect_arch} checkpoint, or ask for {cfg.get('arch')}")
     cfg["pretrained_path"] = None  # weights come from the checkpoint itself
-    model = build_model(cfg.pop("arch"), **cfg)
+    try:
+        model = build_model(cfg.pop("arch"), **cfg)
+    except TypeError as exc:  # a config field this code does not know
+        raise UserError(f"checkpoint {path} has a model config this code cannot build ({exc}); "
+                        f"it was written by mgc_ray {payload.get('version')}") from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

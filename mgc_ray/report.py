@@ -1,4 +1,14 @@
-"""What a search leaves under results/: leaderboard, best config, summary, figures."""
+"""What a search leaves under results/: leaderboard, best config, summary, figures.
+
+Figures (PNG, beside the tables; each one is optional: a figure that cannot be drawn
+is skipped with one `mgc_ray:` line, never failing the search at its end):
+    confusion_matrix.png      best trial, test split, crop level (the paper's Fig. 8)
+    per_class_f1.png          best trial, validation F1 per genre over epochs (Fig. 7)
+    learning_curves.png       best trial, train/validation loss and validation macro F1 per epoch
+    trial_curves.png          every trial's validation macro F1 per epoch; x = stopped by ASHA
+    parallel_coordinate.png   Optuna's view of the searched hyperparameters vs best/val_loss
+    param_importances.png     Optuna's hyperparameter importances (>= 2 trials, >= 2 varying params)
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,11 +16,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from mgc_ray import plots
 from mgc_ray.config import PAPER, TrainConfig
+
+TARGET = "best/val_loss"  # what the search ranked trials by (search.METRIC); the Optuna plots' value
 
 COLUMNS = ("paper_f1", "paper_accuracy", "macro_precision", "macro_recall", "macro_f1", "top1_accuracy")
 DEFINITIONS = """Metric definitions (the paper's, SPEC section 1):
@@ -104,10 +117,128 @@ def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[st
           + ", ".join(f"{k} {_fmt(best['scores']['track'].get(k))}" for k in COLUMNS), "",
           DEFINITIONS, "", "Best config:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
     files.append(_atomic_text(out / "summary.md", "\n".join(md)))
-    files.append(plots.confusion_png(best["scores"]["confusion"], label_names, out / "confusion_matrix.png",
-                                     f"{plan.arch}: test confusion (crop level)"))
+    _figure(files, "confusion-matrix", lambda: plots.confusion_png(
+        best["scores"]["confusion"], label_names, out / "confusion_matrix.png",
+        f"{plan.arch}: test confusion (crop level)"))
     history = _history(best["result"])
     if history:
-        files.append(plots.per_class_f1_png(history, label_names, out / "per_class_f1.png",
-                                            f"{plan.arch}: validation F1 per genre"))
+        _figure(files, "per-class F1", lambda: plots.per_class_f1_png(
+            history, label_names, out / "per_class_f1.png", f"{plan.arch}: validation F1 per genre"))
+        _figure(files, "learning curves", lambda: plots.learning_curves_png(
+            history, out / "learning_curves.png", f"{plan.arch}: best trial {_trial_name(best['result'])}"))
+    _figure(files, "trial curves", lambda: plots.trial_curves_png(
+        trial_curves(grid, best["result"], plan.max_epochs), plan.max_epochs, out / "trial_curves.png",
+        f"{plan.arch}: every trial (ASHA stops the weaker ones early)"))
+    _optuna_figures(files, out, plan, grid)
     return files
+
+
+def _figure(files: list[Path], what: str, draw: Callable[[], Path]) -> None:
+    """Draw one optional figure; a failure is one line, not a failed search."""
+    try:
+        files.append(draw())
+    except Exception as exc:  # noqa: BLE001 - a figure must never lose the search's results
+        print(f"mgc_ray: {what} figure skipped ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+              flush=True)
+
+
+def _trial_name(result) -> str:
+    return str((result.metrics or {}).get("trial_id") or Path(str(result.path)).name)
+
+
+def trial_curves(grid, best_result, max_epochs: int) -> list[dict]:
+    """Per trial: validation macro F1 per epoch, and whether ASHA stopped it or it failed."""
+    out = []
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is None or df.empty or "val/macro_f1" not in df or "epoch" not in df:
+            continue
+        df = df.dropna(subset=["val/macro_f1"]).sort_values("epoch")
+        epochs = [int(e) + 1 for e in df["epoch"]]
+        failed = r.error is not None
+        limit = int((r.config or {}).get("max_epochs", max_epochs))
+        out.append({"name": _trial_name(r), "epochs": epochs, "values": [float(v) for v in df["val/macro_f1"]],
+                    "failed": failed, "stopped": not failed and bool(epochs) and epochs[-1] < limit,
+                    "best": _trial_name(r) == _trial_name(best_result)})
+    return out
+
+
+def _native(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def study_from_grid(grid, space_entries: dict[str, dict]):
+    """An in-memory Optuna study of the finished trials: searched params -> best/val_loss.
+
+    Only hyperparameters that vary between trials go in (a constant adds nothing). Each one's
+    distribution is the search space's (`space_entries`, from search_spaces/<arch>.yaml) when
+    every value lies in it, else one spanning the values seen (a smoke or custom space).
+
+    Returns:
+        (study or None, reason it is None or "").
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from mgc_ray.search import SEARCHED
+
+    done = [r for r in grid if r.error is None and r.metrics and r.config
+            and isinstance(r.metrics.get(TARGET), (int, float)) and math.isfinite(float(r.metrics[TARGET]))]
+    if len(done) < 2:
+        return None, f"{len(done)} finished trial(s); a study needs at least 2"
+    observed = {k: [_native(r.config.get(k)) for r in done] for k in SEARCHED}
+    varying = [k for k, vs in observed.items() if None not in vs and len(set(vs)) > 1]
+    if not varying:
+        return None, "no hyperparameter varies between the trials"
+    dists = {}
+    for k in varying:
+        spec, vs = space_entries.get(k) or {}, observed[k]
+        kind = spec.get("type")
+        if kind in ("loguniform", "uniform") and all(float(spec["low"]) <= float(v) <= float(spec["high"]) for v in vs):
+            dists[k] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=kind == "loguniform")
+        elif kind == "choice" and all(v in spec["values"] for v in vs):
+            dists[k] = CategoricalDistribution([_native(v) for v in spec["values"]])
+        elif kind in ("loguniform", "uniform"):
+            lo, hi = min(map(float, vs)), max(map(float, vs))
+            dists[k] = FloatDistribution(lo, hi, log=lo > 0)
+        else:
+            dists[k] = CategoricalDistribution(sorted(set(vs)))
+    study = optuna.create_study(direction="minimize", study_name="search")
+    for i, r in enumerate(done):
+        study.add_trial(optuna.trial.create_trial(
+            params={k: observed[k][i] for k in varying}, distributions=dists,
+            value=float(r.metrics[TARGET])))
+    return study, ""
+
+
+def _optuna_figures(files: list[Path], out: Path, plan, grid) -> None:
+    """Parallel coordinates and importances of the search, or one line saying why not."""
+    import optuna
+
+    from mgc_ray import search
+
+    try:
+        entries = search.load_space(plan.arch, search.space_path(plan.arch)).space
+    except Exception:  # noqa: BLE001 - no or a broken default space: spans of the values seen
+        entries = {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
+    try:
+        study, why = study_from_grid(grid, entries)
+    except Exception as exc:  # noqa: BLE001
+        study, why = None, f"{type(exc).__name__}: {exc}"
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if study is None:
+        print(f"mgc_ray: Optuna parallel-coordinate and importance figures skipped: {why}", flush=True)
+        return
+    target = "best val loss"
+    _figure(files, "parallel-coordinate", lambda: plots.optuna_parallel_png(
+        study, out / "parallel_coordinate.png", f"{plan.arch}: searched hyperparameters vs {target}", target))
+    n_params = len(study.trials[0].params)
+    if n_params < 2:
+        print(f"mgc_ray: parameter-importance figure skipped: only {n_params} hyperparameter varies "
+              "between the trials (importance compares at least 2)", flush=True)
+        return
+    _figure(files, "parameter-importance", lambda: plots.optuna_importance_png(
+        study, out / "param_importances.png", f"{plan.arch}: hyperparameter importance for {target}", target))

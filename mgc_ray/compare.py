@@ -1,0 +1,240 @@
+"""`python -m mgc_ray.compare`: every arch's test figures against the paper's Table 1.
+
+Reads the MLflow store (experiments `mgc_ray/<arch>/<dataset>`) and writes one table
+per dataset to --out (markdown), the same rows as CSV beside it, and a figure of the
+same (grouped bars per arch) as PNG beside it; all written atomically. For each arch
+with runs there are up to three rows, all test split at crop level (the paper's way):
+
+  paper Table 1         the experiment's `mgc.source=paper` run (the paper's figures,
+                        as in results/paper_table1.csv)
+  ours, paper settings  the newest paper-settings trial that was scored on the test
+                        split. A `--paper` search's trial is preferred (it runs every
+                        epoch; ASHA may cut the same settings short inside a search),
+                        else a search's paper-settings trial. How a search's trial is
+                        recognised, first rule that applies:
+                          1. the search run's `mgc.paper_trial` tag names it;
+                          2. a `--paper` search (param paper_only=True, or `-paper-` in its
+                             name) has exactly that one trial;
+                          3. its params equal the paper's (config.PAPER) on every searched
+                             hyperparameter;
+                          4. the search's first trial (Optuna evaluates the paper's point
+                             first), if it was scored on the test split.
+  ours, best searched   over finished searches that are not `--paper` ones: the best
+                        trial (the search run's `mgc.best_trial` tag) with the lowest
+                        validation loss (best/val_loss), i.e. chosen without looking at
+                        the test split; its test/* metrics (or the search run's own).
+
+Δ columns are ours minus the paper's. A run whose figures are missing shows "–".
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from mgc_ray.config import PAPER
+from mgc_ray.errors import Parser, UserError, run_cli
+
+EXPERIMENT_PREFIX = "mgc_ray/"
+COLUMNS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"), ("macro_precision", "precision"),
+           ("macro_recall", "recall"), ("macro_f1", "macro F1"), ("top1_accuracy", "top-1"))
+DELTAS = ("paper_f1", "paper_accuracy")
+PAPER_PARAMS = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds")
+KINDS = ("paper Table 1", "ours, paper settings", "ours, best searched")
+FIGURE_METRICS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"),
+                  ("macro_precision", "precision"), ("macro_recall", "recall"))
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m mgc_ray.compare", description=__doc__.split("\n")[0])
+    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="default: sqlite:///mlflow.db")
+    p.add_argument("--out", default="results/comparison.md",
+                   help="the markdown table (default results/comparison.md); .csv and .png go beside it")
+    return p
+
+
+# --- reading the store -------------------------------------------------------
+def _test(run) -> dict[str, float]:
+    return {k[len("test/"):]: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+
+
+def _is_paper_search(run) -> bool:
+    return run.data.params.get("paper_only") == "True" or "-paper-" in (run.info.run_name or "")
+
+
+def _params_are_paper(run, arch: str) -> bool:
+    preset = PAPER[arch]
+    try:
+        return all(math.isclose(float(run.data.params[k]), float(getattr(preset, k))) for k in PAPER_PARAMS)
+    except (KeyError, ValueError):
+        return False
+
+
+def paper_trial(search, children: list, arch: str):
+    """The paper-settings trial of one search (rules in the module docstring), or None."""
+    tagged = search.data.tags.get("mgc.paper_trial")
+    if tagged:
+        return next((r for r in children if r.data.tags.get("mgc.trial_id") == tagged), None)
+    if _is_paper_search(search):
+        return children[0] if len(children) == 1 else None
+    scored = [r for r in children if "test/paper_f1" in r.data.metrics]
+    by_params = [r for r in scored if _params_are_paper(r, arch)]
+    if by_params:
+        return by_params[0]
+    first = min(children, key=lambda r: r.info.start_time, default=None)
+    return first if first is not None and any(r.info.run_id == first.info.run_id for r in scored) else None
+
+
+def _best_trial(search, children: list):
+    best_id = search.data.tags.get("mgc.best_trial")
+    return next((r for r in children if r.data.tags.get("mgc.trial_id") == best_id), None)
+
+
+def _row(kind: str, metrics: dict, ref: dict, note: str) -> dict:
+    row = {"kind": kind, **{k: metrics.get(k) for k, _ in COLUMNS}, "source": note}
+    for k in DELTAS:
+        row[f"delta_{k}"] = (row[k] - ref[k]) if row.get(k) is not None and ref.get(k) is not None else None
+    return row
+
+
+def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
+    """The three rows (those that exist) of one arch on one dataset."""
+    runs = c.search_runs([exp_id], max_results=5000)
+    paper_runs = [r for r in runs if r.data.tags.get("mgc.source") == "paper"]
+    ref = _test(paper_runs[0]) if paper_runs else {}
+    ref = {k: ref.get(k, v) for k, v in PAPER[arch].table1.items()}  # the store's, else config.PAPER's
+    rows = [{**_row(KINDS[0], ref, ref, "the paper's Table 1"), **{f"delta_{k}": None for k in DELTAS}}]
+    searches = sorted((r for r in runs if r.data.tags.get("mgc.source") == "search" and r.info.status == "FINISHED"),
+                      key=lambda r: r.info.start_time, reverse=True)
+    children = {}
+    for r in runs:
+        if r.data.tags.get("mgc.source") == "trial":
+            children.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
+    candidates = []
+    for s in searches:
+        t = paper_trial(s, children.get(s.info.run_id, []), arch)
+        if t is not None and "test/paper_f1" in t.data.metrics:
+            candidates.append((not _is_paper_search(s), -s.info.start_time, s, t))
+    if candidates:
+        _, _, s, t = min(candidates, key=lambda x: x[:2])
+        rows.append(_row(KINDS[1], _test(t), ref, f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id})"))
+    best = []
+    for s in searches:
+        if _is_paper_search(s):
+            continue
+        t = _best_trial(s, children.get(s.info.run_id, []))
+        metrics = _test(t) if t is not None and "test/paper_f1" in t.data.metrics else _test(s)
+        if "paper_f1" not in metrics:
+            continue
+        loss = t.data.metrics.get("best/val_loss", math.inf) if t is not None else math.inf
+        best.append((loss, -s.info.start_time, s, t, metrics))
+    if best:
+        loss, _, s, t, metrics = min(best, key=lambda x: x[:2])
+        who = f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id}, best val loss {loss:.4f})" \
+            if t is not None else f"search {s.info.run_name} (run {s.info.run_id})"
+        rows.append(_row(KINDS[2], metrics, ref, who))
+    return rows
+
+
+def collect(uri: str) -> dict[str, dict[str, list[dict]]]:
+    """dataset -> arch -> rows, for every `mgc_ray/<arch>/<dataset>` experiment in the store."""
+    from mgc_ray.runs import open_store
+
+    c = open_store(uri)
+    out: dict[str, dict[str, list[dict]]] = {}
+    for exp in c.search_experiments(max_results=5000):
+        parts = exp.name.split("/")
+        if len(parts) != 3 or parts[0] + "/" != EXPERIMENT_PREFIX or parts[1] not in PAPER:
+            continue
+        out.setdefault(parts[2], {})[parts[1]] = arch_rows(c, exp.experiment_id, parts[1])
+    if not out:
+        raise UserError(f"the MLflow store {uri} holds no mgc_ray/<arch>/<dataset> experiment: "
+                        "run a search first (python -m mgc_ray.tune --arch ...) or give its --mlflow-uri")
+    return {d: {a: out[d][a] for a in PAPER if a in out[d]} for d in sorted(out)}
+
+
+# --- writing -----------------------------------------------------------------
+def _fmt(v, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def markdown(tables: dict[str, dict[str, list[dict]]], uri: str) -> str:
+    from mgc_ray.report import DEFINITIONS
+
+    head = ["arch", "row", *(label for _, label in COLUMNS), *(f"Δ {dict(COLUMNS)[k]}" for k in DELTAS)]
+    md = ["# mgc_ray against the paper's Table 1", "",
+          f"Test split, crop level (one centred crop per track, the paper's way). From the MLflow store "
+          f"`{uri}`; written by `python -m mgc_ray.compare`.", ""]
+    for dataset, archs in tables.items():
+        md += [f"## {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        notes = []
+        for arch, rows in archs.items():
+            for r in rows:
+                md.append("| " + " | ".join([PAPER[arch].label, r["kind"], *(_fmt(r[k]) for k, _ in COLUMNS),
+                                             *("" if r["kind"] == KINDS[0] else _fmt(r[f"delta_{k}"], True)
+                                               for k in DELTAS)]) + " |")
+                if r["kind"] != KINDS[0]:
+                    notes.append(f"- {PAPER[arch].label}, {r['kind']}: {r['source']}")
+        md += ["", *notes, ""]
+    md += ["How rows are chosen: `ours, paper settings` is the newest paper-settings trial scored on the test "
+           "split (a `--paper` search's first); `ours, best searched` is, over finished searches, the best "
+           "trial with the lowest validation loss (never chosen by test figures).", "", DEFINITIONS, ""]
+    return "\n".join(md)
+
+
+def csv_text(tables: dict[str, dict[str, list[dict]]]) -> str:
+    import csv
+    import io
+
+    keys = [*(k for k, _ in COLUMNS), *(f"delta_{k}" for k in DELTAS)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["dataset", "arch", "row", *keys, "source"])
+    for dataset, archs in tables.items():
+        for arch, rows in archs.items():
+            for r in rows:
+                w.writerow([dataset, arch, r["kind"], *("" if r[k] is None else float(r[k]) for k in keys), r["source"]])
+    return buf.getvalue()
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write(tables: dict, out: Path, uri: str) -> list[Path]:
+    """Write the markdown, CSV and PNG; return them."""
+    from mgc_ray import plots
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: its folder cannot be created ({exc.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: its folder is not writable: choose another --out")
+    fig_rows = {d: [{"arch": PAPER[a].label, **r} for a, rows in archs.items() for r in rows] for d, archs in tables.items()}
+    png = plots.comparison_png(fig_rows, FIGURE_METRICS, out.with_suffix(".png"),
+                               "mgc_ray vs the paper's Table 1 (test split, crop level)")
+    return [_atomic_text(out, markdown(tables, uri)), _atomic_text(out.with_suffix(".csv"), csv_text(tables)), png]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() != ".md":
+        raise UserError(f"--out {args.out} should name a markdown file (.md); the .csv and .png go beside it")
+    tables = collect(args.mlflow_uri)
+    files = write(tables, out, args.mlflow_uri)
+    n = sum(len(a) for a in tables.values())
+    print(f"mgc_ray: compared {n} arch/dataset pair(s) in {len(tables)} dataset(s): "
+          f"{', '.join(str(f) for f in files)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,208 @@
+"""`python -m mgc_ray.evaluate --run-id ID`: score a trained model on the test (or validation) split.
+
+The model comes from a run's `mgc.checkpoint` tag (the search run, its best trial or
+its paper-settings trial) or from --checkpoint DIR; the data from the search run's
+`cache` param or --cache DIR. Scores at crop level (one centred crop per track, the
+paper's way) and track level (crops covering the whole clip, logits averaged), every
+metric of `mgc_ray.metrics`. Writes under --out, and logs to the run when there is one
+(artifacts under `evaluate_<split>/`, headline metrics as `evaluate/<split>/...`):
+
+    metrics.json                 both levels, confusion matrices, label names, provenance
+    confusion_matrix.png         crop level (the paper's Fig. 8); confusion_matrix_track.png
+    per_class.csv, per_class.md  precision / recall / F1 per genre, both levels, with support
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mgc_ray.errors import Parser, UserError, run_cli
+from mgc_ray.metrics import METRIC_NAMES
+
+HEADLINE = ("loss", *METRIC_NAMES)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m mgc_ray.evaluate", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-id", help="an MLflow run carrying mgc.checkpoint (a search run, its best or paper trial)")
+    src.add_argument("--checkpoint", help="a checkpoint directory (holding model.pt)")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="default: test")
+    p.add_argument("--cache", help="the prepared cache to score on (default: the run's search's cache)")
+    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="default: sqlite:///mlflow.db")
+    p.add_argument("--out", help="output folder (default: results/evaluations/<run or checkpoint>-<split>)")
+    return p
+
+
+def _default_out(args) -> Path:
+    if args.run_id:
+        name = args.run_id
+    else:
+        name = "ckpt-" + hashlib.sha1(str(Path(args.checkpoint).resolve()).encode()).hexdigest()[:8]
+    return Path("results") / "evaluations" / f"{name}-{args.split}"
+
+
+def _writable(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {path} cannot be created ({exc.strerror}): choose a writable folder") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"--out {path} is not writable: choose a writable folder")
+    return path
+
+
+def check_compatible(manifest: dict, payload: dict, cache: str, checkpoint: str, split: str) -> None:
+    """The cache must hold audio at the model's rate, the model's genres, and the split.
+
+    Raises:
+        UserError: naming both sides of the mismatch.
+    """
+    model_rate = int(payload["model_config"]["sample_rate"])
+    if int(manifest["sample_rate"]) != model_rate:
+        raise UserError(f"cache {cache} holds {manifest['sample_rate']} Hz audio but checkpoint {checkpoint} "
+                        f"takes {model_rate} Hz: give a cache prepared at {model_rate} Hz with --cache "
+                        f"(python -m mgc_ray.prepare --sample-rate {model_rate} ...)")
+    if list(manifest["label_names"]) != list(payload["label_names"]):
+        raise UserError(f"cache {cache} has genres {manifest['label_names']}, checkpoint {checkpoint} was trained "
+                        f"on {payload['label_names']}: give the cache the model was trained on with --cache")
+    if not manifest["shards"].get(split) or not int(manifest.get("num_tracks", {}).get(split, 1)):
+        raise UserError(f"cache {cache} has no {split} tracks: choose another --split or cache")
+
+
+def _scores(model, payload: dict, cache: str, split: str) -> dict:
+    """`scoring.score_split` on the split's shards, under a small local Ray."""
+    import ray
+
+    from mgc_ray.cache import shard_paths
+    from mgc_ray.checkpoint import model_config_of
+    from mgc_ray.scoring import score_split
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=True)
+    try:
+        ray.data.DataContext.get_current().print_on_execution_start = False  # Ray Data's bars stay: progress
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines
+        ds = ray.data.read_parquet(shard_paths(cache, split)).select_columns(["track_id", "label", "samples"])
+        return score_split(model, ds, list(payload["label_names"]),
+                           crop_len=model_config_of(payload).crop_samples)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def per_class_rows(scores: dict, label_names: Sequence[str]) -> list[dict]:
+    """One row per genre: support and precision/recall/F1 at crop and track level."""
+    support = np.asarray(scores["confusion"]).sum(1)
+    rows = []
+    for i, g in enumerate(label_names):
+        row = {"genre": g, "support": int(support[i])}
+        for level in ("crop", "track"):
+            for m in ("precision", "recall", "f1"):
+                row[f"{level}_{m}"] = float(scores[level][f"{m}/{g}"])
+        rows.append(row)
+    return rows
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def metrics_table(scores: dict) -> str:
+    return _table(["level", *HEADLINE], [[lvl, *(f"{scores[lvl][k]:.4f}" for k in HEADLINE)]
+                                         for lvl in ("crop", "track")])
+
+
+def per_class_table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k not in ("genre", "support")]
+    return _table(["genre", "support", *keys], [[r["genre"], str(r["support"]), *(f"{r[k]:.3f}" for k in keys)]
+                                                for r in rows])
+
+
+def write_outputs(out: Path, scores: dict, label_names: list[str], info: dict) -> list[Path]:
+    """Write metrics.json, the confusion PNGs and the per-class tables; return the files."""
+    from mgc_ray import plots
+
+    rows = per_class_rows(scores, label_names)
+    files = [_atomic_text(out / "metrics.json", json.dumps({
+        **info, "label_names": label_names, "crop": scores["crop"], "track": scores["track"],
+        "confusion": np.asarray(scores["confusion"]).tolist(),
+        "track_confusion": np.asarray(scores["track_confusion"]).tolist()}, indent=2))]
+    what = f"{info['arch']} on {info['split']}"
+    files.append(plots.confusion_png(scores["confusion"], label_names, out / "confusion_matrix.png",
+                                     f"{what}: confusion (crop level)"))
+    files.append(plots.confusion_png(scores["track_confusion"], label_names, out / "confusion_matrix_track.png",
+                                     f"{what}: confusion (track level)"))
+    csv = ",".join(rows[0]) + "\n" + "".join(
+        ",".join(str(v) if not isinstance(v, float) else f"{v:.6f}" for v in r.values()) + "\n" for r in rows)
+    files.append(_atomic_text(out / "per_class.csv", csv))
+    md = [f"# {what}", "", f"- checkpoint `{info['checkpoint']}` (epoch {info.get('epoch')})",
+          *([f"- MLflow run `{info['run_id']}`"] if info.get("run_id") else []),
+          f"- cache `{info['cache']}`, {info['tracks']} tracks", "",
+          "Crop level: one centred crop per track (the paper's way); track level: crops covering "
+          "the whole clip, logits averaged.", "", metrics_table(scores), "", per_class_table(rows), ""]
+    files.append(_atomic_text(out / "per_class.md", "\n".join(md)))
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mgc_ray import checkpoint as ckpt
+    from mgc_ray.cache import check_cache
+
+    run = None
+    if args.run_id:
+        from mgc_ray.runs import resolve_run
+
+        run = resolve_run(args.mlflow_uri, args.run_id)
+        path = run.checkpoint
+    else:
+        path = args.checkpoint
+    model, payload = ckpt.load_model(path, expect_arch=run.arch if run else None)
+    cache = args.cache or (run.cache if run else None)
+    if not cache:
+        raise UserError("no cache to score on: give --cache DIR (a prepared cache, python -m mgc_ray.prepare)"
+                        + (f"; run {args.run_id}'s search records none" if run else ""))
+    manifest = check_cache(cache)
+    check_compatible(manifest, payload, cache, path, args.split)
+    out = _writable(Path(args.out) if args.out else _default_out(args))
+    label_names = list(payload["label_names"])
+    arch = payload["model_config"]["arch"]
+    print(f"mgc_ray: scoring {arch} ({path}) on the {args.split} split of {cache}", flush=True)
+    scores = _scores(model, payload, cache, args.split)
+    info = {"arch": arch, "split": args.split, "checkpoint": str(path), "run_id": args.run_id,
+            "cache": str(cache), "tracks": int(np.asarray(scores["track_confusion"]).sum()),
+            "epoch": payload.get("epoch"), "mgc_ray_version": payload.get("version")}
+    files = write_outputs(out, scores, label_names, info)
+    print(f"\n{arch} on the {args.split} split ({info['tracks']} tracks)\n{metrics_table(scores)}\n\n"
+          f"{per_class_table(per_class_rows(scores, label_names))}\n", flush=True)
+    if run is not None:
+        metrics = {f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": scores[lvl][k]
+                   for lvl in ("crop", "track") for k in HEADLINE}
+        from mgc_ray.runs import log_files
+
+        log_files(args.mlflow_uri, run.run_id, files, f"evaluate_{args.split}", metrics)
+        print(f"mgc_ray: logged {len(files)} files to MLflow run {run.run_id} (artifacts evaluate_{args.split}/)")
+    print(f"mgc_ray: wrote {', '.join(f.name for f in files)} to {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
