@@ -610,7 +610,10 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
             return root
     elif os.path.exists(tracks_csv):
         raise UserError(f"{root} already holds an FMA dataset that is not this demo; use another --out")
-    os.makedirs(meta, exist_ok=True)
+    try:
+        os.makedirs(meta, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {root} cannot be created ({exc.strerror}): choose a writable folder") from None
     _atomic_write_text(params_path, json.dumps(params, indent=1) + "\n")
 
     start = time.perf_counter()

@@ -227,9 +227,17 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
     _atomic_write(parquet, lambda p: pq.write_table(table, p))
     v = values.astype(np.int64)
     info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
-            "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size)}
+            "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),
+            "node_id": _node_id()}
     _atomic_write(sidecar, lambda p: _write_json(p, info))
     return info
+
+
+def _node_id() -> str | None:
+    """The Ray node that wrote a shard (None outside Ray): shows that a cluster shared the work."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _write_json(path: str, obj) -> None:
@@ -289,14 +297,21 @@ def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict
     from tqdm import tqdm
 
     started = False
+    address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        if address:
+        if address and address != "local":
             ray.init(address=address, logging_level="WARNING")
         else:
-            ray.init(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, logging_level="WARNING")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+            # "local": never join a cluster someone else left running here (object_store_memory
+            # would make that fail anyway)
+            ray.init(address="local", include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                     logging_level="WARNING")
         started = True
     try:
-        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(write_shard)
+        # SPREAD: decoding is CPU-bound, so shards go round the nodes even when they are fewer
+        # than one node's CPUs (the default packs them onto the driver's node first).
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, scheduling_strategy="SPREAD")(write_shard)
         pending = {task.remote(p, out, sample_rate, settings): p for p in todo}
         infos = []
         with tqdm(total=total, initial=done, desc="prepare", unit="shard", file=sys.stderr) as bar:
@@ -336,7 +351,8 @@ def _summarise_bad(bad: list[dict], out: str) -> None:
 
 def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "small",
             sample_rate: int = CACHE_SAMPLE_RATE, split: str = "paper", seed: int = 0, address: str | None = None,
-            tracks_per_shard: int = TRACKS_PER_SHARD, tracks_csv: str | os.PathLike | None = None) -> dict:
+            tracks_per_shard: int = TRACKS_PER_SHARD, tracks_csv: str | os.PathLike | None = None,
+            dataset=None) -> dict:
     """Build (or finish, or confirm) the waveform cache of an FMA subset.
 
     Uses the Ray already initialised in this process if there is one; else joins
@@ -350,9 +366,11 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
         sample_rate: cache rate in Hz.
         split: "paper" or "official" (see `fma.load_dataset`).
         seed: paper-split seed.
-        address: a Ray cluster to join (None: local).
+        address: a Ray cluster to join (None: $RAY_ADDRESS, else a local Ray of its own).
         tracks_per_shard: tracks per Parquet shard.
         tracks_csv: another tracks.csv (default `<fma_root>/fma_metadata/tracks.csv`).
+        dataset: `fma.load_dataset(fma_root, subset, split, seed)` when the caller has it already
+            (the tune CLI checks the metadata before Ray starts; tracks.csv is slow to read twice).
 
     Returns:
         The manifest: schema_version, sample_rate, subset, split_scheme, seed, fma_root,
@@ -372,7 +390,7 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     if not os.path.isdir(fma_root):
         raise UserError(f"--fma-root {fma_root} is not a folder; point it at the folder holding fma_metadata/")
     out = os.path.abspath(os.fspath(out))
-    ds = load_dataset(fma_root, subset, split, seed, tracks_csv=tracks_csv)
+    ds = dataset if dataset is not None else load_dataset(fma_root, subset, split, seed, tracks_csv=tracks_csv)
     settings = {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
                 "split_scheme": split, "seed": int(seed), "label_names": ds.label_names,
                 "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
@@ -382,7 +400,10 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
             old is None or any(old.get(k) != v for k, v in settings.items())):
         raise UserError(f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
                         "use another --out (or delete that folder to rebuild it)")
-    os.makedirs(os.path.join(out, SHARD_DIR), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(out, SHARD_DIR), exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out} cannot be created ({exc.strerror}): choose a writable folder") from None
     for name in os.listdir(os.path.join(out, SHARD_DIR)):  # leftovers of a killed run: never trusted
         if name.startswith(".tmp-"):
             os.remove(os.path.join(out, SHARD_DIR, name))

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+
+from ray.tune import Callback
 
 from mgc_ray import report, search, tracking
 from mgc_ray.config import TrainConfig
@@ -14,7 +17,9 @@ from mgc_ray.errors import UserError
 # Keep the best two checkpoints by validation loss (Tune always keeps the latest too,
 # which a restarted trial resumes from).
 KEEP_CHECKPOINTS = 2
-# A trial whose worker dies is retried this many times from its last checkpoint.
+# A trial whose worker or node dies is retried this many times from its last checkpoint.
+# Tune retries any error; trainable.py makes an error the trial raised itself fail again
+# at once on a retry (it would recur), so retries cost seconds, not epochs.
 MAX_FAILURES = 2
 
 
@@ -34,15 +39,25 @@ class _BenignSyncRace(logging.Filter):
         return True
 
 
-def _check_batches(space: search.SearchSpace, n_train: int, paper_only: bool) -> None:
-    spec = space.space.get("batch_size")
-    sizes = [space.paper["batch_size"]] + ([] if paper_only or spec is None else list(spec.get("values", [])))
-    if max(sizes) > n_train:
-        raise UserError(f"batch size {max(sizes)} is larger than the training split ({n_train} tracks): "
-                        "use more data or smaller batch sizes in the search space")
+class _Progress(Callback):
+    """Tune callback: every trial's status at the end of each step of Tune's loop.
+
+    After a SIGINT Tune stops its loop, marks the unfinished trials TERMINATED and returns
+    normally, so the ResultGrid cannot tell an interrupted search from a finished one; the
+    statuses before that clean-up can (as can fewer trials than the search asked for).
+    """
+
+    def __init__(self):
+        self.status: dict[str, str] = {}
+
+    def on_step_end(self, iteration, trials, **info):
+        self.status = {t.trial_id: t.status for t in trials}
+
+    def interrupted(self, num_samples: int) -> bool:
+        return len(self.status) < num_samples or any(s not in ("TERMINATED", "ERROR") for s in self.status.values())
 
 
-def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks, restore: bool):
+def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list, restore: bool):
     from ray import tune
 
     run_config = tune.RunConfig(
@@ -51,13 +66,11 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks, rest
                                                 checkpoint_score_attribute="val/loss",
                                                 checkpoint_score_order="min"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1)
-    path = str(Path(plan.storage_path) / plan.name)
     if restore:
-        if not tune.Tuner.can_restore(path):
-            raise UserError(f"--resume: {path} holds no Tune state to resume: "
-                            "check --storage-path and --experiment-name")
-        return tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
-                                  resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(_experiment_path(plan), trainable=trainable, param_space=param_space,
+                                   resume_unfinished=True, resume_errored=False)
+        _use_callbacks(tuner, callbacks)
+        return tuner
     if plan.paper_only:
         tune_config = tune.TuneConfig(metric=search.METRIC, mode=search.MODE, num_samples=1)
     else:
@@ -68,17 +81,45 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks, rest
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results_root: Path) -> dict:
-    """Search (or one paper trial), then evaluate, log and write results. Returns the summary."""
+def _use_callbacks(tuner, callbacks: list) -> None:
+    """Tuner.restore brings back the callbacks pickled by the interrupted run; put this run's
+    in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
+    the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
+    run_config = tuner._local_tuner.get_run_config()
+    ours = (tracking.TrialLogger, _Progress)
+    run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
+
+
+def _experiment_path(plan) -> str:
+    return f"{plan.storage_path.rstrip('/')}/{plan.name}"
+
+
+def _report_errors(grid) -> None:
+    """One line per failed trial (the full traceback is in the trial's error.txt and MLflow)."""
+    for r in grid:
+        if r.error is not None:
+            lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()]
+            trial = (r.metrics or {}).get("trial_id") or Path(str(r.path)).name
+            print(f"mgc_ray: trial {trial} failed: {lines[-1] if lines else type(r.error).__name__}",
+                  file=sys.stderr, flush=True)
+
+
+def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results_root: Path,
+               resources: tuple[float, float, int]) -> dict:
+    """Search (or one paper trial), then evaluate, log and write results. Returns the summary.
+
+    Args:
+        resources: (cpus per trial, gpus per trial, trials at once), from `tune.resources`.
+    Raises:
+        KeyboardInterrupt: the search was interrupted (SIGINT); `--resume` finishes it.
+    """
     from ray import tune
 
     from mgc_ray.data import CacheDatasets
     from mgc_ray.trainable import train_trial
-    from mgc_ray.tune import resources
 
-    n_train = int(manifest["num_tracks"]["train"])
-    _check_batches(space, n_train, plan.paper_only)
-    cpus, gpus, concurrent = resources(args, n_train)
+    search.check_batches(space, manifest, plan.paper_only)
+    cpus, gpus, concurrent = resources
     datasets = CacheDatasets.build(plan.cache, manifest)
     trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest),
                                     {"cpu": cpus, "gpu": gpus})
@@ -97,25 +138,35 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
         "max_epochs": plan.max_epochs, "seed": plan.seed, "paper_only": plan.paper_only,
         "cpus_per_trial": cpus, "gpus_per_trial": gpus, "max_concurrent": concurrent,
         "split_scheme": manifest.get("split_scheme"), "sample_rate": manifest["sample_rate"]})
-    print(f"mgc_ray: MLflow {args.mlflow_uri} experiment {exp_name!r} run {parent} "
-          f"(mlflow ui --backend-store-uri {args.mlflow_uri})", flush=True)
-    print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
-          f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
-          f"{Path(plan.storage_path) / plan.name}", flush=True)
-    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
-    status = "FAILED"
+    logger, progress = tracking.TrialLogger(args.mlflow_uri, exp_id, parent), _Progress()
+    status, stale = "FAILED", []
     try:
-        tuner = _tuner(plan, space, trainable, param_space, concurrent,
-                       [tracking.TrialLogger(args.mlflow_uri, exp_id, parent)], restore=args.resume)
-        grid = tuner.fit()
+        # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
+        # resumes take theirs back (TrialLogger), the rest stay KILLED.
+        stale = tracking.close_children(c, exp_id, parent, "KILLED") if args.resume else []
+        print(f"mgc_ray: MLflow {args.mlflow_uri} experiment {exp_name!r} run {parent} "
+              f"(mlflow ui --backend-store-uri {args.mlflow_uri})", flush=True)
+        print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
+              f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
+              f"{_experiment_path(plan)}", flush=True)
+        logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
+        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress],
+                      restore=args.resume).fit()
+        if progress.interrupted(plan.num_samples):
+            raise KeyboardInterrupt
+        _report_errors(grid)
         summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_root)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
         status = "KILLED"
+        print(f"mgc_ray: search {plan.name} interrupted; finish it with the same command and "
+              f"--resume --experiment-name {plan.name} --storage-path {plan.storage_path}", file=sys.stderr,
+              flush=True)
         raise
     finally:
         tracking.close_children(c, exp_id, parent, "KILLED")
+        tracking.mark_lost(c, [rid for tid, rid in stale if tid not in logger.seen])
         c.set_terminated(parent, status)
 
 

@@ -70,9 +70,26 @@ def load_space(arch: str, path: str | Path | None = None) -> SearchSpace:
     missing = [k for k in SEARCHED if k not in paper]
     if missing:
         raise UserError(f"search space {p}: `paper:` lacks {', '.join(missing)}")
+    _check_values(p, "paper", {k: paper[k] for k in SEARCHED})
     for name, spec in space.items():
         _check_entry(p, name, spec, paper.get(name))
+        for value in _extremes(spec):
+            _check_values(p, f"space.{name}", {**{k: paper[k] for k in SEARCHED}, name: value})
     return SearchSpace(arch, paper, space, str(p))
+
+
+def _extremes(spec: dict[str, Any]) -> list[Any]:
+    """The values a trial can draw that are most likely out of bounds: every choice, or low and high."""
+    return list(spec["values"]) if spec["type"] == "choice" else [spec["low"], spec["high"]]
+
+
+def _check_values(path: Path, where: str, point: dict[str, Any]) -> None:
+    """Refuse in the driver what a trial would refuse in its first second (TrainConfig's bounds:
+    lr > 0, weight_decay >= 0, batch_size >= 1, ...), so no trial is spent on it."""
+    try:
+        TrainConfig.from_dict({"arch": "any", **point})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"search space {path}: {where}: {exc}; fix the value in the file") from None
 
 
 def _check_entry(path: Path, name: str, spec: Any, paper_value: Any) -> None:
@@ -93,8 +110,16 @@ def _check_entry(path: Path, name: str, spec: Any, paper_value: Any) -> None:
             raise UserError(f"search space {path}: {name}'s range must include the paper's {paper_value}")
     else:
         raise UserError(f"search space {path}: {name} has type {kind!r}; use loguniform, uniform or choice")
-    if name == "lr" and kind == "choice" and min(spec["values"]) <= 0:
-        raise UserError(f"search space {path}: learning rates must be > 0")
+
+
+def check_batches(space: SearchSpace, manifest: dict, paper_only: bool) -> None:
+    """Refuse batch sizes larger than the cache's training split (a trial would get no batch)."""
+    n_train = int(manifest["num_tracks"]["train"])
+    spec = space.space.get("batch_size")
+    sizes = [space.paper["batch_size"]] + ([] if paper_only or spec is None else list(spec.get("values", [])))
+    if max(sizes) > n_train:
+        raise UserError(f"batch size {max(sizes)} is larger than the training split ({n_train} tracks): "
+                        "use more data or smaller batch sizes in the search space")
 
 
 def param_space(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:

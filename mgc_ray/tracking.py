@@ -113,14 +113,26 @@ def ensure_search_run(c, exp_id: str, name: str, params: dict[str, Any]) -> str:
     return run.info.run_id
 
 
-def close_children(c, exp_id: str, parent_id: str, status: str = "KILLED") -> int:
-    """End every child run of `parent_id` still RUNNING (after an interrupted search)."""
-    n = 0
+def close_children(c, exp_id: str, parent_id: str, status: str = "KILLED") -> list[tuple[str, str]]:
+    """End every child run of `parent_id` still RUNNING (after an interrupted search).
+
+    Returns:
+        (trial id, run id) of each run ended.
+    """
+    ended = []
     for run in find_runs(c, exp_id, {PARENT_TAG: parent_id}):
         if run.info.status == "RUNNING":
             c.set_terminated(run.info.run_id, status)
-            n += 1
-    return n
+            ended.append((run.data.tags.get(TRIAL_TAG, ""), run.info.run_id))
+    return ended
+
+
+def mark_lost(c, run_ids: Iterable[str]) -> None:
+    """Tag trial runs that a resumed search did not take back: their trial started after
+    Tune's last state save before the driver was killed, so Tune does not know it (its
+    sampler may draw the same point again as a new trial)."""
+    for rid in run_ids:
+        c.set_tag(rid, "mgc.lost", "the driver was killed before Ray Tune saved this trial; it was not resumed")
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -128,11 +140,21 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class TrialLogger(Callback):
-    """Tune callback (runs in the driver) writing one MLflow child run per trial."""
+    """Tune callback (runs in the driver) writing one MLflow child run per trial.
+
+    Each epoch is logged once (step = epoch): a trial restarted from a checkpoint, or
+    resumed by `--resume` after its driver died, re-reports nothing older than what its
+    run already holds. Tags: mgc.node_ids (the Ray nodes the trial ran on), mgc.restarts
+    and mgc.last_failure (worker deaths and errors it was retried after), mgc.error (why
+    it failed in the end).
+    """
 
     def __init__(self, uri: str, exp_id: str, parent_id: str):
         self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
         self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._nodes: dict[str, list[str]] = {}
+        self._restarts: dict[str, int] = {}
         self._c = None
 
     @property
@@ -141,8 +163,13 @@ class TrialLogger(Callback):
             self._c = client(self.uri)
         return self._c
 
+    @property
+    def seen(self) -> set[str]:
+        """Trial ids this logger has written to."""
+        return set(self._runs)
+
     def __getstate__(self):  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_c": None, "_runs": {}}
+        return {**self.__dict__, "_c": None, "_runs": {}, "_last_step": {}, "_nodes": {}, "_restarts": {}}
 
     def run_id(self, trial) -> str:
         rid = self._runs.get(trial.trial_id)
@@ -152,6 +179,9 @@ class TrialLogger(Callback):
                 rid = found[0].info.run_id
                 if found[0].info.status != "RUNNING":
                     self.c.update_run(rid, status="RUNNING")
+                history = self.c.get_metric_history(rid, "val/loss")
+                self._last_step[trial.trial_id] = max((m.step for m in history), default=-1)
+                self._restarts[trial.trial_id] = int(found[0].data.tags.get("mgc.restarts", 0))
             else:
                 run = self.c.create_run(self.exp_id, run_name=trial.trial_id, tags={
                     PARENT_TAG: self.parent_id, SOURCE_TAG: "trial", TRIAL_TAG: trial.trial_id,
@@ -165,8 +195,23 @@ class TrialLogger(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        rid, step = self.run_id(trial), int(result.get("epoch", 0))
+        node = result.get("node_id")
+        nodes = self._nodes.setdefault(trial.trial_id, [])
+        if node and node not in nodes:
+            nodes.append(str(node))
+            self.c.set_tag(rid, "mgc.node_ids", ",".join(nodes))
+        if step <= self._last_step.get(trial.trial_id, -1):
+            return  # this epoch is logged already (re-run after a restart from an older checkpoint)
+        self._last_step[trial.trial_id] = step
         metrics = {k: v for k, v in result.items() if k.split("/")[0] in ("train", "val", "best")}
-        log_metrics(self.c, self.run_id(trial), metrics, step=int(result.get("epoch", 0)))
+        log_metrics(self.c, rid, metrics, step=step)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        rid = self.run_id(trial)
+        self._restarts[trial.trial_id] = self._restarts.get(trial.trial_id, 0) + 1
+        self.c.set_tag(rid, "mgc.restarts", str(self._restarts[trial.trial_id]))
+        self.c.set_tag(rid, "mgc.last_failure", _error_text(trial))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rid = self.run_id(trial)

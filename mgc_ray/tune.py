@@ -1,23 +1,35 @@
 """`python -m mgc_ray.tune --arch densenet`: the search (or, with --paper, one paper trial).
 
-Flow: data (demo, FMA root or cache) -> Ray (local with the dashboard on
-127.0.0.1, or --address) -> prepare if needed -> Ray Datasets built once ->
+Flow: every check that needs no Ray (flags, search space, folders, metadata,
+an existing cache, --resume state) -> Ray (local with the dashboard on
+127.0.0.1, or --address) -> cluster checks (shared storage on several nodes,
+GPUs and CPUs per trial) -> prepare if needed -> Ray Datasets built once ->
 MLflow experiment, paper reference run and search run -> Tuner (Optuna TPE +
 ASHA) -> best and paper trials evaluated on the test split -> results/ and a
-summary table against the paper's Table 1 row.
+summary table against the paper's Table 1 row. Bad input is refused in that
+order, so most of it costs no Ray start-up.
+
+On a cluster of several nodes every node must reach the same files: Tune's
+--storage-path (a URI such as s3://bucket/path, or a folder every node mounts
+at the same path, declared with --shared-storage) and the cache (and the FMA
+root while preparing; a shared folder, --shared-storage). MLflow needs no such
+thing: only this driver process writes to it (tracking.TrialLogger is a Tune
+callback running here), so a sqlite URI is fine on any cluster.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
+import signal
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Sequence
 
 from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, home
-from mgc_ray.errors import UserError, run_cli
+from mgc_ray.errors import Parser, UserError, run_cli
 
 DASHBOARD_PORT = 8265  # Ray's default
 # The built-in demo: big enough that a 2D model learns it, small enough that the
@@ -30,13 +42,14 @@ SMOKE_DEMO = dict(tracks_per_genre=6, seconds=4.0)
 SMOKE_SEARCH = dict(num_samples=2, max_epochs=2)
 SMOKE_INPUT = dict(window=512, n_mels=32, crop_seconds=2.0)  # 23 ms window, 32 mels, 2-s crops
 SMOKE_BATCH = 8
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mgc_ray.models import list_models
-
-    p = argparse.ArgumentParser(prog="python -m mgc_ray.tune", description=__doc__.split("\n")[0])
-    p.add_argument("--arch", required=True, choices=list_models())
+def build_parser() -> Parser:
+    p = Parser(prog="python -m mgc_ray.tune", description=__doc__.split("\n")[0])
+    # The registered models that have the paper's settings (each one's reference run and
+    # first trial); config.PAPER needs no torch import, so bad flags are refused in 0.3 s.
+    p.add_argument("--arch", required=True, choices=sorted(PAPER))
     data = p.add_mutually_exclusive_group()
     data.add_argument("--fma-root", help=f"FMA root (fma_metadata/, fma_<subset>/); or set ${FMA_ROOT_ENV}")
     data.add_argument("--cache", help="a prepared cache (python -m mgc_ray.prepare)")
@@ -49,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU (default: 1 if the cluster has GPUs)")
     p.add_argument("--cpus-per-trial", type=float, help="default 1 (CPU only) or 2 (with a GPU)")
-    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:6379)")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:6379; default "
+                                      "$RAY_ADDRESS, else a local Ray of this command's own)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="bind the Ray dashboard here (local Ray only)")
     p.add_argument("--no-dashboard", action="store_true", help="start local Ray without its dashboard")
-    p.add_argument("--storage-path", help="Ray Tune's results (default: $MGC_HOME/ray_results)")
+    p.add_argument("--storage-path", help="Ray Tune's results: a folder or a URI such as s3://bucket/path "
+                   "(default: $MGC_HOME/ray_results)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the local --storage-path, the cache and --fma-root are on a filesystem every Ray node "
+                        "mounts at the same path (needed, and checked, on a cluster of several nodes)")
     p.add_argument("--experiment-name", help="name of this search (default: <arch>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted search (the newest, or --experiment-name)")
     p.add_argument("--paper", action="store_true", help="one trial at the paper's exact settings")
@@ -93,60 +111,132 @@ def _check_positive(args) -> None:
 
 
 def _writable_dir(path: Path, flag: str) -> Path:
+    """Make `path` if needed and prove it writable with a file that is gone at once
+    (os.access says yes to root even on a read-only mount)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{flag} {path} cannot be created ({exc.strerror}): choose a writable folder") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"{flag} {path} is not writable: choose a writable folder")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {path} is not writable ({exc.strerror}): choose a writable folder") from None
     return path
 
 
+def is_uri(path: str) -> bool:
+    """s3://, gs://, ...: storage Ray Tune reaches through pyarrow, from every node."""
+    return "://" in path
+
+
+def resolve_storage(raw: str | None) -> str:
+    """Tune's storage: a URI as given, else a local folder (made and checked writable)."""
+    raw = raw or str(home() / "ray_results")
+    if raw.startswith("file://"):
+        raw = raw[len("file://"):]
+    if is_uri(raw):
+        return raw.rstrip("/")
+    return str(_writable_dir(Path(raw).expanduser().resolve(), "--storage-path"))
+
+
 def resolve_data(args) -> tuple[str, str | None, str]:
-    """Returns (cache dir, FMA root to prepare from or None, dataset name)."""
+    """Returns (cache dir, FMA root to prepare from or None, dataset name); writes nothing
+    but folders (the demo, when no data is given, comes with `ensure_demo`)."""
     from mgc_ray.cache import default_cache_dir
-    from mgc_ray.demo import write_demo
 
     if args.cache:
-        return str(Path(args.cache).resolve()), None, f"cache-{Path(args.cache).name}"
+        cache = Path(args.cache).expanduser().resolve()
+        if not cache.is_dir():
+            raise UserError(f"--cache {args.cache} does not exist: give a folder made by python -m mgc_ray.prepare "
+                            "(or --fma-root to prepare one)")
+        return str(cache), None, f"cache-{cache.name}"
     root = args.fma_root or os.environ.get(FMA_ROOT_ENV)
     if root:
         root_p = Path(root).expanduser().resolve()
         if not root_p.is_dir():
             raise UserError(f"--fma-root {root} does not exist: point it at the folder holding fma_metadata/")
         cache = default_cache_dir(root_p, args.subset, args.split or "paper", args.seed, CACHE_SAMPLE_RATE)
+        _writable_dir(Path(cache).parent, "the cache folder")
         return cache, str(root_p), f"fma_{args.subset}"
     kind = "demo-smoke" if args.smoke else "demo"
-    size = SMOKE_DEMO if args.smoke else DEMO
     base = _writable_dir(home() / kind, f"${HOME_ENV}")
-    fma = base / "fma"
+    return str(base / "cache"), str(base / "fma"), kind
+
+
+def ensure_demo(args, fma_root: str) -> None:
+    """Write the built-in demo dataset on first use (no data given)."""
+    from mgc_ray.demo import write_demo
+
+    size = SMOKE_DEMO if args.smoke else DEMO
+    fma = Path(fma_root)
     if not (fma / "fma_metadata" / "tracks.csv").is_file():
         print(f"mgc_ray: no data given: writing the built-in demo dataset to {fma} "
               f"({size['tracks_per_genre']} tracks x 8 genres x {size['seconds']:g} s)", flush=True)
         write_demo(fma, seed=0, **size)
     else:
         print(f"mgc_ray: no data given: using the built-in demo dataset at {fma}", flush=True)
-    return str(base / "cache"), str(fma), kind
+
+
+def check_data(args, cache: str, fma_root: str | None):
+    """Refuse bad data before Ray starts.
+
+    Returns:
+        (manifest of an existing cache or None, the FMA dataset to prepare from or None).
+
+    Raises:
+        UserError: a cache of another schema, sample rate or split; tracks.csv missing
+            columns; fewer than two genres; an empty split.
+    """
+    from mgc_ray.cache import MANIFEST, check_cache
+
+    manifest = None
+    if fma_root is None or Path(cache, MANIFEST).is_file():
+        manifest = check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
+    dataset = None
+    if fma_root is not None:
+        from mgc_ray.fma import load_dataset
+
+        dataset = load_dataset(fma_root, args.subset, args.split or "paper", args.seed)
+    return manifest, dataset
+
+
+def _sigterm_as_sigint(signum, frame) -> None:
+    """Schedulers (SLURM, Kubernetes) stop jobs with SIGTERM: treat it as Ctrl+C, so Tune saves its
+    state and the runs end KILLED, ready for --resume (Python's default would end at once)."""
+    signal.raise_signal(signal.SIGINT)
 
 
 def start_ray(args) -> None:
     import ray
 
-    if args.address:
-        ray.init(address=args.address, log_to_driver=True)
-        print(f"mgc_ray: joined the Ray cluster at {args.address}", flush=True)
+    # Ray reports usage statistics to usage-stats.ray.io by default: nothing leaves the machine
+    # unless the user asks (RAY_USAGE_STATS_ENABLED=1). Token authentication stays as ray.init
+    # sets it (on, since Ray 2.52); turning it off is the user's call, and warned about.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        print("warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication: anyone who reaches the "
+              "cluster's ports can run code on it; unset it to keep the token", file=sys.stderr)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=True)
+        signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
+        print(f"mgc_ray: joined the Ray cluster at {address}", flush=True)
         return
-    if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+    if args.dashboard_host not in LOCAL_HOSTS:
         print(f"warning: the Ray dashboard will listen on {args.dashboard_host}: it has no authentication "
               "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
-    ctx = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
+    # "local": a Ray of this command's own. Without it ray.init joins whatever cluster
+    # `ray start` (or a test's) last left running on this machine, flags ignored.
+    ctx = ray.init(address="local", include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
                    dashboard_port=DASHBOARD_PORT, log_to_driver=True)
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
         print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
 
 
-def resources(args, n_train: int) -> tuple[float, float, int]:
+def resources(args) -> tuple[float, float, int]:
     """(cpus per trial, gpus per trial, max concurrent) from the cluster and the flags."""
     import ray
 
@@ -162,17 +252,91 @@ def resources(args, n_train: int) -> tuple[float, float, int]:
     if cpus > node_cpus - 1:
         raise UserError(f"--cpus-per-trial {cpus:g} leaves no CPU for Ray Data on the largest node "
                         f"({node_cpus:g} CPUs): ask for at most {max(node_cpus - 1, 0):g}")
-    by_cpu = max(1, int((total.get("CPU", 1) - 1) // cpus))  # one CPU stays free for Ray Data
+    # One CPU per node stays free for Ray Data (SPEC 3: trials holding every CPU hang it).
+    by_cpu = max(1, sum(int((n["Resources"].get("CPU", 0) - 1) // cpus) for n in nodes))
     by_gpu = int(total.get("GPU", 0) // gpus) if gpus else by_cpu
     return cpus, gpus, args.max_concurrent or max(1, min(by_cpu, by_gpu))
 
 
-def _search_name(args, dataset: str, storage: Path) -> str:
+def check_cluster(args, storage: str, cache: str, fma_root: str | None) -> int:
+    """On a cluster of several nodes, refuse storage only this machine can see.
+
+    A URI --storage-path is reachable from every node; a local folder (and the cache,
+    and the FMA root while preparing) only if it sits on a filesystem every node mounts
+    at the same path, which --shared-storage declares and this checks: each node looks
+    for a file the driver has just written there.
+
+    Returns:
+        The number of alive nodes.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return len(nodes)
+    local = ([] if is_uri(storage) else [f"--storage-path {storage}"]) + [f"the cache {cache}"]
+    if fma_root:
+        local.append(f"--fma-root {fma_root}")
+    if not args.shared_storage:
+        raise UserError(f"this Ray cluster has {len(nodes)} nodes but {', '.join(local)} may exist on this machine "
+                        "only, and trials or tasks on other nodes must reach them: put them on a filesystem every "
+                        "node mounts at the same path and add --shared-storage (--storage-path may instead be "
+                        "a URI such as s3://bucket/path)")
+    from mgc_ray.cache import MANIFEST
+
+    token = f".mgc-shared-probe-{uuid.uuid4().hex[:12]}"
+    writable = [] if is_uri(storage) else [storage]
+    if fma_root:  # to be prepared: every node writes shards into it
+        os.makedirs(cache, exist_ok=True)
+        writable.append(cache)
+    probes = [os.path.join(d, token) for d in writable]
+    for path in probes:
+        Path(path).write_text("mgc_ray: a node checks that it sees this file; deleted at once\n")
+    wanted = probes + [os.path.join(fma_root, "fma_metadata", "tracks.csv") if fma_root
+                       else os.path.join(cache, MANIFEST)]
+    try:
+        missing = _missing_on_nodes(nodes, wanted)
+    finally:
+        for path in probes:
+            Path(path).unlink(missing_ok=True)
+    for node, paths in missing.items():
+        if paths:
+            shown = os.path.dirname(paths[0]) if os.path.basename(paths[0]) == token else paths[0]
+            raise UserError(f"--shared-storage: node {node} does not see {shown}: mount the same filesystem at the "
+                            "same path on every node (or use a URI --storage-path for Tune's files)")
+    print(f"mgc_ray: {len(nodes)} nodes see the shared storage", flush=True)
+    return len(nodes)
+
+
+def _missing_on_nodes(nodes: list[dict], paths: list[str]) -> dict[str, list[str]]:
+    """{node address: the paths it cannot see}, one zero-CPU task pinned to each node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def missing(wanted: list[str]) -> list[str]:
+        return [p for p in wanted if not os.path.exists(p)]
+
+    refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: missing.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths) for n in nodes}
+    return {node: ray.get(ref, timeout=300) for node, ref in refs.items()}
+
+
+def experiment_path(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _search_name(args, dataset: str, storage: str) -> str:
     if args.experiment_name:
+        if "/" in args.experiment_name or args.experiment_name in (".", ".."):
+            raise UserError(f"--experiment-name {args.experiment_name!r} must be a plain name, without '/'")
         return args.experiment_name
     prefix = f"{args.arch}-{dataset}{'-paper' if args.paper else ''}-"
     if args.resume:
-        found = sorted((p for p in storage.glob(prefix + "*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        if is_uri(storage):
+            raise UserError("--resume with a URI --storage-path needs --experiment-name: "
+                            "give the name the interrupted search printed")
+        found = sorted((p for p in Path(storage).glob(prefix + "*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UserError(f"--resume: no earlier search {prefix}* under {storage}: "
                             "give --experiment-name and --storage-path of the search to finish")
@@ -180,21 +344,39 @@ def _search_name(args, dataset: str, storage: Path) -> str:
     return prefix + time.strftime("%Y%m%d-%H%M%S")
 
 
+def _check_experiment(args, storage: str, name: str) -> None:
+    """--resume needs Tune's state; a new search never writes over an earlier one."""
+    path = experiment_path(storage, name)
+    if args.resume:
+        from ray import tune
+
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"--resume: {path} holds no Tune state to resume: "
+                            "check --storage-path and --experiment-name")
+    elif not is_uri(storage) and Path(path).is_dir() and any(Path(path).iterdir()):
+        raise UserError(f"a search named {name} already exists in {storage}: add --resume to finish it, "
+                        "or choose another --experiment-name")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_positive(args)
     from mgc_ray import search
 
+    # 1. Everything that needs no Ray: most bad input costs a second, not a Ray start.
     space = search.load_space(args.arch, args.space)
-    storage = _writable_dir(Path(args.storage_path or home() / "ray_results").expanduser().resolve(),
-                            "--storage-path")
+    storage = resolve_storage(args.storage_path)
     results_root = _writable_dir(Path(args.results_dir).expanduser().resolve(), "--results-dir")
     if args.mlflow_uri.startswith("sqlite:///"):
         _writable_dir(Path(args.mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent, "--mlflow-uri folder")
     cache, fma_root, dataset = resolve_data(args)
     name = _search_name(args, dataset, storage)
+    _check_experiment(args, storage, name)
+    if dataset.startswith("demo"):
+        ensure_demo(args, fma_root)
+    manifest, fma_dataset = check_data(args, cache, fma_root)
     defaults = SMOKE_SEARCH if args.smoke else (DEMO_SEARCH if dataset.startswith("demo") else FMA_SEARCH)
-    plan = Plan(arch=args.arch, cache=cache, dataset=dataset, name=name, storage_path=str(storage),
+    plan = Plan(arch=args.arch, cache=cache, dataset=dataset, name=name, storage_path=storage,
                 num_samples=1 if args.paper else (args.num_samples or defaults["num_samples"]),
                 max_epochs=args.max_epochs or (defaults["max_epochs"] if not args.paper or args.smoke
                                                or dataset.startswith("demo") else PAPER[args.arch].epochs),
@@ -203,17 +385,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
         space = space.shrunk(fixed)
-
-    start_ray(args)
     from mgc_ray.cache import check_cache
+    from mgc_ray.prepare import prepare
+
+    def prepared() -> dict:
+        prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", seed=args.seed,
+                dataset=fma_dataset)
+        return check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
+
+    if manifest is not None:
+        if fma_root is not None:
+            manifest = prepared()  # done already: confirms the cache holds these tracks, starts no Ray
+        search.check_batches(space, manifest, plan.paper_only)
+
+    # 2. Ray, then what needs the cluster, still before any expensive work.
+    start_ray(args)
+    check_cluster(args, storage, cache, fma_root if manifest is None else None)
+    res = resources(args)
+    if manifest is None:
+        manifest = prepared()  # Ray tasks over the cluster
+        search.check_batches(space, manifest, plan.paper_only)
     from mgc_ray.runner import run_search
 
-    if fma_root is not None:
-        from mgc_ray.prepare import prepare
-
-        prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", seed=args.seed)
-    manifest = check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
-    run_search(plan, space, manifest, args=args, results_root=results_root)
+    run_search(plan, space, manifest, args=args, results_root=results_root, resources=res)
     return 0
 
 

@@ -1,0 +1,99 @@
+"""Gather every benchmark report's targets into results/benchmarks/README.md.
+
+    python benchmarks/summary.py                       # after running the scripts (CPU here, GPU on a GPU node)
+    python benchmarks/summary.py --results DIR         # another folder of reports (the test's smoke runs)
+
+Reads `<name>_<device>.json` written by features.py, pipeline.py, trial.py,
+search.py and scale.py and writes one table of every target: what was asked,
+what was measured, on which machine, and met / not met / not measured here. A
+GPU session adds its `*_cuda.json` beside the CPU ones and runs this again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import _common as C
+from mgc_ray.errors import Parser, UserError, run_cli
+
+SCRIPTS = ("features", "pipeline", "trial", "search", "scale")
+
+GPU_COMMANDS = """\
+On a GPU node (after `pip install -e .` there: ray, optuna, mlflow, librosa and soundfile are not on the
+GPU image), from the repository root; each command stays under 10 minutes on an H100:
+
+    python benchmarks/trial.py --device cuda                      # bf16 x channels_last, DenseNet >= 2,000 samples/s?, GPU data wait
+    python benchmarks/features.py --device cuda --work /tmp/mgcb  # our front end on the GPU vs the paper's CPU way
+    python benchmarks/pipeline.py --device cuda --work /tmp/mgcb  # batches delivered to the GPU (16-core figure)
+    python benchmarks/search.py --device cuda --archs baseline_a_2d --work /tmp/mgcb   # 1 / 2 / 4 trials per GPU
+    python benchmarks/search.py --device cuda --archs densenet --work /tmp/mgcb
+    python benchmarks/scale.py --device cuda --tracks-per-genre 1000 --work /tmp/mgcb  # FMA-small size (long: split off)
+    python benchmarks/summary.py
+
+`--work` keeps the demo data between the scripts (features, pipeline and trial share sizes). Then copy
+`results/benchmarks/*_cuda.*` back beside the CPU reports."""
+
+
+def load_reports(folder: Path) -> list[dict]:
+    reports = []
+    for path in sorted(folder.glob("*_*.json")):
+        try:
+            r = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if r.get("name") in SCRIPTS and "targets" in r:
+            r["_file"] = path.name
+            reports.append(r)
+    return reports
+
+
+def machine_short(m: dict) -> str:
+    gpu = m["gpu"] or "no GPU"
+    return f"{m['cpu']}, {m['cores']} cores, {gpu}; load {m['load_avg_1min_at_start']} -> {m.get('load_avg_1min_at_end')}"
+
+
+def to_markdown(reports: list[dict], notes: str) -> list[str]:
+    smoke = any(r.get("smoke") for r in reports)
+    lines = ["# Benchmarks" + (" (SMOKE RUNS: tiny sizes, not measurements)" if smoke else ""), "",
+             "Speed is shown by these scripts, never by timed assertions in tests (`tests/test_benchmarks.py` runs "
+             "each one's `--smoke` mode). Each prints a short table and writes `<name>_<device>.json` and `.md` here, "
+             "naming the machine (CPU model and cores, GPU, library versions, torch threads, load average).", "",
+             C.UNDER_LOAD, "", "## Every target", ""]
+    rows = []
+    for r in sorted(reports, key=lambda r: (SCRIPTS.index(r["name"]), r["_file"])):
+        for t in r["targets"]:
+            status = t["status"] if t["status"] != C.NOT_MEASURED else f"{C.NOT_MEASURED}" + (
+                " (GPU)" if "GPU" in (t["note"] + t["measured"]) else "")
+            rows.append([t["target"], t["goal"], t["measured"], machine_short(r["machine"]), f"**{status}**",
+                         t["note"], f"[{r['_file'][:-5]}.md]({r['_file'][:-5]}.md)"])
+    lines += C.md_table(["target", "goal", "measured", "machine", "status", "why / note", "report"], rows, "lllllll")
+    lines += ["", "## Reports", ""]
+    for r in reports:
+        lines.append(f"- [{r['_file'][:-5]}.md]({r['_file'][:-5]}.md): `benchmarks/{r['name']}.py` on "
+                     f"{r['machine']['device']}")
+    if notes:
+        lines += ["", notes.strip()]
+    lines += ["", "## Left for a GPU session", "", GPU_COMMANDS, ""]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = Parser(prog="python benchmarks/summary.py", description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=C.RESULTS, help=f"folder of reports (default {C.RESULTS})")
+    p.add_argument("--notes", type=Path, help="a markdown file of findings to include (default: FINDINGS.md there)")
+    args = p.parse_args(argv)
+    reports = load_reports(args.results)
+    if not reports:
+        raise UserError(f"no benchmark report in {args.results}: run the scripts first (see benchmarks/*.py)")
+    notes_path = args.notes or args.results / "FINDINGS.md"
+    notes = notes_path.read_text() if notes_path.is_file() else ""
+    out = args.results / "README.md"
+    C.atomic_write(out, "\n".join(to_markdown(reports, notes)))
+    C.print_table(["target", "status"], [[t["target"], t["status"]] for r in reports for t in r["targets"]])
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,334 @@
+"""Training speed of each architecture at paper settings, and how long a real trial waits for data.
+
+    python benchmarks/trial.py                 # CPU: a few steps per arch + 2 epochs of 2 trials (~4 min on 2 cores)
+    python benchmarks/trial.py --device cuda   # GPU: bf16 autocast and channels_last on and off, more steps,
+                                               # and a 2,000-clip demo for the data wait (written first)
+    python benchmarks/trial.py --smoke         # tiny: checks the script in seconds
+
+1. Training samples per second of each registered architecture at the paper's
+   settings (config.PAPER: window / n_mels, batch size; 10-s crops at 22,050 Hz):
+   forward (front end included) + cross-entropy + backward + Adam step, through
+   `train.train_epoch` itself on a fixed random batch, after warm-up steps. On
+   CUDA each arch runs four ways: bf16 autocast (`train.autocast`) on/off x
+   channels_last (`train.prepare_model`) on/off. Both are CUDA-only in the
+   trainer, so a CPU run measures fp32 contiguous only and says so.
+2. A real trial's wait for data: the loop of `trainable.py` (model from the
+   registry, `prepare_model`, Adam, `Augment` on the device, `train_batches`
+   from the Ray Data cache, `train_epoch`), with the batch iterator wrapped so
+   the time blocked in `next(batches)` is summed; share = that time / the epoch's
+   time. Ray gets (available CPUs - 1) logical CPUs: a trial holds one CPU and
+   Ray Data gets the rest (`tune.resources`). On CPU the trainer and Ray Data
+   share the same two cores, so this is the CPU trial's share, labelled so.
+
+Targets: DenseNet-121 at 224 x 224 >= 2,000 samples/s on one H100 with bf16 (GPU
+only); GPU waiting for data < 10 % of a trial's time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from typing import Iterator, Sequence
+
+import torch
+
+import _common as C
+from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
+from mgc_ray.errors import run_cli
+from mgc_ray.features import Augment
+from mgc_ray.models import build_model, input_shapes, list_models
+from mgc_ray.train import make_optimizer, prepare_model, train_epoch
+
+NAME = "trial"
+TARGET_DENSENET = 2000  # samples/s, DenseNet-121 at 224 x 224, one H100, bf16
+TARGET_WAIT = 0.10      # share of a GPU trial's time spent waiting for data
+WAIT_ARCHS = ("baseline_a_2d", "densenet")  # a small model (data-bound if anything is) and the paper's best
+SMOKE_INPUT = dict(sample_rate=8_000, window=256, n_mels=32)  # 1-s crops: seconds for all five archs
+CPU_TRACKS_PER_GENRE = 20   # 128 training clips: 4 batches of 32 per epoch, minutes of DenseNet on 2 cores
+GPU_TRACKS_PER_GENRE = 250  # 1,600 training clips: 50 batches per epoch (FMA small: 200)
+
+
+def step_rate(arch: str, device: torch.device, *, amp: bool, channels_last: bool, steps: int, warmup: int,
+              n_samples: int, batch: int, overrides: dict, cudnn_benchmark: bool = False) -> dict:
+    """Samples/s of `train_epoch` on one fixed random batch (fresh model and Adam).
+
+    `cudnn_benchmark` (CUDA only): let cuDNN time its conv algorithms for these fixed shapes
+    (`torch.backends.cudnn.benchmark`; train.py leaves it off)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
+    preset = PAPER[arch]
+    kw = {"window": preset.window, "n_mels": preset.n_mels, "sample_rate": CACHE_SAMPLE_RATE, **overrides}
+    torch.manual_seed(0)
+    model = build_model(arch, **kw)
+    model = prepare_model(model, device) if channels_last else model.to(device)  # prepare_model: channels_last on CUDA
+    opt = make_optimizer(model, preset.train_config())
+    wave = (0.3 * torch.randn(batch, n_samples)).clamp(-1, 1).to(device)  # (B, N) at the cache rate
+    label = torch.randint(0, 8, (batch,), device=device)  # (B,)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if warmup:
+        train_epoch(model, itertools.repeat((wave, label), warmup), opt, device=device, amp=amp)
+    C.sync(device)
+    with C.timed(device) as t:
+        r = train_epoch(model, itertools.repeat((wave, label), steps), opt, device=device, amp=amp)
+    out = {"arch": arch, "label": preset.label, "window": kw["window"], "n_mels": kw["n_mels"],
+           "input_shapes": [list(s) for s in input_shapes(model, n_samples)], "batch": batch, "steps": steps,
+           "warmup": warmup, "amp_bf16": amp and device.type == "cuda",
+           "channels_last": channels_last and device.type == "cuda",
+           "cudnn_benchmark": torch.backends.cudnn.benchmark, "samples_per_s": r["samples_per_s"],
+           "step_s": r["seconds"] / steps, **t.as_dict()}
+    if device.type == "cuda":
+        out["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.backends.cudnn.benchmark = False
+    return out
+
+
+class Augment100(Augment):
+    """`features.Augment` with stretch factors on a 1/100 grid instead of 1/1000 (the proposed change).
+
+    torchaudio's sinc resampler convolves with one kernel per output phase, as long as
+    the reduced ratio's numerator: a factor such as 0.937 = 937/1000 (gcd 1) means a
+    (1000, 1, 951) kernel whose taps are > 98 % zeros (only ~13 lie inside the windowed
+    sinc), 0.94 = 47/50 a (50, 1, 61) one. On a 1/100 grid every factor has at most 100
+    phases. The factor stays uniform over [0.9, 1.1], in 21 steps instead of 201.
+    """
+
+    RATE_STEPS = 100
+
+
+def augment_cost(device: torch.device, *, batch: int, n_samples: int, repeats: int) -> list[dict]:
+    """Seconds per training batch of `Augment` on `device`, now and with the proposed 1/100 grid."""
+    wave = (0.3 * torch.randn(batch, n_samples)).clamp(-1, 1).to(device)  # (B, N)
+    out = []
+    for label, cls in (("now: factors on a 1/1000 grid", Augment), ("proposed: factors on a 1/100 grid", Augment100)):
+        aug = cls().to(device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        aug(wave, gen)  # warm-up
+        ts = []
+        with C.timed(device) as t:
+            for _ in range(repeats):  # each call draws new factors: the median over many draws
+                a = time.perf_counter()
+                aug(wave, gen)
+                C.sync(device)
+                ts.append(time.perf_counter() - a)
+        out.append({"augment": label, "rate_steps": cls.RATE_STEPS, "batch": batch, "n_samples": n_samples,
+                    "repeats": repeats, "seconds_median": C.median(ts), "seconds_mean": sum(ts) / len(ts),
+                    "load_start": t.load_start, "load_end": t.load_end})
+    return out
+
+
+class WaitTimer:
+    """Wraps a batch iterator; `wait` sums the seconds spent blocked in its `next()`."""
+
+    def __init__(self, batches: Iterator) -> None:
+        self.it, self.wait, self.first, self.n = iter(batches), 0.0, None, 0
+
+    def __iter__(self) -> "WaitTimer":
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            dt = time.perf_counter() - t0
+            self.wait += dt
+            if self.first is None:
+                self.first = dt
+            self.n += 1
+
+
+def _timed_epoch(model, optimizer, augment, generator, datasets, cfg, mcfg, epoch: int, device: torch.device) -> dict:
+    """One training epoch of trainable._train with the time blocked in next(batches) summed."""
+    from mgc_ray.data import train_batches
+
+    generator.manual_seed(cfg.seed * 100_003 + epoch)  # as trainable.py
+    batches = WaitTimer(train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
+                                      seed=cfg.seed, epoch=epoch, device=str(device)))
+    with C.timed(device) as t:
+        tr = train_epoch(model, batches, optimizer, augment=augment, generator=generator, device=device)
+    return {"epoch": epoch, "batches": batches.n - 1, "batch": cfg.batch_size, "seconds": tr["seconds"],
+            "wait_s": batches.wait, "first_batch_wait_s": batches.first, "wait_share": batches.wait / tr["seconds"],
+            "samples_per_s": tr["samples_per_s"], "torch_threads": torch.get_num_threads(),
+            "load_start": t.load_start, "load_end": t.load_end}
+
+
+def trial_wait(datasets, manifest: dict, arch: str, device: torch.device, *, epochs: int, overrides: dict) -> dict:
+    """The loop of trainable._train (training part) with the data wait timed; one row per epoch."""
+    cfg = PAPER[arch].train_config(max_epochs=epochs, **overrides)
+    label_names = list(manifest["label_names"])
+    mcfg = cfg.model_config(int(manifest["sample_rate"]), float(manifest["wave_mean"]), float(manifest["wave_std"]),
+                            n_classes=len(label_names))
+    torch.manual_seed(cfg.seed)
+    fields = {k: v for k, v in dataclasses.asdict(mcfg).items() if k != "arch"}
+    model = prepare_model(build_model(cfg.arch, **fields), device)
+    optimizer = make_optimizer(model, cfg)
+    augment = Augment().to(device)
+    generator = torch.Generator(device=device)
+    rows = []
+    with C.torch_threads(C.trial_cpus(device)):  # what Ray gives a trial (OMP_NUM_THREADS = its CPUs)
+        for epoch in range(epochs):
+            rows.append(_timed_epoch(model, optimizer, augment, generator, datasets, cfg, mcfg, epoch, device))
+    total = sum(r["seconds"] for r in rows)
+    wait = sum(r["wait_s"] for r in rows)
+    later = rows[1:] or rows
+    return {"arch": arch, "label": PAPER[arch].label, "epochs": rows, "wait_share": wait / total,
+            "wait_share_after_first_epoch": sum(r["wait_s"] for r in later) / sum(r["seconds"] for r in later),
+            "samples_per_s": sum(r["batches"] * r["batch"] for r in rows) / total}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = C.parser("python benchmarks/trial.py", __doc__)
+    p.add_argument("--archs", nargs="+", default=list_models(), choices=list_models(), help="archs of part 1")
+    p.add_argument("--steps", type=int, help="timed steps per arch (default 3 on CPU, 30 on CUDA)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 1 on CPU, 10 on CUDA)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each real trial (part 2)")
+    p.add_argument("--tracks-per-genre", type=int,
+                   help="demo tracks per genre for part 2 (default 20 on CPU: 4 batches per epoch; 250 on CUDA: "
+                        "50 batches per epoch, so that an epoch's start-up weighs about as on FMA)")
+    p.add_argument("--seconds", type=float, default=30.0, help="demo clip length (FMA's 30 s)")
+    p.add_argument("--skip-wait", action="store_true", help="part 1 only")
+    args = p.parse_args(argv)
+    device = C.resolve_device(args.device)
+    m = C.machine(device)
+    cuda = device.type == "cuda"
+    steps = args.steps or (30 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    tpg = args.tracks_per_genre or (GPU_TRACKS_PER_GENRE if cuda else CPU_TRACKS_PER_GENRE)
+    seconds, crop_s, epochs, overrides, wait_overrides = args.seconds, CROP_SECONDS, args.epochs, {}, {}
+    archs, wait_archs = args.archs, WAIT_ARCHS
+    if args.smoke:
+        steps, warmup, crop_s, epochs, tpg, seconds = 1, 0, 1.0, 1, 3, 3.0
+        overrides = SMOKE_INPUT
+        wait_overrides = dict(window=512, n_mels=32, crop_seconds=2.0, batch_size=4)
+        wait_archs = ("baseline_a_2d",)
+    n_samples = int(round(crop_s * overrides.get("sample_rate", CACHE_SAMPLE_RATE)))
+
+    speed = []
+    # (bf16 autocast, channels_last, cudnn.benchmark): the trainer's setting first, then each one off,
+    # then cuDNN's autotuner on top (not used by train.py: measured to see whether it should be)
+    combos = ([(True, True, False), (True, False, False), (False, True, False), (False, False, False),
+               (True, True, True)] if cuda else [(False, False, False)])
+    for arch in archs:
+        batch = 2 if args.smoke else PAPER[arch].batch_size
+        for amp, cl, bench in combos:
+            r = step_rate(arch, device, amp=amp, channels_last=cl, steps=steps, warmup=warmup, n_samples=n_samples,
+                          batch=batch, overrides=overrides, cudnn_benchmark=bench)
+            speed.append(r)
+            print(f"{arch:14s} bf16={'on ' if r['amp_bf16'] else 'off'} channels_last={'on ' if r['channels_last'] else 'off'}"
+                  f"{' cudnn.benchmark' if r['cudnn_benchmark'] else ''} {r['samples_per_s']:8.1f} samples/s "
+                  f"({r['step_s']:.3f} s/step)", flush=True)
+    aug = augment_cost(device, batch=2 if args.smoke else 32, n_samples=n_samples,
+                       repeats=3 if args.smoke else (50 if cuda else 10))
+    for a in aug:
+        print(f"Augment, {a['augment']}: {a['seconds_median']:.3f} s per batch of {a['batch']} (median)", flush=True)
+    waits = []
+    if not args.skip_wait:
+        from mgc_ray.data import CacheDatasets
+
+        with C.work_dir(args.work) as work:
+            data = C.demo_data(work, tpg, seconds, address=args.address)
+            with C.ray_session(args.address, num_cpus=max(1, C.cores_available() - 1)):
+                datasets = CacheDatasets.build(data.cache, data.manifest)
+                for arch in wait_archs:
+                    w = trial_wait(datasets, data.manifest, arch, device, epochs=epochs, overrides=wait_overrides)
+                    waits.append(w)
+                    print(f"{arch:14s} trial on Ray Data ({device.type}): waits {100 * w['wait_share']:.1f} % of "
+                          f"its training time, {w['samples_per_s']:.1f} samples/s", flush=True)
+            n_train = data.manifest["num_tracks"]["train"]
+    report = {"name": NAME, "machine": m, "smoke": args.smoke,
+              "settings": {"steps": steps, "warmup": warmup, "crop_seconds": crop_s, "n_samples": n_samples,
+                           "epochs": epochs, "train_tracks": n_train if waits else None, "clip_seconds": seconds,
+                           "ray_cpus": max(1, C.cores_available() - 1), "joined_cluster": bool(args.address)},
+              "speed": speed, "augment": aug, "wait": waits}
+    report["targets"] = _targets(report)
+    C.write_report(C.out_dir(args), NAME, report, to_markdown(report))
+    return 0
+
+
+def _targets(report: dict) -> list[dict]:
+    dev = report["machine"]["device"]
+    dn = [r for r in report["speed"] if r["arch"] == "densenet"]
+    out = []
+    if dev.startswith("cuda") and dn:
+        best = max(r["samples_per_s"] for r in dn if r["amp_bf16"] and not r["cudnn_benchmark"])
+        out.append(C.target("trial: DenseNet-121 at 224 x 224, one GPU, bf16", f">= {TARGET_DENSENET:,} samples/s",
+                            f"{best:,.0f} samples/s on {report['machine']['gpu']}",
+                            C.MET if best >= TARGET_DENSENET else C.NOT_MET))
+    else:
+        cpu = f"; CPU here: {dn[0]['samples_per_s']:.1f} samples/s (fp32)" if dn else ""
+        out.append(C.target("trial: DenseNet-121 at 224 x 224, one H100, bf16", f">= {TARGET_DENSENET:,} samples/s",
+                            f"{C.NO_GPU}{cpu}", C.NOT_MEASURED, "GPU only: run trial.py --device cuda on an H100"))
+    dnw = [w for w in report["wait"] if w["arch"] == "densenet"] or report["wait"]
+    if dev.startswith("cuda") and dnw:
+        share = dnw[0]["wait_share_after_first_epoch"]
+        out.append(C.target("trial: GPU waiting for data", f"< {100 * TARGET_WAIT:g} % of a trial's time",
+                            f"{100 * share:.1f} % ({dnw[0]['arch']}, epochs after the first)",
+                            C.MET if share < TARGET_WAIT else C.NOT_MET))
+    else:
+        cpu = "; ".join(f"CPU trial {w['arch']}: {100 * w['wait_share']:.1f} % waiting" for w in report["wait"])
+        out.append(C.target("trial: GPU waiting for data", f"< {100 * TARGET_WAIT:g} % of a trial's time",
+                            f"{C.NO_GPU}" + (f" ({cpu}, labelled CPU)" if cpu else ""), C.NOT_MEASURED,
+                            "GPU only: run trial.py --device cuda"))
+    return out
+
+
+def to_markdown(report: dict) -> list[str]:
+    s, dev = report["settings"], report["machine"]["device"]
+    lines = ["# Trial speed at paper settings, and the share of a trial spent waiting for data"
+             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+             f"Written by `benchmarks/trial.py` on {dev}. Part 1: `train.train_epoch` (forward with the front end, "
+             f"cross-entropy, backward, Adam step) on one random batch of {s['crop_seconds']:g}-s crops at the "
+             f"paper's batch size; {s['steps']} timed steps after {s['warmup']} warm-up.", ""]
+    lines += C.md_table(["arch", "paper row", "window / mels", "network input", "batch", "bf16 autocast",
+                         "channels_last" + (" (+ cudnn.benchmark)" if dev.startswith("cuda") else ""), "s / step",
+                         "samples/s", "load 1-min"] +
+                        (["peak GPU GB"] if dev.startswith("cuda") else []),
+                        [[r["arch"], r["label"], f"{r['window']} / {r['n_mels']}",
+                          " + ".join(" x ".join(map(str, sh[1:])) for sh in r["input_shapes"]), r["batch"],
+                          "on" if r["amp_bf16"] else "off",
+                          ("on" if r["channels_last"] else "off") + (" + cudnn.benchmark" if r["cudnn_benchmark"] else ""),
+                          f"{r['step_s']:.3f}", f"**{C.fmt(r['samples_per_s'])}**", f"{r['load_start']} -> {r['load_end']}"]
+                         + ([f"{r['peak_memory_gb']:.1f}"] if dev.startswith("cuda") else [])
+                         for r in report["speed"]], "llllrllrrl" + ("r" if dev.startswith("cuda") else ""))
+    dn = [r for r in report["speed"] if r["arch"] == "densenet"]
+    lines += ["", f"`features.Augment` (the trial's augmentation: time stretch and noise, each p = 0.5) on {dev}, per "
+              f"batch of {report['augment'][0]['batch']} crops, median of {report['augment'][0]['repeats']} calls "
+              "(each draws new factors); the stretch runs torchaudio's sinc resampler once per stretched example:", ""]
+    lines += C.md_table(["Augment", "s / batch (median)", "s / batch (mean)"]
+                        + (["share of a DenseNet step (fastest row above)"] if dn else []) + ["load 1-min"],
+                        [[a["augment"], f"{a['seconds_median']:.4f}", f"{a['seconds_mean']:.4f}"]
+                         + ([f"{100 * a['seconds_mean'] / min(r['step_s'] for r in dn):.1f} %"] if dn else [])
+                         + [f"{a['load_start']} -> {a['load_end']}"] for a in report["augment"]], "lrr" + ("r" if dn else "") + "l")
+    if not dev.startswith("cuda"):
+        lines += ["", f"bf16 autocast and channels_last on/off: {C.NO_GPU}; both are CUDA-only in `train.autocast` "
+                  "and `train.prepare_model`, so every row above is fp32 with contiguous tensors. Run "
+                  "`python benchmarks/trial.py --device cuda` on a GPU node for the four variants."]
+    if report["wait"]:
+        label = "GPU" if dev.startswith("cuda") else "CPU (trainer and Ray Data share the same cores)"
+        lines += ["", f"Part 2: a real trial training from the Ray Data cache, on {label}: {s['train_tracks']} training "
+                  f"clips of {s['clip_seconds']:g} s, {s['epochs']} epoch(s), paper settings, `Augment` on the device; "
+                  f"Ray given {s['ray_cpus']} logical CPU(s); torch in the trainer with "
+                  f"{report['wait'][0]['epochs'][0]['torch_threads']} thread(s), as Ray gives a trial holding that "
+                  "many CPUs (part 1 uses all the machine's threads). 'wait' = time blocked in `next(batches)`; the first "
+                  "epoch's first batch also carries Ray Data's start-up.", ""]
+        rows = []
+        for w in report["wait"]:
+            for e in w["epochs"]:
+                rows.append([w["arch"], e["epoch"], e["batches"], f"{e['seconds']:.1f}", f"{e['wait_s']:.2f}",
+                             f"{e['first_batch_wait_s']:.2f}", f"{e['wait_s'] - e['first_batch_wait_s']:.2f}",
+                             f"**{100 * e['wait_share']:.1f} %**", C.fmt(e["samples_per_s"]),
+                             f"{e['load_start']} -> {e['load_end']}"])
+        lines += C.md_table(["arch", "epoch", "batches", "epoch s", "wait s", "of which first batch s",
+                             "of which later batches s", "wait share", "samples/s", "load 1-min"], rows, "lrrrrrrrrl")
+        lines += ["", "The wait sits in each epoch's first batch (Ray Data starting the epoch's plan; in a trial's "
+                  "first epoch also its workers); later batches arrive prefetched. An FMA epoch has 200 batches of 32 "
+                  "(6,400 training clips) where this demo's has a few, so the first batch weighs far less there."]
+    lines += ["", "Targets:", ""]
+    lines += C.md_table(["target", "goal", "measured", "status", "note"],
+                        [[t["target"], t["goal"], t["measured"], t["status"], t["note"]] for t in report["targets"]],
+                        "lllll")
+    return lines
+
+
+if __name__ == "__main__":
+    run_cli(main)
