@@ -8,20 +8,20 @@ import pytest
 import torch
 import torchaudio
 
+from conftest import FMA_SAMPLES
 from mgc_ray.config import CACHE_SAMPLE_RATE, NOISE_MAX_REL
 from mgc_ray.features import (Augment, LogMel, PerInputZScore, Resample, WaveZScore, centre_crop, cover_crops,
                               n_frames, random_crop, resampled_length)
 
 SR = CACHE_SAMPLE_RATE  # 22,050 Hz: where the paper's frame counts work out
 TEN_S = 220_500  # a 10-s crop at 22,050 Hz
-FMA_CLIP = Path("/work/shared/fma_samples/fma_small/000/000002.mp3")
+FMA_CLIP = Path(FMA_SAMPLES) / "fma_small" / "000" / "000002.mp3"
 
 
 @pytest.fixture(scope="module")
 def fma_clip() -> np.ndarray:
     """10 s from the real fma_small clip 000002 (Hip-Hop), decoded with soundfile, mono, 22,050 Hz."""
-    if not FMA_CLIP.is_file():
-        pytest.skip(f"{FMA_CLIP} not available")
+    assert FMA_CLIP.is_file(), f"{FMA_CLIP} is missing"
     import soundfile as sf
 
     y, sr = sf.read(str(FMA_CLIP), dtype="float32", always_2d=True)
