@@ -147,7 +147,8 @@ def test_tune_offers_every_arch_with_paper_settings_and_a_model():
 
 def _run(argv: list[str], home: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MGC_HOME": str(home), **(env or {})}
-    return subprocess.run([sys.executable, "-m", *argv], env=env, cwd=home.parent, capture_output=True, text=True,
+    cwd = next(p for p in home.parents if p.is_dir())  # the nearest folder that exists
+    return subprocess.run([sys.executable, "-m", *argv], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
