@@ -1,6 +1,6 @@
 """Log-mel features: the paper's per-clip librosa way against our cache + batched torch front end.
 
-    python benchmarks/features.py                 # 64 demo clips of 30 s, both paper settings (~2 min on 2 cores)
+    python benchmarks/features.py                 # 64 demo clips of 30 s, both paper settings (1-2.5 min on 2 cores)
     python benchmarks/features.py --device cuda   # our front end on the GPU as well (the paper's way stays on CPU)
     python benchmarks/features.py --smoke         # tiny: checks the script in seconds
 

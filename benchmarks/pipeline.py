@@ -1,6 +1,6 @@
 """Training batches per second delivered to a consumer: our Ray Data pipeline against a per-item mp3 DataLoader.
 
-    python benchmarks/pipeline.py                 # 160 demo clips of 30 s, 3 epochs each way (~3 min on 2 cores)
+    python benchmarks/pipeline.py                 # 160 demo clips of 30 s, 3 epochs each way (0.5-2 min on 2 cores)
     python benchmarks/pipeline.py --device cuda   # batches land on the GPU; ours augments there, as a trial does
     python benchmarks/pipeline.py --smoke         # tiny: checks the script in seconds
 

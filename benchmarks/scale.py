@@ -1,6 +1,6 @@
 """An FMA-small-sized demo dataset: writing it, preparing its cache (time and size), one DenseNet epoch over it.
 
-    python benchmarks/scale.py                            # 40 tracks per genre = 320 x 30 s (a few minutes, 2 cores)
+    python benchmarks/scale.py                            # 40 tracks per genre = 320 x 30 s (4-6 min on 2 cores)
     python benchmarks/scale.py --tracks-per-genre 1000    # FMA small's size: 8,000 x 30 s (~30+ min to write on 2 cores)
     python benchmarks/scale.py --device cuda              # the DenseNet epoch on the GPU
     python benchmarks/scale.py --smoke                    # tiny: checks the script in seconds

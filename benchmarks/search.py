@@ -1,6 +1,6 @@
 """Trials per hour of a whole search: `python -m mgc_ray.tune` run as a user runs it, wall time read outside.
 
-    python benchmarks/search.py                  # CPU: 1 concurrent trial, baseline_a_2d and densenet (~4 min)
+    python benchmarks/search.py                  # CPU: 1 concurrent trial, baseline_a_2d and densenet (4-5 min)
     python benchmarks/search.py --device cuda    # GPU: 1, 2 and 4 concurrent trials (--gpus-per-trial 1, 0.5, 0.25)
     python benchmarks/search.py --smoke          # tiny: one 1-trial search, checks the script
 

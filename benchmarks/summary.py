@@ -20,19 +20,22 @@ from mgc_ray.errors import Parser, UserError, run_cli
 SCRIPTS = ("features", "pipeline", "trial", "search", "scale")
 
 GPU_COMMANDS = """\
-On a GPU node (after `pip install -e .` there: ray, optuna, mlflow, librosa and soundfile are not on the
-GPU image), from the repository root; each command stays under 10 minutes on an H100:
+On a GPU node, from the repository root, after `pip install -e .` (the GPU image has torch, torchvision and
+torchaudio but not ray, optuna, mlflow, librosa or soundfile, and the node reaches no registry: bring the
+wheels along). Each command stays under the 10-minute limit of one command on an H100; `--work` keeps the
+demo data between them:
 
-    python benchmarks/trial.py --device cuda                      # bf16 x channels_last, DenseNet >= 2,000 samples/s?, GPU data wait
-    python benchmarks/features.py --device cuda --work /tmp/mgcb  # our front end on the GPU vs the paper's CPU way
-    python benchmarks/pipeline.py --device cuda --work /tmp/mgcb  # batches delivered to the GPU (16-core figure)
-    python benchmarks/search.py --device cuda --archs baseline_a_2d --work /tmp/mgcb   # 1 / 2 / 4 trials per GPU
-    python benchmarks/search.py --device cuda --archs densenet --work /tmp/mgcb
-    python benchmarks/scale.py --device cuda --tracks-per-genre 1000 --work /tmp/mgcb  # FMA-small size (long: split off)
+    python benchmarks/trial.py --device cuda --work /tmp/mgcb      # bf16 x channels_last (+ cudnn.benchmark), DenseNet >= 2,000 samples/s?,
+                                                                   # Augment's share of a step, GPU data wait on a 2,000-clip demo (written first)
+    python benchmarks/features.py --device cuda --work /tmp/mgcb   # our front end on the GPU against the paper's CPU way
+    python benchmarks/pipeline.py --device cuda --work /tmp/mgcb --tracks-per-genre 100   # batches to the GPU (workers: CPUs - 1)
+    python benchmarks/search.py --device cuda --work /tmp/mgcb --archs baseline_a_2d --tracks-per-genre 40 --seconds 30
+    python benchmarks/search.py --device cuda --work /tmp/mgcb --archs densenet --tracks-per-genre 40 --seconds 30
+    python benchmarks/scale.py --device cuda --work /tmp/mgcb --tracks-per-genre 1000   # FMA small's 8,000 clips (may need a node
+                                                                   # without the 10-minute limit: writing 8,000 mp3s is the long part)
     python benchmarks/summary.py
 
-`--work` keeps the demo data between the scripts (features, pipeline and trial share sizes). Then copy
-`results/benchmarks/*_cuda.*` back beside the CPU reports."""
+Then keep `results/benchmarks/*_cuda.*` beside the CPU reports and commit the regenerated README.md."""
 
 
 def load_reports(folder: Path) -> list[dict]:

@@ -1,6 +1,6 @@
 """Training speed of each architecture at paper settings, and how long a real trial waits for data.
 
-    python benchmarks/trial.py                 # CPU: a few steps per arch + 2 epochs of 2 trials (~4 min on 2 cores)
+    python benchmarks/trial.py                 # CPU: a few steps per arch + 2 epochs of 2 trials (~3 min on 2 cores)
     python benchmarks/trial.py --device cuda   # GPU: bf16 autocast and channels_last on and off, more steps,
                                                # and a 2,000-clip demo for the data wait (written first)
     python benchmarks/trial.py --smoke         # tiny: checks the script in seconds
@@ -20,11 +20,17 @@
    Ray Data gets the rest (`tune.resources`). On CPU the trainer and Ray Data
    share the same two cores, so this is the CPU trial's share, labelled so.
 
+torch runs with the threads Ray gives a trial (OMP_NUM_THREADS = its CPUs: 1 on
+CPU, 2 with a GPU) in both parts. On a shared 2-core machine that is also the
+stable choice: with the cores oversubscribed, 2 OpenMP threads wait for each
+other at every op (a side check under load 8: 2.5-6x slower than 1 thread).
+
 Targets: DenseNet-121 at 224 x 224 >= 2,000 samples/s on one H100 with bf16 (GPU
 only); GPU waiting for data < 10 % of a trial's time.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -74,7 +80,8 @@ def step_rate(arch: str, device: torch.device, *, amp: bool, channels_last: bool
            "input_shapes": [list(s) for s in input_shapes(model, n_samples)], "batch": batch, "steps": steps,
            "warmup": warmup, "amp_bf16": amp and device.type == "cuda",
            "channels_last": channels_last and device.type == "cuda",
-           "cudnn_benchmark": torch.backends.cudnn.benchmark, "samples_per_s": r["samples_per_s"],
+           "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_threads": torch.get_num_threads(),
+           "samples_per_s": r["samples_per_s"],
            "step_s": r["seconds"] / steps, **t.as_dict()}
     if device.type == "cuda":
         out["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -96,24 +103,29 @@ class Augment100(Augment):
 
 
 def augment_cost(device: torch.device, *, batch: int, n_samples: int, repeats: int) -> list[dict]:
-    """Seconds per training batch of `Augment` on `device`, now and with the proposed 1/100 grid."""
+    """Seconds per training batch of `Augment` on `device`, now and with the proposed 1/100 grid.
+
+    The two alternate call by call (a load spike hits both alike), each with its own generator
+    seeded alike, so both draw the same examples to stretch and noise, and the same factors up
+    to the grid's rounding.
+    """
     wave = (0.3 * torch.randn(batch, n_samples)).clamp(-1, 1).to(device)  # (B, N)
-    out = []
-    for label, cls in (("now: factors on a 1/1000 grid", Augment), ("proposed: factors on a 1/100 grid", Augment100)):
-        aug = cls().to(device)
-        gen = torch.Generator(device=device).manual_seed(0)
+    ways = [("now: factors on a 1/1000 grid", Augment), ("proposed: factors on a 1/100 grid", Augment100)]
+    augs = [cls().to(device) for _, cls in ways]
+    gens = [torch.Generator(device=device).manual_seed(0) for _ in ways]
+    for aug, gen in zip(augs, gens):
         aug(wave, gen)  # warm-up
-        ts = []
-        with C.timed(device) as t:
-            for _ in range(repeats):  # each call draws new factors: the median over many draws
+    times: list[list[float]] = [[] for _ in ways]
+    with C.timed(device) as t:
+        for _ in range(repeats):  # each call draws new factors: the median over many draws
+            for k, (aug, gen) in enumerate(zip(augs, gens)):
                 a = time.perf_counter()
                 aug(wave, gen)
                 C.sync(device)
-                ts.append(time.perf_counter() - a)
-        out.append({"augment": label, "rate_steps": cls.RATE_STEPS, "batch": batch, "n_samples": n_samples,
-                    "repeats": repeats, "seconds_median": C.median(ts), "seconds_mean": sum(ts) / len(ts),
-                    "load_start": t.load_start, "load_end": t.load_end})
-    return out
+                times[k].append(time.perf_counter() - a)
+    return [{"augment": label, "rate_steps": cls.RATE_STEPS, "batch": batch, "n_samples": n_samples,
+             "repeats": repeats, "seconds_median": C.median(ts), "seconds_mean": sum(ts) / len(ts),
+             "load_start": t.load_start, "load_end": t.load_end} for (label, cls), ts in zip(ways, times)]
 
 
 class WaitTimer:
@@ -208,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # then cuDNN's autotuner on top (not used by train.py: measured to see whether it should be)
     combos = ([(True, True, False), (True, False, False), (False, True, False), (False, False, False),
                (True, True, True)] if cuda else [(False, False, False)])
+    threads = contextlib.ExitStack()
+    threads.enter_context(C.torch_threads(C.trial_cpus(device)))  # a trial's threads (see the module doc)
     for arch in archs:
         batch = 2 if args.smoke else PAPER[arch].batch_size
         for amp, cl, bench in combos:
@@ -219,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({r['step_s']:.3f} s/step)", flush=True)
     aug = augment_cost(device, batch=2 if args.smoke else 32, n_samples=n_samples,
                        repeats=3 if args.smoke else (50 if cuda else 10))
+    threads.close()
     for a in aug:
         print(f"Augment, {a['augment']}: {a['seconds_median']:.3f} s per batch of {a['batch']} (median)", flush=True)
     waits = []
@@ -265,7 +280,8 @@ def _targets(report: dict) -> list[dict]:
                             f"{100 * share:.1f} % ({dnw[0]['arch']}, epochs after the first)",
                             C.MET if share < TARGET_WAIT else C.NOT_MET))
     else:
-        cpu = "; ".join(f"CPU trial {w['arch']}: {100 * w['wait_share']:.1f} % waiting" for w in report["wait"])
+        cpu = "; ".join(f"CPU trial {w['arch']}: {100 * w['wait_share']:.1f} % waiting over all epochs, "
+                        f"{100 * w['wait_share_after_first_epoch']:.1f} % after the first" for w in report["wait"])
         out.append(C.target("trial: GPU waiting for data", f"< {100 * TARGET_WAIT:g} % of a trial's time",
                             f"{C.NO_GPU}" + (f" ({cpu}, labelled CPU)" if cpu else ""), C.NOT_MEASURED,
                             "GPU only: run trial.py --device cuda"))
@@ -278,7 +294,8 @@ def to_markdown(report: dict) -> list[str]:
              + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
              f"Written by `benchmarks/trial.py` on {dev}. Part 1: `train.train_epoch` (forward with the front end, "
              f"cross-entropy, backward, Adam step) on one random batch of {s['crop_seconds']:g}-s crops at the "
-             f"paper's batch size; {s['steps']} timed steps after {s['warmup']} warm-up.", ""]
+             f"paper's batch size; {s['steps']} timed steps after {s['warmup']} warm-up; torch on "
+             f"{report['speed'][0]['torch_threads']} thread(s), as Ray gives a trial holding that many CPUs.", ""]
     lines += C.md_table(["arch", "paper row", "window / mels", "network input", "batch", "bf16 autocast",
                          "channels_last" + (" (+ cudnn.benchmark)" if dev.startswith("cuda") else ""), "s / step",
                          "samples/s", "load 1-min"] +
@@ -293,7 +310,8 @@ def to_markdown(report: dict) -> list[str]:
     dn = [r for r in report["speed"] if r["arch"] == "densenet"]
     lines += ["", f"`features.Augment` (the trial's augmentation: time stretch and noise, each p = 0.5) on {dev}, per "
               f"batch of {report['augment'][0]['batch']} crops, median of {report['augment'][0]['repeats']} calls "
-              "(each draws new factors); the stretch runs torchaudio's sinc resampler once per stretched example:", ""]
+              "(each draws new factors; the two alternate call by call and draw alike); the stretch runs torchaudio's "
+              "sinc resampler once per stretched example:", ""]
     lines += C.md_table(["Augment", "s / batch (median)", "s / batch (mean)"]
                         + (["share of a DenseNet step (fastest row above)"] if dn else []) + ["load 1-min"],
                         [[a["augment"], f"{a['seconds_median']:.4f}", f"{a['seconds_mean']:.4f}"]
@@ -309,7 +327,7 @@ def to_markdown(report: dict) -> list[str]:
                   f"clips of {s['clip_seconds']:g} s, {s['epochs']} epoch(s), paper settings, `Augment` on the device; "
                   f"Ray given {s['ray_cpus']} logical CPU(s); torch in the trainer with "
                   f"{report['wait'][0]['epochs'][0]['torch_threads']} thread(s), as Ray gives a trial holding that "
-                  "many CPUs (part 1 uses all the machine's threads). 'wait' = time blocked in `next(batches)`; the first "
+                  "many CPUs. 'wait' = time blocked in `next(batches)`; the first "
                   "epoch's first batch also carries Ray Data's start-up.", ""]
         rows = []
         for w in report["wait"]:
