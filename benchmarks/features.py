@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -47,7 +46,7 @@ import torch
 import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, ModelConfig
 from mgc_ray.errors import run_cli
-from mgc_ray.features import AMIN, LogMel
+from mgc_ray.features import LogMel
 from mgc_ray.models.frontend import SpectrogramFrontEnd
 
 NAME = "features"
@@ -92,29 +91,16 @@ def read_cache(shards: Sequence[str]) -> dict[int, np.ndarray]:
     return out
 
 
-class CsrLogMel(LogMel):
-    """`LogMel` with the mel filterbank applied as a CSR sparse matrix (the proposed CPU change).
+class DenseLogMel(LogMel):
+    """`LogMel` as it was before the fix on the CPU: the mel filterbank applied as a dense matmul.
 
     The slaney filterbank has ~2 non-zeros per FFT bin (0.9 % of 224 x 989, 0.4 % of
-    513 x 1737), so the dense (n_mels, F) @ (B, F, T) matmul does > 99 % useless work.
+    513 x 1737), so the dense (n_mels, F) @ (B, F, T) matmul does > 99 % useless work;
+    `LogMel` now uses a CSR copy on the CPU.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            self.fb_csr = self.mel_fb.to_sparse_csr()
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wave.float(), n_fft=self.window, hop_length=self.hop, win_length=self.window,
-                          window=self.hann, center=True, pad_mode="constant", return_complex=True)  # (B, F, T)
-        power = spec.real.square() + spec.imag.square()  # (B, F, T)
-        b, f, t = power.shape
-        mel = torch.sparse.mm(self.fb_csr, power.permute(1, 0, 2).reshape(f, b * t))  # (n_mels, B * T)
-        mel = mel.reshape(-1, b, t).permute(1, 0, 2)  # (B, n_mels, T)
-        db = 10.0 * torch.log10(mel.clamp_min(AMIN))
-        db = db - db.amax(dim=(1, 2), keepdim=True)
-        return db.clamp_min(-self.top_db)  # (B, n_mels, T)
+    def _project(self, power: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(self.mel_fb, power)  # (B, n_mels, T)
 
 
 def crops_of(clips: dict[int, np.ndarray], ids: Sequence[int], starts: dict[int, int], crop: int) -> np.ndarray:
@@ -196,7 +182,7 @@ def _measure_setting(window, n_mels, used_by, ids, path_of, clips, starts, crop,
     n = len(ids)
     cfg = ModelConfig(arch="densenet", window=window, n_mels=n_mels, crop_seconds=crop_s)
     fronts = {dev: SpectrogramFrontEnd(cfg).to(dev).eval() for dev in devices}
-    csr = CsrLogMel(CACHE_SAMPLE_RATE, window, n_mels).eval()
+    dense = DenseLogMel(CACHE_SAMPLE_RATE, window, n_mels).eval()
     acc = {k: 0.0 for k in ("decode", "features")}
     ours = {dev.type: {k: 0.0 for k in ("total", "front", "stft", "dense", "csr")} for dev in devices}
     diffs, csr_diff = {dev.type: [] for dev in devices}, 0.0
@@ -227,8 +213,8 @@ def _measure_setting(window, n_mels, used_by, ids, path_of, clips, starts, crop,
                     pad_mode="constant", return_complex=True), repeats, dev)[0]
                 diffs[dev.type] += [np.abs(zc - zp).ravel() for zc, zp in zip(z[:, 0].cpu().numpy(), paper_feats)]
                 if dev.type == "cpu":
-                    t_dense, d = median_time(lambda: front.logmel(wave), repeats)
-                    t_csr, c = median_time(lambda: csr(wave), repeats)
+                    t_dense, d = median_time(lambda: dense(wave), repeats)
+                    t_csr, c = median_time(lambda: front.logmel(wave), repeats)
                     o["dense"] += t_dense
                     o["csr"] += t_csr
                     csr_diff = max(csr_diff, float((c - d).abs().max()))
@@ -378,9 +364,9 @@ def to_markdown(report: dict) -> list[str]:
               f"{cr['seconds']:.2f} s = {cr['ms_per_clip']:.1f} ms/clip (load {cr['load_start']} -> "
               f"{cr['load_end']})."]
     cpu = [(r, r["ours"]["cpu"]) for r in report["rows"]]
-    lines += ["", "Proposed change to `features.LogMel` (CPU): apply the mel filterbank as a CSR sparse matrix "
-              "(`benchmarks/features.py: CsrLogMel`; the filterbank is > 99 % zeros):", ""]
-    lines += C.md_table(["window / mels", "LogMel now ms/clip", "with CSR mel ms/clip", "max abs diff dB"],
+    lines += ["", "`features.LogMel` on the CPU applies the mel filterbank (> 99 % zeros) as a CSR sparse matrix; "
+              "before the fix it was a dense matmul (`benchmarks/features.py: DenseLogMel`):", ""]
+    lines += C.md_table(["window / mels", "dense mel (before) ms/clip", "CSR mel (now) ms/clip", "max abs diff dB"],
                         [[f"{r['window']} / {r['n_mels']}", f"{o['logmel_dense_ms_per_clip']:.2f}",
                           f"{o['logmel_csr_ms_per_clip']:.2f}", f"{o['logmel_csr_max_abs_db_diff']:.1e}"]
                          for r, o in cpu], "lrrr")

@@ -224,7 +224,11 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
     })
     parquet, sidecar = _shard_files(out, plan.name)
     os.makedirs(os.path.dirname(parquet), exist_ok=True)
-    _atomic_write(parquet, lambda p: pq.write_table(table, p))
+    # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
+    # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
+    _atomic_write(parquet, lambda p: pq.write_table(
+        table, p, use_dictionary=False, compression="zstd", compression_level=1,
+        column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
     v = values.astype(np.int64)
     info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
             "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),

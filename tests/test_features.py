@@ -167,7 +167,8 @@ def test_augment_rates():
     only_stretch = Augment(noise_p=0.0, stretch_method="linear")(x, g)
     both = Augment()(x, g)
     assert abs(changed(only_noise).float().mean() - 0.5) < tol
-    assert abs(changed(only_stretch).float().mean() - 0.5 * 0.995) < tol  # rate 1.000 (1 in 200) changes nothing
+    p_one = 1 / (0.2 * Augment.RATE_STEPS)  # a factor rounding to exactly 1 (1 in 20 on the 1/100 grid) changes nothing
+    assert abs(changed(only_stretch).float().mean() - 0.5 * (1 - p_one)) < tol
     assert abs(changed(both).float().mean() - 0.75) < tol
 
 
