@@ -14,13 +14,11 @@ from torch import nn
 
 from mgc_ray.config import ModelConfig
 from mgc_ray.models.frontend import SpectrogramFrontEnd, WaveformFrontEnd
-from mgc_ray.models.layers import ConvSame1d, MaxMeanPool, MLPHead, check_wave
+from mgc_ray.models.layers import ConvSame1d, MaxMeanPool, PaperClassifierNet, check_wave
 from mgc_ray.models.registry import register_model
 
-HIDDEN = (1024, 512, 128)  # the paper's classifier: FC 1024 -> 512 -> 128 -> n_classes
 
-
-class BaselineA(nn.Module):
+class BaselineA(PaperClassifierNet):
     """Baseline A (Zhang et al. 2016; Fella and Pedrazzi): 3 conv blocks, max+mean pooling, MLP.
 
     conv1 -> ReLU -> max-pool -> conv2 -> ReLU -> max-pool -> conv3 (64 maps)
@@ -77,7 +75,6 @@ class BaselineA(nn.Module):
         self.pool = MaxMeanPool()
         self.num_features = 2 * c3  # max and mean of the last conv's maps
         self.drop_rate = drop_rate
-        self.head: nn.Module = nn.Identity()
         self.reset_classifier(config.n_classes)
 
     def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
@@ -88,21 +85,6 @@ class BaselineA(nn.Module):
             x = x.squeeze(1)  # (B, n_mels, T): mel bands as channels
         x = self.convs(x)  # (B, c3, T')
         return self.pool(x)  # (B, 2 c3)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Args: features (B, num_features). Returns: logits (B, n_classes)."""
-        return self.head(features)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]. Returns: logits (B, n_classes)."""
-        return self.forward_head(self.forward_features(wave))
-
-    def reset_classifier(self, n_classes: int) -> None:
-        """Replace the classifier block (0: none, `forward` returns the pooled features)."""
-        if n_classes > 0:
-            self.head = MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
-        else:
-            self.head = nn.Identity()
 
 
 @register_model

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from mgc_ray.config import ModelConfig
-from mgc_ray.models.baseline_a import HIDDEN
 from mgc_ray.models.frontend import SpectrogramFrontEnd
-from mgc_ray.models.layers import ConvSame1d, MaxMeanPool, MLPHead, check_wave, pad_to_match
+from mgc_ray.models.layers import ConvSame1d, MaxMeanPool, PaperClassifierNet, check_wave, pad_to_match
 from mgc_ray.models.registry import register_model
 
 
@@ -26,7 +25,7 @@ def _conv_bn(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(ConvSame1d(c_in, c_out, kernel, bias=False), nn.BatchNorm1d(c_out))
 
 
-class BaselineB(nn.Module):
+class BaselineB(PaperClassifierNet):
     """Baseline B (Zhang et al. 2016; Fella and Pedrazzi) on the log-mel spectrogram.
 
     conv1 (n_mels x 4) -> BN -> ReLU -> conv2 (1 x 4) -> BN -> ReLU -> conv3
@@ -65,7 +64,6 @@ class BaselineB(nn.Module):
         self.pool = MaxMeanPool()
         self.num_features = 2 * max(c1, c3)  # max and mean of the summed maps
         self.drop_rate = drop_rate
-        self.head: nn.Module = nn.Identity()
         self.reset_classifier(config.n_classes)
 
     def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
@@ -78,21 +76,6 @@ class BaselineB(nn.Module):
         x, short = pad_to_match(x, short)  # (B, max(c1, c3), T) each
         x = self.act(x + short)  # (B, max(c1, c3), T)
         return self.pool(x)  # (B, 2 max(c1, c3))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Args: features (B, num_features). Returns: logits (B, n_classes)."""
-        return self.head(features)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]. Returns: logits (B, n_classes)."""
-        return self.forward_head(self.forward_features(wave))
-
-    def reset_classifier(self, n_classes: int) -> None:
-        """Replace the classifier block (0: none, `forward` returns the pooled features)."""
-        if n_classes > 0:
-            self.head = MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
-        else:
-            self.head = nn.Identity()
 
 
 @register_model

@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
 from mgc_ray.config import ModelConfig
-from mgc_ray.models.baseline_a import HIDDEN, BaselineA
+from mgc_ray.models.baseline_a import BaselineA
 from mgc_ray.models.densenet import DenseNet
-from mgc_ray.models.layers import MLPHead, check_wave
+from mgc_ray.models.layers import PaperClassifierNet, check_wave
 from mgc_ray.models.registry import register_model
 
 
-class FusionNet(nn.Module):
+class FusionNet(PaperClassifierNet):
     """Late fusion (Fella and Pedrazzi): [1D Baseline A features, DenseNet features] -> new classifier.
 
     Each branch keeps its own front end (16-kHz z-scored waveform; log-mel
@@ -50,7 +49,6 @@ class FusionNet(nn.Module):
         self.spec_net.reset_classifier(0)
         self.num_features = self.wave_net.num_features + self.spec_net.num_features  # 128 + 1024
         self.drop_rate = drop_rate
-        self.head: nn.Module = nn.Identity()
         self.reset_classifier(config.n_classes)
 
     def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
@@ -59,21 +57,6 @@ class FusionNet(nn.Module):
         f1 = self.wave_net.forward_features(wave)  # (B, 128)
         f2 = self.spec_net.forward_features(wave)  # (B, 1024)
         return torch.cat([f1, f2], dim=1)  # (B, 1152)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Args: features (B, num_features). Returns: logits (B, n_classes)."""
-        return self.head(features)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]. Returns: logits (B, n_classes)."""
-        return self.forward_head(self.forward_features(wave))
-
-    def reset_classifier(self, n_classes: int) -> None:
-        """Replace the fusion classifier (0: none, `forward` returns the concatenated features)."""
-        if n_classes > 0:
-            self.head = MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
-        else:
-            self.head = nn.Identity()
 
 
 @register_model

@@ -47,6 +47,37 @@ class MLPHead(nn.Module):
         return self.net(x)  # (B, n_classes)
 
 
+HIDDEN = (1024, 512, 128)  # the paper's classifier: FC 1024 -> 512 -> 128 -> n_classes
+
+
+class PaperClassifierNet(nn.Module):
+    """Base of the nets ending in the paper's classifier block (Baseline A, Baseline B, fusion).
+
+    A subclass sets `num_features` and `drop_rate`, defines `forward_features`
+    (wave (B, N) -> (B, num_features)) and calls `reset_classifier(n_classes)`
+    at the end of its `__init__`.
+    """
+
+    num_features: int
+    drop_rate: float
+
+    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Args: features (B, num_features). Returns: logits (B, n_classes)."""
+        return self.head(features)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Args: wave (B, N) float in [-1, 1]. Returns: logits (B, n_classes)."""
+        return self.forward_head(self.forward_features(wave))
+
+    def reset_classifier(self, n_classes: int) -> None:
+        """Replace the classifier block (0: none, `forward` returns the pooled features)."""
+        self.head: nn.Module = (MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
+                                if n_classes > 0 else nn.Identity())
+
+
 class ConvSame1d(nn.Conv1d):
     """Conv1d (stride 1) with "same" zero padding in time, also for even kernels.
 
