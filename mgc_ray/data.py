@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from mgc_ray import features
+
+if TYPE_CHECKING:
+    import torch
 
 INT16_SCALE = 32768.0  # int16 full scale -> [-1, 1)
 # Materialise the cache in the object store when it takes at most this share of it:
@@ -99,7 +102,7 @@ class CacheDatasets:
         cols = ["track_id", "label", "samples"]
         splits = {}
         for split in ("train", "val", "test"):
-            ds = ray.data.read_parquet(shard_paths(cache, split), columns=cols)
+            ds = ray.data.read_parquet(shard_paths(cache, split)).select_columns(cols)
             splits[split] = ds.materialize() if materialise else ds
         return cls(splits["train"], splits["val"], splits["test"], int(manifest["sample_rate"]), materialise)
 

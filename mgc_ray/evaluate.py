@@ -86,7 +86,7 @@ def _scores(model, payload: dict, cache: str, split: str) -> dict:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=True)
     try:
         ray.data.DataContext.get_current().print_on_execution_start = False  # Ray Data's bars stay: progress

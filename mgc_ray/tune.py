@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -31,7 +32,8 @@ from typing import Sequence
 from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, home
 from mgc_ray.errors import Parser, UserError, run_cli
 
-DASHBOARD_PORT = 8265  # Ray's default
+DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
+DASHBOARD_PORTS_TRIED = 100
 # The built-in demo: big enough that a 2D model learns it, small enough that the
 # default densenet search finishes in minutes on 2 CPU cores (README figures).
 DEMO = dict(tracks_per_genre=16, seconds=15.0)
@@ -108,6 +110,20 @@ def _check_positive(args) -> None:
         raise UserError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+
+
+def _check_dashboard_host(args) -> None:
+    """A --dashboard-host this machine cannot listen on: refused before Ray starts."""
+    joining = (args.address or os.environ.get("RAY_ADDRESS") or "local") != "local"
+    if args.no_dashboard or joining:
+        return
+    family = socket.AF_INET6 if ":" in args.dashboard_host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((args.dashboard_host, 0))
+    except OSError:
+        raise UserError(f"--dashboard-host {args.dashboard_host} is not an address of this machine: use 127.0.0.1 "
+                        "(the default), 0.0.0.0 or one of its own addresses") from None
 
 
 def _writable_dir(path: Path, flag: str) -> Path:
@@ -228,12 +244,27 @@ def start_ray(args) -> None:
               "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
     # "local": a Ray of this command's own. Without it ray.init joins whatever cluster
     # `ray start` (or a test's) last left running on this machine, flags ignored.
+    port = DASHBOARD_PORT if args.no_dashboard else free_port(args.dashboard_host, DASHBOARD_PORT)
     ctx = ray.init(address="local", include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
-                   dashboard_port=DASHBOARD_PORT, log_to_driver=True)
+                   dashboard_port=port, log_to_driver=True)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
         print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
+
+
+def free_port(host: str, first: int) -> int:
+    """`first`, or the next port `host` can bind (a busy dashboard port made ray.init fail)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in range(first, first + DASHBOARD_PORTS_TRIED):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue  # in use (the host itself was checked before Ray started)
+            return port
+    raise UserError(f"no free port for the Ray dashboard on {host} in {first}-{first + DASHBOARD_PORTS_TRIED - 1}: "
+                    "stop an old search or `ray stop`, or pass --no-dashboard")
 
 
 def resources(args) -> tuple[float, float, int]:
@@ -361,6 +392,7 @@ def _check_experiment(args, storage: str, name: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_positive(args)
+    _check_dashboard_host(args)
     from mgc_ray import search
 
     # 1. Everything that needs no Ray: most bad input costs a second, not a Ray start.

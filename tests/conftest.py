@@ -42,7 +42,7 @@ def ray_local():
     """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, logging_level="WARNING")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -90,6 +90,8 @@ CASES = [
      "weight decay must be >= 0"),
     ("tune-empty-space", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "empty.yaml")),
      "empty `space:` block"),
+    ("tune-foreign-dashboard-host", lambda b: _tune(b, "--arch", "densenet", "--dashboard-host", "192.0.2.1"),
+     "not an address of this machine"),
     ("tune-missing-space", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "nope.yaml")),
      "no search space"),
     ("tune-missing-fma-root", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "nope")),

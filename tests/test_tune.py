@@ -1,6 +1,8 @@
 """`python -m mgc_ray.tune` end to end, as a user runs it: real Ray, real MLflow (sqlite),
 real mp3s from the demo generator, real Parquet."""
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 import yaml
 
 from mgc_ray.config import PAPER
+from mgc_ray.tune import DASHBOARD_PORT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,10 +89,17 @@ def check_search(workdir: Path, arch: str, out: str, n_trials: int, max_epochs: 
 
 @pytest.mark.slow
 def test_densenet_search_end_to_end(workdir):
-    proc = run_tune(workdir, "--arch", "densenet")
+    with socket.socket() as held:  # Ray's default dashboard port taken (another search, a `ray start` head)
+        try:
+            held.bind(("127.0.0.1", DASHBOARD_PORT))
+            held.listen()
+        except OSError:
+            pass  # already held by another process: the same situation
+        proc = run_tune(workdir, "--arch", "densenet")
     out = proc.stdout + proc.stderr
     assert "writing the built-in demo dataset" in out
-    assert "Ray dashboard at http://127.0.0.1:" in out
+    port = re.search(r"Ray dashboard at http://127\.0\.0\.1:(\d+)", out)
+    assert port and int(port.group(1)) != DASHBOARD_PORT, "a busy dashboard port moves the dashboard, not the search"
     check_search(workdir, "densenet", out, n_trials=2, max_epochs=2)
 
 
