@@ -227,6 +227,8 @@ def finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_roo
     test = _test_metrics(rows["best"]["scores"])
     tracking.log_metrics(c, parent, test)
     c.set_tag(parent, "mgc.best_trial", best.metrics["trial_id"])
+    if paper is not None:
+        c.set_tag(parent, "mgc.paper_trial", paper.metrics["trial_id"])  # compare.py's first rule
     c.set_tag(parent, "mgc.checkpoint", rows["best"]["checkpoint"])
     files = report.write_search_results(out, plan, grid, rows, label_names)
     best_run = rows["best"]["run_id"]

@@ -111,6 +111,7 @@ def test_paper_mode_runs_exactly_one_trial_with_the_paper_settings(workdir):
     parent = [r for r in by_source(runs, "search") if "-paper-" in r.info.run_name][-1]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 1
+    assert parent.data.tags["mgc.paper_trial"] == children[0].data.tags["mgc.trial_id"], "compare finds it by tag"
     params = children[0].data.params
     preset = PAPER["densenet"]
     assert float(params["lr"]) == preset.lr
