@@ -92,6 +92,9 @@ class LogMel(nn.Module):
         db = db - ref  # (B, n_mels, T), max 0 dB
         return db.clamp_min(-self.top_db)  # (B, n_mels, T)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fb_csr": None}  # copy.deepcopy cannot copy a CSR tensor: rebuilt on first use
+
     def _project(self, power: torch.Tensor) -> torch.Tensor:
         """(B, F, T) power -> (B, n_mels, T) mel power.
 

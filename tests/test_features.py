@@ -10,7 +10,7 @@ import torchaudio
 
 from conftest import FMA_SAMPLES
 from mgc_ray.config import CACHE_SAMPLE_RATE, NOISE_MAX_REL
-from mgc_ray.features import (Augment, LogMel, PerInputZScore, Resample, WaveZScore, centre_crop, cover_crops,
+from mgc_ray.features import (AMIN, Augment, LogMel, PerInputZScore, Resample, WaveZScore, centre_crop, cover_crops,
                               n_frames, random_crop, resampled_length)
 
 SR = CACHE_SAMPLE_RATE  # 22,050 Hz: where the paper's frame counts work out
@@ -79,6 +79,24 @@ def test_logmel_reference_is_per_example(fma_clip, synthetic_clip):
     torch.testing.assert_close(out[2], lm(batch[2:3])[0])
     assert (out.amax(dim=(1, 2)) == 0).all() and out.min() >= -80.0
     assert torch.equal(out[3], torch.zeros_like(out[3]))  # silence: 0 dB everywhere, no NaN
+
+
+def test_logmel_sparse_cpu_product_matches_dense_and_copies(synthetic_clip):
+    """On the CPU the mel filterbank is applied as a CSR matrix: same dB as the dense product,
+    and a used front end still deep-copies and pickles (a CSR tensor alone cannot be deep-copied)."""
+    import copy
+    import pickle
+
+    m = LogMel(CACHE_SAMPLE_RATE, 1976, 224)
+    wave = torch.from_numpy(synthetic_clip[None, :CACHE_SAMPLE_RATE * 3]).float()  # (1, N)
+    out = m(wave)  # (1, 224, T)
+    dense = 10 * torch.log10(torch.matmul(m.mel_fb, torch.stft(
+        wave, 1976, 988, window=m.hann, center=True, pad_mode="constant", return_complex=True).abs().square()
+    ).clamp_min(AMIN))  # (1, 224, T)
+    dense = (dense - dense.amax()).clamp_min(-m.top_db)
+    torch.testing.assert_close(out, dense, atol=1e-3, rtol=0)
+    for copied in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        torch.testing.assert_close(copied(wave), out, atol=0, rtol=0)
 
 
 def test_zscores():
