@@ -20,10 +20,16 @@ from mgc_ray.errors import Parser, UserError, run_cli
 SCRIPTS = ("features", "pipeline", "trial", "search", "scale")
 
 GPU_COMMANDS = """\
-On a GPU node, from the repository root, after `pip install -e .` (the GPU image has torch, torchvision and
-torchaudio but not ray, optuna, mlflow, librosa or soundfile, and the node reaches no registry: bring the
-wheels along). Each command stays under the 10-minute limit of one command on an H100; `--work` keeps the
-demo data between them:
+The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and
+reaches no registry. On a machine with pip access build the archive of what it lacks
+(`../shared/tools/offline-bundle.sh .offline`, ~56 MB), take it along with the checkout, and on the node, from
+the repository root:
+
+    mkdir -p /tmp/site && tar -xJf .offline/site.tar.xz -C /tmp/site
+    export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+
+All but scale.py are sized for a 10-minute limit per command (not timed on a GPU yet); `--work` keeps the demo
+data between them:
 
     python benchmarks/trial.py --device cuda --work /tmp/mgcb      # bf16 x channels_last (+ cudnn.benchmark), DenseNet >= 2,000 samples/s?,
                                                                    # Augment's share of a step, GPU data wait on a 2,000-clip demo (written first)
@@ -31,8 +37,8 @@ demo data between them:
     python benchmarks/pipeline.py --device cuda --work /tmp/mgcb --tracks-per-genre 100   # batches to the GPU (workers: CPUs - 1)
     python benchmarks/search.py --device cuda --work /tmp/mgcb --archs baseline_a_2d --tracks-per-genre 40 --seconds 30
     python benchmarks/search.py --device cuda --work /tmp/mgcb --archs densenet --tracks-per-genre 40 --seconds 30
-    python benchmarks/scale.py --device cuda --work /tmp/mgcb --tracks-per-genre 1000   # FMA small's 8,000 clips (may need a node
-                                                                   # without the 10-minute limit: writing 8,000 mp3s is the long part)
+    python benchmarks/scale.py --device cuda --work /tmp/mgcb --tracks-per-genre 1000   # FMA small's 8,000 clips (writing 8,000 mp3s
+                                                                   # is the long part: ~30 min on 2 cores here, less on 16)
     python benchmarks/summary.py
 
 Then keep `results/benchmarks/*_cuda.*` beside the CPU reports and commit the regenerated README.md."""
