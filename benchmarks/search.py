@@ -35,11 +35,15 @@ import yaml
 import _common as C
 from mgc_ray.config import PAPER
 from mgc_ray.errors import UserError, run_cli
+from mgc_ray.search import REDUCTION_FACTOR
+from mgc_ray.tune import FMA_SEARCH
 
 NAME = "search"
 GPU_LEVELS = ((1, 1.0), (2, 0.5), (4, 0.25))  # (concurrent trials, --gpus-per-trial)
 CPU_LEVELS = ((1, None),)                      # what fits on 2 cores (see the module doc)
 DEFAULT_ARCHS = ("baseline_a_2d", "densenet")
+FMA_SMALL_TRAIN_CLIPS = 6400  # the paper split's training share of FMA small's 8,000 clips
+TARGET_HOURS = 1.0  # the issue: 32 DenseNet trials with ASHA on an FMA-small-sized dataset within an hour on one H100
 SMOKE_PAPER = dict(window=512, n_mels=32, crop_seconds=2.0, batch_size=4)  # like tune --smoke's inputs
 
 
@@ -158,12 +162,38 @@ def _targets(report: dict, levels) -> list[dict]:
                             "none set: report", f"{rate:,.0f} trials/hour ({report['settings']['max_epochs']} "
                             f"epoch(s) of {report['settings']['train_tracks']} clips)", C.MEASURED,
                             "marginal rate" if lv["marginal_trials_per_hour"] else "whole command"))
+    epochs = halving_epochs(FMA_SEARCH["num_samples"], FMA_SEARCH["max_epochs"], 1, REDUCTION_FACTOR)
+    need = epochs * FMA_SMALL_TRAIN_CLIPS / (3600 * TARGET_HOURS)
+    out.append(C.target(
+        f"search: {FMA_SEARCH['num_samples']} DenseNet trials with ASHA on an FMA-small-sized dataset, one H100",
+        f"within {TARGET_HOURS:g} hour", (C.NO_GPU + "; " if not gpu else "") + (
+            f"arithmetic, not a measurement: the default FMA search ({FMA_SEARCH['num_samples']} trials, ASHA "
+            f"halving from epoch 1 to {FMA_SEARCH['max_epochs']}) trains ~{epochs} epochs of "
+            f"{FMA_SMALL_TRAIN_CLIPS:,} clips, so it needs >= {need:,.0f} training samples/s sustained over the "
+            "search (besides validation and start-up)"), C.NOT_MEASURED,
+        "this script times demo-sized searches; to measure: `time python -m mgc_ray.tune --arch densenet "
+        "--cache <scale.py's 8,000-clip cache> --gpus-per-trial 0.25` on the GPU node"))
     if not gpu:
         for arch in dict.fromkeys(r["arch"] for r in report["runs"]):
             out.append(C.target(f"search: trials/hour, {arch}, 2 and 4 concurrent (0.5 / 0.25 GPU each)",
                                 "none set: report", C.NO_GPU, C.NOT_MEASURED,
                                 "a 2-core CPU fits one trial; run search.py --device cuda"))
     return out
+
+
+def halving_epochs(trials: int, max_epochs: int, grace: int, rf: int) -> int:
+    """Epochs a search trains when each rung (grace, grace * rf, ...) keeps 1/rf of the trials.
+
+    ASHA's aim; it decides asynchronously, so a real search trains about this many.
+    32 trials, 20 epochs, grace 1, rf 2: 32 + 16 + 8*2 + 4*4 + 2*8 + 1*4 = 100.
+    """
+    total, alive, done, rung = 0, trials, 0, grace
+    while True:
+        stop = min(rung, max_epochs)
+        total += alive * (stop - done)
+        if stop >= max_epochs:
+            return total
+        alive, done, rung = max(1, alive // rf), stop, rung * rf
 
 
 def to_markdown(report: dict, levels) -> list[str]:
