@@ -116,11 +116,14 @@ def _quiet_ray_data() -> None:
 
     Datasets capture the DataContext where they are built, so the driver calls this
     too (in `CacheDatasets.build`)."""
+    import logging
+
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "Dataset ... execution finished" line per epoch
 
 
 def train_batches(ds, *, crop_len: int, batch_size: int, seed: int, epoch: int,
