@@ -124,6 +124,7 @@ def _quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "Dataset ... execution finished" line per epoch
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "Progress bars disabled": on purpose
 
 
 def train_batches(ds, *, crop_len: int, batch_size: int, seed: int, epoch: int,
