@@ -71,8 +71,9 @@ def check_version(payload: dict, where: str | Path) -> None:
         UserError: the version is missing or differs from `mgc_ray.__version__` beyond the patch.
     """
     written = payload.get("version")
-    if _major_minor(written) is None or _major_minor(written) != _major_minor(__version__):
-        mm = ".".join(_major_minor(written) or ("?", "?"))
+    mm = _major_minor(written)
+    if mm != _major_minor(__version__):  # None (no or a malformed version) never equals it
+        mm = ".".join(mm or ("?", "?"))
         raise UserError(f"checkpoint {where} was written by mgc_ray {written or 'of unknown version'}, "
                         f"this is mgc_ray {__version__}: checkpoints are read by the same major.minor "
                         f"version; use mgc_ray {mm}.x to read it, or train again with this version")

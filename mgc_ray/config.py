@@ -42,6 +42,17 @@ def home() -> Path:
     return Path(os.environ.get(HOME_ENV) or os.path.expanduser(DEFAULT_HOME))
 
 
+def ray_address(explicit: str | None) -> str | None:
+    """The Ray cluster to join (--address, else $RAY_ADDRESS), or None for a Ray of this command's own."""
+    address = explicit or os.environ.get("RAY_ADDRESS")
+    return None if address in (None, "", "local") else address
+
+
+def experiment_path(storage: str, name: str) -> str:
+    """Tune's folder of a search: `storage/name`, for a local folder or a URI alike."""
+    return f"{storage.rstrip('/')}/{name}"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything a model needs to be rebuilt; stored in every checkpoint.

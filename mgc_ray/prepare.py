@@ -37,7 +37,7 @@ import numpy as np
 
 from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, default_cache_dir, to_int16
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
-                            SPLITS, TRACKS_PER_SHARD)
+                            SPLITS, TRACKS_PER_SHARD, ray_address)
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 
@@ -301,9 +301,9 @@ def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict
     from tqdm import tqdm
 
     started = False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(address)
     if not ray.is_initialized():
-        if address and address != "local":
+        if address:
             ray.init(address=address, logging_level="WARNING")
         else:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine

@@ -11,7 +11,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from mgc_ray import report, search, tracking
-from mgc_ray.config import TrainConfig
+from mgc_ray.config import TrainConfig, experiment_path
 from mgc_ray.errors import UserError
 
 # Keep the best two checkpoints by validation loss (Tune always keeps the latest too,
@@ -67,7 +67,7 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
                                                 checkpoint_score_order="min"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1)
     if restore:
-        tuner = tune.Tuner.restore(_experiment_path(plan), trainable=trainable, param_space=param_space,
+        tuner = tune.Tuner.restore(experiment_path(plan.storage_path, plan.name), trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=False)
         _use_callbacks(tuner, callbacks)
         return tuner
@@ -90,10 +90,6 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
-def _experiment_path(plan) -> str:
-    return f"{plan.storage_path.rstrip('/')}/{plan.name}"
-
-
 def _report_errors(grid) -> None:
     """One line per failed trial (the full traceback is in the trial's error.txt and MLflow)."""
     for r in grid:
@@ -108,6 +104,9 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
                resources: tuple[float, float, int]) -> dict:
     """Search (or one paper trial), then evaluate, log and write results. Returns the summary.
 
+    The caller has checked the space's batch sizes against the manifest (`search.check_batches`,
+    in `tune.main`, before Ray starts).
+
     Args:
         resources: (cpus per trial, gpus per trial, trials at once), from `tune.resources`.
     Raises:
@@ -118,7 +117,6 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
     from mgc_ray.data import CacheDatasets
     from mgc_ray.trainable import train_trial
 
-    search.check_batches(space, manifest, plan.paper_only)
     cpus, gpus, concurrent = resources
     datasets = CacheDatasets.build(plan.cache, manifest)
     trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest),
@@ -148,7 +146,7 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
               f"(mlflow ui --backend-store-uri {args.mlflow_uri})", flush=True)
         print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
-              f"{_experiment_path(plan)}", flush=True)
+              f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
         grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress],
                       restore=args.resume).fit()
@@ -216,7 +214,7 @@ def finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_roo
     ok = [r for r in grid if r.error is None and r.metrics and search.METRIC in r.metrics]
     if not ok:
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]
-        raise UserError(f"every trial failed ({errors}); see {Path(plan.storage_path) / plan.name}")
+        raise UserError(f"every trial failed ({errors}); see {experiment_path(plan.storage_path, plan.name)}")
     best = min(ok, key=lambda r: r.metrics[search.METRIC])
     paper = _paper_result(grid, space)
     label_names = list(manifest["label_names"])

@@ -70,11 +70,12 @@ def load_space(arch: str, path: str | Path | None = None) -> SearchSpace:
     missing = [k for k in SEARCHED if k not in paper]
     if missing:
         raise UserError(f"search space {p}: `paper:` lacks {', '.join(missing)}")
-    _check_values(p, "paper", {k: paper[k] for k in SEARCHED})
+    point = {k: paper[k] for k in SEARCHED}
+    _check_values(p, "paper", point)
     for name, spec in space.items():
         _check_entry(p, name, spec, paper.get(name))
         for value in _extremes(spec):
-            _check_values(p, f"space.{name}", {**{k: paper[k] for k in SEARCHED}, name: value})
+            _check_values(p, f"space.{name}", {**point, name: value})
     return SearchSpace(arch, paper, space, str(p))
 
 

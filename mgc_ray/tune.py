@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, home
+from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, experiment_path, home, ray_address
 from mgc_ray.errors import Parser, UserError, run_cli
 
 DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
@@ -114,8 +114,7 @@ def _check_positive(args) -> None:
 
 def _check_dashboard_host(args) -> None:
     """A --dashboard-host this machine cannot listen on: refused before Ray starts."""
-    joining = (args.address or os.environ.get("RAY_ADDRESS") or "local") != "local"
-    if args.no_dashboard or joining:
+    if args.no_dashboard or ray_address(args.address):
         return
     family = socket.AF_INET6 if ":" in args.dashboard_host else socket.AF_INET
     try:
@@ -233,8 +232,8 @@ def start_ray(args) -> None:
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         print("warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication: anyone who reaches the "
               "cluster's ports can run code on it; unset it to keep the token", file=sys.stderr)
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
+    address = ray_address(args.address)
+    if address:
         ray.init(address=address, log_to_driver=True)
         signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
         print(f"mgc_ray: joined the Ray cluster at {address}", flush=True)
@@ -289,22 +288,19 @@ def resources(args) -> tuple[float, float, int]:
     return cpus, gpus, args.max_concurrent or max(1, min(by_cpu, by_gpu))
 
 
-def check_cluster(args, storage: str, cache: str, fma_root: str | None) -> int:
+def check_cluster(args, storage: str, cache: str, fma_root: str | None) -> None:
     """On a cluster of several nodes, refuse storage only this machine can see.
 
     A URI --storage-path is reachable from every node; a local folder (and the cache,
     and the FMA root while preparing) only if it sits on a filesystem every node mounts
     at the same path, which --shared-storage declares and this checks: each node looks
     for a file the driver has just written there.
-
-    Returns:
-        The number of alive nodes.
     """
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) < 2:
-        return len(nodes)
+        return
     local = ([] if is_uri(storage) else [f"--storage-path {storage}"]) + [f"the cache {cache}"]
     if fma_root:
         local.append(f"--fma-root {fma_root}")
@@ -336,7 +332,6 @@ def check_cluster(args, storage: str, cache: str, fma_root: str | None) -> int:
             raise UserError(f"--shared-storage: node {node} does not see {shown}: mount the same filesystem at the "
                             "same path on every node (or use a URI --storage-path for Tune's files)")
     print(f"mgc_ray: {len(nodes)} nodes see the shared storage", flush=True)
-    return len(nodes)
 
 
 def _missing_on_nodes(nodes: list[dict], paths: list[str]) -> dict[str, list[str]]:
@@ -351,10 +346,6 @@ def _missing_on_nodes(nodes: list[dict], paths: list[str]) -> dict[str, list[str
     refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: missing.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths) for n in nodes}
     return {node: ray.get(ref, timeout=300) for node, ref in refs.items()}
-
-
-def experiment_path(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}"
 
 
 def _search_name(args, dataset: str, storage: str) -> str:
