@@ -35,12 +35,12 @@ from typing import Sequence
 
 from mgc_ray.config import PAPER
 from mgc_ray.errors import Parser, UserError, run_cli
+from mgc_ray.search import SEARCHED
 
 EXPERIMENT_PREFIX = "mgc_ray/"
 COLUMNS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"), ("macro_precision", "precision"),
            ("macro_recall", "recall"), ("macro_f1", "macro F1"), ("top1_accuracy", "top-1"))
 DELTAS = ("paper_f1", "paper_accuracy")
-PAPER_PARAMS = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds")
 KINDS = ("paper Table 1", "ours, paper settings", "ours, best searched")
 FIGURE_METRICS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"),
                   ("macro_precision", "precision"), ("macro_recall", "recall"))
@@ -66,7 +66,7 @@ def _is_paper_search(run) -> bool:
 def _params_are_paper(run, arch: str) -> bool:
     preset = PAPER[arch]
     try:
-        return all(math.isclose(float(run.data.params[k]), float(getattr(preset, k))) for k in PAPER_PARAMS)
+        return all(math.isclose(float(run.data.params[k]), float(getattr(preset, k))) for k in SEARCHED)
     except (KeyError, ValueError):
         return False
 
@@ -200,16 +200,10 @@ def csv_text(tables: dict[str, dict[str, list[dict]]]) -> str:
     return buf.getvalue()
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write(tables: dict, out: Path, uri: str) -> list[Path]:
     """Write the markdown, CSV and PNG; return them."""
     from mgc_ray import plots
+    from mgc_ray.report import atomic_text
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +214,7 @@ def write(tables: dict, out: Path, uri: str) -> list[Path]:
     fig_rows = {d: [{"arch": PAPER[a].label, **r} for a, rows in archs.items() for r in rows] for d, archs in tables.items()}
     png = plots.comparison_png(fig_rows, FIGURE_METRICS, out.with_suffix(".png"),
                                "mgc_ray vs the paper's Table 1 (test split, crop level)")
-    return [_atomic_text(out, markdown(tables, uri)), _atomic_text(out.with_suffix(".csv"), csv_text(tables)), png]
+    return [atomic_text(out, markdown(tables, uri)), atomic_text(out.with_suffix(".csv"), csv_text(tables)), png]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

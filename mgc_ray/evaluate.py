@@ -112,13 +112,6 @@ def per_class_rows(scores: dict, label_names: Sequence[str]) -> list[dict]:
     return rows
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -139,9 +132,10 @@ def per_class_table(rows: list[dict]) -> str:
 def write_outputs(out: Path, scores: dict, label_names: list[str], info: dict) -> list[Path]:
     """Write metrics.json, the confusion PNGs and the per-class tables; return the files."""
     from mgc_ray import plots
+    from mgc_ray.report import atomic_text
 
     rows = per_class_rows(scores, label_names)
-    files = [_atomic_text(out / "metrics.json", json.dumps({
+    files = [atomic_text(out / "metrics.json", json.dumps({
         **info, "label_names": label_names, "crop": scores["crop"], "track": scores["track"],
         "confusion": np.asarray(scores["confusion"]).tolist(),
         "track_confusion": np.asarray(scores["track_confusion"]).tolist()}, indent=2))]
@@ -152,13 +146,13 @@ def write_outputs(out: Path, scores: dict, label_names: list[str], info: dict) -
                                      f"{what}: confusion (track level)"))
     csv = ",".join(rows[0]) + "\n" + "".join(
         ",".join(str(v) if not isinstance(v, float) else f"{v:.6f}" for v in r.values()) + "\n" for r in rows)
-    files.append(_atomic_text(out / "per_class.csv", csv))
+    files.append(atomic_text(out / "per_class.csv", csv))
     md = [f"# {what}", "", f"- checkpoint `{info['checkpoint']}` (epoch {info.get('epoch')})",
           *([f"- MLflow run `{info['run_id']}`"] if info.get("run_id") else []),
           f"- cache `{info['cache']}`, {info['tracks']} tracks", "",
           "Crop level: one centred crop per track (the paper's way); track level: crops covering "
           "the whole clip, logits averaged.", "", metrics_table(scores), "", per_class_table(rows), ""]
-    files.append(_atomic_text(out / "per_class.md", "\n".join(md)))
+    files.append(atomic_text(out / "per_class.md", "\n".join(md)))
     return files
 
 
@@ -196,9 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is not None:
         metrics = {f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": scores[lvl][k]
                    for lvl in ("crop", "track") for k in HEADLINE}
-        from mgc_ray.runs import log_files
+        from mgc_ray import runs
 
-        log_files(args.mlflow_uri, run.run_id, files, f"evaluate_{args.split}", metrics)
+        c = runs.open_store(args.mlflow_uri)
+        runs.log_metrics(c, run.run_id, metrics)
+        runs.log_artifacts(c, run.run_id, files, f"evaluate_{args.split}")
         print(f"mgc_ray: logged {len(files)} files to MLflow run {run.run_id} (artifacts evaluate_{args.split}/)")
     print(f"mgc_ray: wrote {', '.join(f.name for f in files)} to {out}", flush=True)
     return 0

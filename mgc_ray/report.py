@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import yaml
 
-from mgc_ray import plots
+from mgc_ray import plots, search
 from mgc_ray.config import PAPER, TrainConfig
 
-TARGET = "best/val_loss"  # what the search ranked trials by (search.METRIC); the Optuna plots' value
+TARGET = search.METRIC  # what the search ranked trials by; the Optuna plots' value
 
 COLUMNS = ("paper_f1", "paper_accuracy", "macro_precision", "macro_recall", "macro_f1", "top1_accuracy")
 DEFINITIONS = """Metric definitions (the paper's, SPEC section 1):
@@ -35,7 +35,8 @@ DEFINITIONS = """Metric definitions (the paper's, SPEC section 1):
 Ours are test-split figures at crop level (one centred crop per track, the paper's way)."""
 
 
-def _atomic_text(path: Path, text: str) -> Path:
+def atomic_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file beside it: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -90,8 +91,13 @@ def leaderboard_rows(grid) -> list[dict]:
     return sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0))
 
 
-def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[str]) -> list[Path]:
-    """Write the leaderboard, best config, summary, test metrics and figures; return the files."""
+def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[str],
+                         space_entries: dict[str, dict] | None = None) -> list[Path]:
+    """Write the leaderboard, best config, summary, test metrics and figures; return the files.
+
+    `space_entries`: the `space:` block the search drew from (the Optuna figures' axes);
+    None: axes span the values seen.
+    """
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
@@ -103,11 +109,11 @@ def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[st
     os.replace(tmp, out / "leaderboard.csv")
     files.append(out / "leaderboard.csv")
     cfg = dataclasses.asdict(TrainConfig.from_dict(best["result"].config))
-    files.append(_atomic_text(out / "best_config.yaml", yaml.safe_dump(
+    files.append(atomic_text(out / "best_config.yaml", yaml.safe_dump(
         {"config": cfg, "checkpoint": best["checkpoint"], "mlflow_run_id": best["run_id"],
          "best_val_loss": float(best["result"].metrics["best/val_loss"]),
          "best_epoch": int(best["result"].metrics["best/epoch"])}, sort_keys=False)))
-    files.append(_atomic_text(out / "test_metrics.json", json.dumps(
+    files.append(atomic_text(out / "test_metrics.json", json.dumps(
         {role: {"crop": r["scores"]["crop"], "track": r["scores"]["track"]} for role, r in rows.items()},
         indent=2)))
     summary = summary_rows(plan.arch, rows)
@@ -116,7 +122,7 @@ def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[st
           "Track level (crops covering the whole clip, logits averaged), best trial: "
           + ", ".join(f"{k} {_fmt(best['scores']['track'].get(k))}" for k in COLUMNS), "",
           DEFINITIONS, "", "Best config:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
-    files.append(_atomic_text(out / "summary.md", "\n".join(md)))
+    files.append(atomic_text(out / "summary.md", "\n".join(md)))
     _figure(files, "confusion-matrix", lambda: plots.confusion_png(
         best["scores"]["confusion"], label_names, out / "confusion_matrix.png",
         f"{plan.arch}: test confusion (crop level)"))
@@ -125,11 +131,11 @@ def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[st
         _figure(files, "per-class F1", lambda: plots.per_class_f1_png(
             history, label_names, out / "per_class_f1.png", f"{plan.arch}: validation F1 per genre"))
         _figure(files, "learning curves", lambda: plots.learning_curves_png(
-            history, out / "learning_curves.png", f"{plan.arch}: best trial {_trial_name(best['result'])}"))
+            history, out / "learning_curves.png", f"{plan.arch}: best trial {trial_name(best['result'])}"))
     _figure(files, "trial curves", lambda: plots.trial_curves_png(
         trial_curves(grid, best["result"], plan.max_epochs), plan.max_epochs, out / "trial_curves.png",
         f"{plan.arch}: every trial (ASHA stops the weaker ones early)"))
-    _optuna_figures(files, out, plan, grid)
+    _optuna_figures(files, out, plan, grid, space_entries or {})
     return files
 
 
@@ -142,7 +148,8 @@ def _figure(files: list[Path], what: str, draw: Callable[[], Path]) -> None:
               flush=True)
 
 
-def _trial_name(result) -> str:
+def trial_name(result) -> str:
+    """A Tune result's trial id (its folder's name if it never reported one)."""
     return str((result.metrics or {}).get("trial_id") or Path(str(result.path)).name)
 
 
@@ -157,9 +164,9 @@ def trial_curves(grid, best_result, max_epochs: int) -> list[dict]:
         epochs = [int(e) + 1 for e in df["epoch"]]
         failed = r.error is not None
         limit = int((r.config or {}).get("max_epochs", max_epochs))
-        out.append({"name": _trial_name(r), "epochs": epochs, "values": [float(v) for v in df["val/macro_f1"]],
+        out.append({"name": trial_name(r), "epochs": epochs, "values": [float(v) for v in df["val/macro_f1"]],
                     "failed": failed, "stopped": not failed and bool(epochs) and epochs[-1] < limit,
-                    "best": _trial_name(r) == _trial_name(best_result)})
+                    "best": trial_name(r) == trial_name(best_result)})
     return out
 
 
@@ -172,7 +179,7 @@ def study_from_grid(grid, space_entries: dict[str, dict]):
 
     Only hyperparameters that vary between trials go in (a constant adds nothing). Each one's
     distribution is the search space's (`space_entries`, from search_spaces/<arch>.yaml) when
-    every value lies in it, else one spanning the values seen (a smoke or custom space).
+    every value lies in it, else one spanning the values seen.
 
     Returns:
         (study or None, reason it is None or "").
@@ -211,16 +218,10 @@ def study_from_grid(grid, space_entries: dict[str, dict]):
     return study, ""
 
 
-def _optuna_figures(files: list[Path], out: Path, plan, grid) -> None:
+def _optuna_figures(files: list[Path], out: Path, plan, grid, entries: dict[str, dict]) -> None:
     """Parallel coordinates and importances of the search, or one line saying why not."""
     import optuna
 
-    from mgc_ray import search
-
-    try:
-        entries = search.load_space(plan.arch, search.space_path(plan.arch)).space
-    except Exception:  # noqa: BLE001 - no or a broken default space: spans of the values seen
-        entries = {}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     try:

@@ -95,8 +95,7 @@ def _report_errors(grid) -> None:
     for r in grid:
         if r.error is not None:
             lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()]
-            trial = (r.metrics or {}).get("trial_id") or Path(str(r.path)).name
-            print(f"mgc_ray: trial {trial} failed: {lines[-1] if lines else type(r.error).__name__}",
+            print(f"mgc_ray: trial {report.trial_name(r)} failed: {lines[-1] if lines else type(r.error).__name__}",
                   file=sys.stderr, flush=True)
 
 
@@ -228,7 +227,7 @@ def finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_roo
     if paper is not None:
         c.set_tag(parent, "mgc.paper_trial", paper.metrics["trial_id"])  # compare.py's first rule
     c.set_tag(parent, "mgc.checkpoint", rows["best"]["checkpoint"])
-    files = report.write_search_results(out, plan, grid, rows, label_names)
+    files = report.write_search_results(out, plan, grid, rows, label_names, space.space)
     best_run = rows["best"]["run_id"]
     for target in filter(None, {parent, best_run}):
         tracking.log_artifacts(c, target, files)

@@ -4,12 +4,16 @@
 lowest-validation-loss checkpoint directory of the trial): the best trial's run, the
 paper-settings trial's run and the parent search run (which carries the best trial's).
 The search run's `cache` param names the waveform cache the trials trained on.
-Used by `evaluate`, `predict` and `compare`; MLflow is imported only when called.
+Used by `evaluate`, `predict`, `compare` and `tracking` (its metric and artifact writers
+live here, free of Ray); MLflow is imported only when called.
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 from mgc_ray.errors import UserError
 
@@ -52,14 +56,12 @@ class RunModel:
         checkpoint: its `mgc.checkpoint` directory.
         arch: the run's `mgc.arch` tag (None if untagged).
         cache: the parent search run's `cache` param (None if not recorded).
-        name: the run's name (trial id or search name).
     """
 
     run_id: str
     checkpoint: str
     arch: str | None
     cache: str | None
-    name: str
 
 
 def search_run(c, run, uri: str):
@@ -89,23 +91,30 @@ def resolve_run(uri: str, run_id: str) -> RunModel:
                         "--checkpoint DIR (a trial's checkpoint_NNNNNN folder under the Tune storage path)")
     parent = search_run(c, run, uri)
     cache = parent.data.params.get("cache") if parent is not None else None
-    return RunModel(run_id=run_id, checkpoint=ckpt, arch=tags.get(ARCH_TAG), cache=cache,
-                    name=run.info.run_name or run_id)
+    return RunModel(run_id=run_id, checkpoint=ckpt, arch=tags.get(ARCH_TAG), cache=cache)
 
 
-def log_files(uri: str, run_id: str, files, artifact_path: str | None = None, metrics: dict | None = None) -> None:
-    """Attach files (and optional finite metrics) to an existing run, finished or not."""
-    import math
-    import time
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
 
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    """Finite numeric metrics onto a run (finished or not), in MLflow-sized batches."""
     from mlflow.entities import Metric
 
-    c = open_store(uri)
     ts = int(time.time() * 1000)
-    items = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()
-             if isinstance(v, (int, float)) and math.isfinite(float(v))]
-    for i in range(0, len(items), 500):  # MLflow's batch limit is 1000
+    items = [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
+    for i in range(0, len(items), 500):  # MLflow's batch limit is 1000 metrics
         c.log_batch(run_id, metrics=items[i:i + 500])
-    for f in files:
-        if Path(f).is_file():
-            c.log_artifact(run_id, str(f), artifact_path)
+
+
+def log_artifacts(c, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+    for p in paths:
+        if Path(p).is_file():
+            c.log_artifact(run_id, str(p), artifact_path)

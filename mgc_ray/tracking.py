@@ -14,19 +14,16 @@ or KILLED, never RUNNING.
 """
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from ray.tune import Callback
 
 from mgc_ray.config import PAPER
+from mgc_ray.runs import PARENT_TAG, SOURCE_TAG, log_artifacts, log_metrics  # noqa: F401  Ray-free; runner calls them here
 
-SOURCE_TAG = "mgc.source"
 SEARCH_TAG = "mgc.search"
 TRIAL_TAG = "mgc.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
 PARAMS = ("arch", "lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds", "max_epochs", "seed")
 
 
@@ -50,25 +47,6 @@ def experiment_id(c, name: str, uri: str) -> str:
         return exp.experiment_id
     root = artifact_root(uri)
     return c.create_experiment(name, artifact_location=f"{root}/{name.replace('/', '_')}" if root else None)
-
-
-def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if math.isfinite(float(v)):
-            out[k] = float(v)
-    return out
-
-
-def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    items = [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
-    for i in range(0, len(items), 500):  # MLflow's batch limit is 1000 metrics
-        c.log_batch(run_id, metrics=items[i:i + 500])
 
 
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:
@@ -235,9 +213,3 @@ def _error_text(trial) -> str:
         text = ""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "trial failed")[:4000]
-
-
-def log_artifacts(c, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
-    for p in paths:
-        if Path(p).is_file():
-            c.log_artifact(run_id, str(p), artifact_path)
