@@ -85,7 +85,9 @@ def machine_line(m: dict) -> str:
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda if there is a GPU else cpu; 'cuda' without a GPU is refused (exit 2)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from mgc_ray.train import pick_device
+
+        return pick_device()
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device cuda: {NO_GPU} (torch sees no CUDA device); run with --device cpu, "
                         "or on a GPU node")
@@ -127,10 +129,6 @@ class Timed:
     def as_dict(self) -> dict:
         return {"seconds": self.seconds, "load_start": self.load_start, "load_end": self.load_end}
 
-    @property
-    def load(self) -> str:
-        return f"{self.load_start} -> {self.load_end}"
-
 
 @contextlib.contextmanager
 def timed(device: torch.device | None = None) -> Iterator[Timed]:
@@ -144,12 +142,6 @@ def timed(device: torch.device | None = None) -> Iterator[Timed]:
             sync(device)
         t.seconds = time.perf_counter() - start
         t.load_end = load1()
-
-
-def median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
 def rate(n: float, seconds: float) -> float:
@@ -228,8 +220,7 @@ class DemoData:
     cache: str
     manifest: dict
     tracks: int
-    seconds: float
-    write: Timed = field(default_factory=Timed)     # write_demo (zero seconds when reused)
+    write: Timed = field(default_factory=Timed)     # write_demo (about zero seconds when reused: it only checks)
     prepare: Timed = field(default_factory=Timed)   # prepare.prepare (zero seconds when reused)
     reused: bool = False
 
@@ -273,7 +264,7 @@ def demo_data(work: Path, tracks_per_genre: int, seconds: float, address: str | 
             prepare(root, cache)
     manifest = read_manifest(cache)
     n = sum(manifest["num_tracks"].values())
-    return DemoData(str(root), str(cache), manifest, n, seconds, tw, tp, reused)
+    return DemoData(str(root), str(cache), manifest, n, tw, tp, reused)
 
 
 # --- reports ---------------------------------------------------------------------------

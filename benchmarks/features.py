@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 from typing import Sequence
 
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 import _common as C
+from mgc_ray.cache import INT16_SCALE
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, ModelConfig
 from mgc_ray.errors import run_cli
 from mgc_ray.features import LogMel
@@ -121,7 +123,7 @@ def median_time(fn, repeats: int, device: torch.device | None = None):
         if device is not None:
             C.sync(device)
         ts.append(time.perf_counter() - a)
-    return C.median(ts), out
+    return statistics.median(ts), out
 
 
 def measure(data: C.DemoData, settings, crop: int, crop_s: float, batch: int, repeats: int, real_repeats: int,
@@ -201,7 +203,7 @@ def _measure_setting(window, n_mels, used_by, ids, path_of, clips, starts, crop,
                 hann = front.logmel.hann
 
                 def to_dev():
-                    return torch.from_numpy(crops_of(clips, part, starts, crop)).to(dev).float().div_(32768.0)
+                    return torch.from_numpy(crops_of(clips, part, starts, crop)).to(dev).float().div_(INT16_SCALE)
 
                 wave = to_dev()  # (B, N)
                 front(wave)  # warm-up for this batch shape

@@ -31,6 +31,7 @@ data is measured by trial.py --device cuda.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Sequence
 
@@ -100,7 +101,7 @@ def _summary(per_epoch: list[dict], batch: int, t: C.Timed) -> dict:
             "samples_per_s": C.rate(n * batch, seconds),
             "steady_batches_per_s": C.rate(steady_n, steady_s) if steady_n else None,
             "steady_samples_per_s": C.rate(steady_n * batch, steady_s) if steady_n else None,
-            "first_batch_s_median": C.median([e["first_batch_s"] for e in per_epoch])}
+            "first_batch_s_median": statistics.median([e["first_batch_s"] for e in per_epoch])}
 
 
 def ours_epochs(datasets, *, crop: int, batch: int, device: torch.device, augment: bool):

@@ -24,6 +24,7 @@ projection to 8,000 clips, labelled as such, never as a measurement.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Sequence
 
 import _common as C
@@ -49,27 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     tpg, seconds, overrides, arch = args.tracks_per_genre, args.seconds, {}, EPOCH_ARCH
     if args.smoke:
         tpg, seconds, overrides, arch = 3, 3.0, SMOKE_EPOCH, SMOKE_ARCH
-    from mgc_ray.cache import read_manifest
     from mgc_ray.data import CacheDatasets
-    from mgc_ray.demo import write_demo
-    from mgc_ray.prepare import prepare
 
     with C.work_dir(args.work) as work, C.ray_session(args.address):
-        base = work / f"scale-{tpg}x8x{seconds:g}s-{uuid.uuid4().hex[:8]}"  # fresh: nothing is reused
-        root, cache = base / "fma", base / "cache"
-        with C.timed() as tw:
-            write_demo(root, tracks_per_genre=tpg, seconds=seconds, seed=0)
-        print(f"write_demo: {8 * tpg} clips in {tw.seconds:.1f} s", flush=True)
-        with C.timed() as tp:
-            prepare(root, cache)
-        manifest = read_manifest(cache)
-        n = sum(manifest["num_tracks"].values())
-        data = C.DemoData(str(root), str(cache), manifest, n, seconds)
+        fresh = work / f"scale-{uuid.uuid4().hex[:8]}"  # nothing is reused: both steps are timed from scratch
+        data = C.demo_data(fresh, tpg, seconds, address=args.address)
+        tw, tp, manifest, n = data.write, data.prepare, data.manifest, data.tracks
         size = data.cache_bytes()
-        mp3_bytes = sum(f.stat().st_size for f in root.rglob("*.mp3"))
+        mp3_bytes = sum(f.stat().st_size for f in Path(data.root).rglob("*.mp3"))
+        print(f"write_demo: {8 * tpg} clips in {tw.seconds:.1f} s", flush=True)
         print(f"prepare: {n} clips in {tp.seconds:.1f} s, cache {size / 1e6:.0f} MB", flush=True)
         with C.timed() as tb:
-            datasets = CacheDatasets.build(str(cache), manifest)
+            datasets = CacheDatasets.build(data.cache, manifest)
         epoch = trial_wait(datasets, manifest, arch, device, epochs=1, overrides=overrides)
         e = epoch["epochs"][0]
         print(f"one {arch} epoch: {e['batches']} batches in {e['seconds']:.1f} s, "

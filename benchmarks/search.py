@@ -75,8 +75,8 @@ def run_search(work: Path, cache: str, arch: str, space: Path, *, trials: int, e
         cmd += ["--address", address]
     env = {**os.environ, "MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}
     if not address:
-        # the CLI's ray.init() would join the newest cluster another process started on this machine
-        # (/tmp/ray/ray_current_cluster); RAY_ADDRESS=local makes it start its own, as on a machine of one's own
+        # tune starts a Ray of its own unless $RAY_ADDRESS names a cluster: clear one the caller's
+        # environment may set, so every timed search runs locally, as the other scripts do
         env["RAY_ADDRESS"] = "local"
     shown = " ".join(cmd[1:]).replace(str(work), "$WORK").replace(sys.executable, "python")
     print(f"$ python {shown}", flush=True)
@@ -131,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "settings": {"train_tracks": n_train, "clip_seconds": seconds, "max_epochs": args.max_epochs,
                            "waves": waves, "inputs": overrides or "paper", "joined_cluster": bool(args.address)},
               "runs": runs, "levels": _levels(runs)}
-    report["targets"] = _targets(report, levels)
-    C.write_report(C.out_dir(args), NAME, report, to_markdown(report, levels))
+    report["targets"] = _targets(report)
+    C.write_report(C.out_dir(args), NAME, report, to_markdown(report))
     return 0
 
 
@@ -152,7 +152,7 @@ def _levels(runs: list[dict]) -> list[dict]:
     return out
 
 
-def _targets(report: dict, levels) -> list[dict]:
+def _targets(report: dict) -> list[dict]:
     gpu = report["machine"]["device"].startswith("cuda")
     out = []
     for lv in report["levels"]:
@@ -196,7 +196,7 @@ def halving_epochs(trials: int, max_epochs: int, grace: int, rf: int) -> int:
         alive, done, rung = max(1, alive // rf), stop, rung * rf
 
 
-def to_markdown(report: dict, levels) -> list[str]:
+def to_markdown(report: dict) -> list[str]:
     s = report["settings"]
     gpu = report["machine"]["device"].startswith("cuda")
     lines = ["# Search throughput: trials per hour of `python -m mgc_ray.tune`"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import statistics
 import time
 from typing import Iterator, Sequence
 
@@ -124,7 +125,7 @@ def augment_cost(device: torch.device, *, batch: int, n_samples: int, repeats: i
                 C.sync(device)
                 times[k].append(time.perf_counter() - a)
     return [{"augment": label, "rate_steps": cls.RATE_STEPS, "batch": batch, "n_samples": n_samples,
-             "repeats": repeats, "seconds_median": C.median(ts), "seconds_mean": sum(ts) / len(ts),
+             "repeats": repeats, "seconds_median": statistics.median(ts), "seconds_mean": sum(ts) / len(ts),
              "load_start": t.load_start, "load_end": t.load_end} for (label, cls), ts in zip(ways, times)]
 
 

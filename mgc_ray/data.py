@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from mgc_ray import features
+from mgc_ray.cache import INT16_SCALE  # int16 full scale -> [-1, 1)
 
 if TYPE_CHECKING:
     import torch
 
-INT16_SCALE = 32768.0  # int16 full scale -> [-1, 1)
 # Materialise the cache in the object store when it takes at most this share of it:
 # below that, sharing one in-memory copy is cheaper than every trial re-reading Parquet.
 MATERIALISE_SHARE = 0.3
