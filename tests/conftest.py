@@ -69,7 +69,6 @@ class SmokeSearch:
     checkpoint: str      # the best trial's checkpoint directory (mgc.checkpoint)
     cache: str           # the search's waveform cache (22,050 Hz, demo-smoke)
     results: object      # pathlib.Path: the search's results folder
-    output: str          # the tune command's stdout + stderr
 
 
 def _run_module(module: str, *args: str, env: dict | None = None, cwd=None, timeout: int = 600):
@@ -107,7 +106,7 @@ def smoke_search(tmp_path_factory) -> SmokeSearch:
     results = sorted((work / "results" / "demo-smoke").glob("baseline_a_2d-*"))[-1]
     return SmokeSearch(workdir=work, uri=uri, parent_run_id=parent.info.run_id, best_run_id=best.info.run_id,
                        checkpoint=parent.data.tags["mgc.checkpoint"], cache=parent.data.params["cache"],
-                       results=results, output=proc.stdout + proc.stderr)
+                       results=results)
 # ---- end of the trained-search fixtures ----
 
 
@@ -360,7 +359,7 @@ def rel():
     import types
 
     return types.SimpleNamespace(
-        ARCH=RELIABILITY_ARCH, DIVERGING_SPACE=DIVERGING_SPACE, CALM_SPACE=CALM_SPACE, env=tune_env,
+        DIVERGING_SPACE=DIVERGING_SPACE, CALM_SPACE=CALM_SPACE, env=tune_env,
         args=tune_args, experiment_dir=experiment_dir, trial_results=trial_results, tune_state=tune_state,
         searcher_study=searcher_study, mlflow_search=mlflow_search, cmdline=_cmdline, alive=_alive)
 # ---- end of the reliability fixtures ----

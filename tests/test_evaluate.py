@@ -51,17 +51,11 @@ def test_run_id_scores_the_test_split_and_logs_to_the_run(smoke_search, run_modu
 
     artifacts = {a.path for a in c.list_artifacts(smoke_search.best_run_id, "evaluate_test")}
     assert {f"evaluate_test/{name}" for name in OUT_FILES} <= artifacts
-    run = c.get_run(smoke_search.best_run_id)
     assert run.data.metrics["evaluate/test/paper_f1"] == pytest.approx(m["crop"]["paper_f1"])
 
 
-@pytest.fixture(scope="module")
-def in_process_ray(ray_local):
-    """evaluate reuses a Ray that is already up (and leaves it up)."""
-    return ray_local
-
-
-def test_checkpoint_and_cache_on_the_validation_split(smoke_search, in_process_ray, tmp_path, capsys):
+# ray_local: evaluate reuses a Ray that is already up (and leaves it up)
+def test_checkpoint_and_cache_on_the_validation_split(smoke_search, ray_local, tmp_path, capsys):
     out = tmp_path / "val"
     assert evaluate_main(["--checkpoint", smoke_search.checkpoint, "--cache", smoke_search.cache,
                           "--split", "val", "--out", str(out)]) == 0
