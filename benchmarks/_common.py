@@ -101,7 +101,7 @@ def sync(device: torch.device) -> None:
 
 
 def trial_cpus(device: torch.device) -> int:
-    """CPUs a trial holds by default (`tune.resources`: 1 on CPU, 2 with a GPU); Ray then sets
+    """CPUs a trial holds by default (`cluster.resources`: 1 on CPU, 2 with a GPU); Ray then sets
     OMP_NUM_THREADS to it, so torch in the trial runs that many threads."""
     return 2 if device.type == "cuda" else 1
 
@@ -228,11 +228,10 @@ class DemoData:
         """(track_id, label, mp3 path) of one split's good tracks, in cache order."""
         import pyarrow.parquet as pq
 
-        from mgc_ray.cache import shard_paths
         from mgc_ray.fma import audio_path
 
         out = []
-        for shard in shard_paths(self.cache, split):
+        for shard in self.manifest.shard_paths(split):
             t = pq.read_table(shard, columns=["track_id", "label"])
             for tid, lab in zip(t.column("track_id").to_pylist(), t.column("label").to_pylist()):
                 out.append((int(tid), int(lab), audio_path(self.root, int(tid), "small")))
@@ -263,7 +262,7 @@ def demo_data(work: Path, tracks_per_genre: int, seconds: float, address: str | 
         with contextlib.redirect_stdout(sys.stderr), timed() as tp:
             prepare(root, cache)
     manifest = read_manifest(cache)
-    n = sum(manifest["num_tracks"].values())
+    n = sum(manifest.num_tracks.values())
     return DemoData(str(root), str(cache), manifest, n, tw, tp, reused)
 
 

@@ -22,12 +22,12 @@ On the same clips and crops, in one run, at the DenseNet setting (window 1976,
 Also timed: `torch.stft` alone on the same batches (a floor under any log-mel
 front end: the paper's way runs the same FFTs), and the front end with the mel
 filterbank applied as a sparse (CSR) matrix, a proposed change to
-`features.LogMel` on CPU (the filterbank is > 99 % zeros).
+`models.frontend.LogMel` on CPU (the filterbank is > 99 % zeros).
 
 The demo's mp3s are mostly 22,050 Hz mono at 64 kbit/s (one in eight is 44.1
 kHz stereo), much cheaper to decode than real FMA clips (44.1 kHz stereo, 256-320
 kbit/s), so the paper's way is also timed on the one real fma_small clip we have
-(SPEC section 4), decoded repeatedly; our per-epoch side costs the same for any
+(shared/fma_samples beside the checkout), decoded repeatedly; our per-epoch side costs the same for any
 source format (the cache holds 22,050 Hz int16 either way).
 
 librosa's warm-up (numba compilation) and a torch warm-up pass run before the
@@ -39,6 +39,7 @@ import contextlib
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -48,14 +49,15 @@ import _common as C
 from mgc_ray.cache import INT16_SCALE
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, ModelConfig
 from mgc_ray.errors import run_cli
-from mgc_ray.features import LogMel
+from mgc_ray.models.frontend import LogMel
 from mgc_ray.models.frontend import SpectrogramFrontEnd
 
 NAME = "features"
 SETTINGS = ((1976, 224, "DenseNet / fusion"), (3472, 513, "baselines A and B"))  # (window, n_mels, used by)
 SMOKE_SETTINGS = ((512, 32, "smoke"),)
 TARGET_RATIO = 50.0  # ours at least 50x the paper's way on the same CPU
-REAL_FMA_CLIP = "/work/shared/fma_samples/fma_small/000/000002.mp3"  # 44.1 kHz stereo, 29.98 s
+# The real fma_small clip beside the checkout (../shared/fma_samples): 44.1 kHz stereo, 29.98 s
+REAL_FMA_CLIP = str(Path(__file__).resolve().parents[2] / "shared" / "fma_samples" / "fma_small" / "000" / "000002.mp3")
 REAL_REPEATS = 16  # decodes of the real clip: enough for a stable per-clip time
 
 
@@ -136,10 +138,9 @@ def measure(data: C.DemoData, settings, crop: int, crop_s: float, batch: int, re
     """
     import librosa
 
-    from mgc_ray.cache import shard_paths
 
     tracks = [t for s in ("train", "val", "test") for t in data.split_tracks(s)]
-    shards = [p for s in ("train", "val", "test") for p in shard_paths(data.cache, s)]
+    shards = [p for s in ("train", "val", "test") for p in data.manifest.shard_paths(s)]
     with C.timed() as tr:
         t_read, clips = median_time(lambda: read_cache(shards), 3)  # the first read also pays pyarrow's start-up
     n = len(tracks)
@@ -366,7 +367,7 @@ def to_markdown(report: dict) -> list[str]:
               f"{cr['seconds']:.2f} s = {cr['ms_per_clip']:.1f} ms/clip (load {cr['load_start']} -> "
               f"{cr['load_end']})."]
     cpu = [(r, r["ours"]["cpu"]) for r in report["rows"]]
-    lines += ["", "`features.LogMel` on the CPU applies the mel filterbank (> 99 % zeros) as a CSR sparse matrix; "
+    lines += ["", "`models.frontend.LogMel` on the CPU applies the mel filterbank (> 99 % zeros) as a CSR sparse matrix; "
               "before the fix it was a dense matmul (`benchmarks/features.py: DenseLogMel`):", ""]
     lines += C.md_table(["window / mels", "dense mel (before) ms/clip", "CSR mel (now) ms/clip", "max abs diff dB"],
                         [[f"{r['window']} / {r['n_mels']}", f"{o['logmel_dense_ms_per_clip']:.2f}",

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
-from mgc_ray.features import Augment
+from mgc_ray.augment import Augment
 from mgc_ray.models import FrontEnd, build_model, input_shapes, list_models
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"

@@ -66,7 +66,8 @@ class Mp3Crops(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         import librosa
 
-        from mgc_ray.features import Augment, random_crop
+        from mgc_ray.augment import Augment
+        from mgc_ray.data import random_crop
 
         path, label = self.items[i]
         y, _ = librosa.load(path, sr=self.sample_rate)  # (n,) float32: decode (+ resample) every epoch
@@ -107,7 +108,7 @@ def _summary(per_epoch: list[dict], batch: int, t: C.Timed) -> dict:
 def ours_epochs(datasets, *, crop: int, batch: int, device: torch.device, augment: bool):
     """(make_iter, consume) for our pipeline: Ray Data batches, then Augment on the consumer's device."""
     from mgc_ray.data import train_batches
-    from mgc_ray.features import Augment
+    from mgc_ray.augment import Augment
 
     aug = Augment().to(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -161,12 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     crop = int(round(crop_s * CACHE_SAMPLE_RATE))
     with C.work_dir(args.work) as work:
         data = C.demo_data(work, tpg, seconds, address=args.address)
-        n_train = data.manifest["num_tracks"]["train"]
+        n_train = data.manifest.num_tracks["train"]
         with C.ray_session(args.address, num_cpus=args.workers):
             from mgc_ray.data import CacheDatasets
 
             with C.timed() as tm:
-                datasets = CacheDatasets.build(data.cache, data.manifest)  # once per search, in the driver
+                datasets = CacheDatasets.build(data.manifest)  # once per search, in the driver
             materialise = {**tm.as_dict(), "materialised": datasets.materialised}
             ways = {"ours_augment": ours_epochs(datasets, crop=crop, batch=batch, device=device, augment=True),
                     "ours_no_augment": ours_epochs(datasets, crop=crop, batch=batch, device=device, augment=False),

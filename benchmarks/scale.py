@@ -61,19 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"write_demo: {8 * tpg} clips in {tw.seconds:.1f} s", flush=True)
         print(f"prepare: {n} clips in {tp.seconds:.1f} s, cache {size / 1e6:.0f} MB", flush=True)
         with C.timed() as tb:
-            datasets = CacheDatasets.build(data.cache, manifest)
+            datasets = CacheDatasets.build(manifest)
         epoch = trial_wait(datasets, manifest, arch, device, epochs=1, overrides=overrides)
         e = epoch["epochs"][0]
         print(f"one {arch} epoch: {e['batches']} batches in {e['seconds']:.1f} s, "
               f"{e['samples_per_s']:.1f} samples/s, {100 * e['wait_share']:.1f} % waiting for data", flush=True)
-    n_train = manifest["num_tracks"]["train"]
+    n_train = manifest.num_tracks["train"]
     report = {"name": NAME, "machine": m, "smoke": args.smoke,
               "settings": {"tracks_per_genre": tpg, "tracks": 8 * tpg, "clip_seconds": seconds,
                            "sample_rate": CACHE_SAMPLE_RATE, "epoch_arch": arch,
                            "epoch_overrides": overrides, "joined_cluster": bool(args.address)},
               "write_demo": {**tw.as_dict(), "tracks_per_s": C.rate(8 * tpg, tw.seconds), "mp3_bytes": mp3_bytes},
               "prepare": {**tp.as_dict(), "tracks": n, "tracks_per_s": C.rate(n, tp.seconds), "cache_bytes": size,
-                          "bad_tracks": len(manifest["bad_tracks"]), "bytes_per_track": size / n,
+                          "bad_tracks": len(manifest.bad_tracks), "bytes_per_track": size / n,
                           "int16_bytes": n * seconds * CACHE_SAMPLE_RATE * 2},
               "materialise": {**tb.as_dict(), "materialised": datasets.materialised},
               "epoch": {**e, "arch": arch, "train_tracks": n_train},

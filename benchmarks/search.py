@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs.append(r)
                     print(f"  {arch}: {n} trial(s), {k} at once: {r['seconds']:.1f} s, "
                           f"{r['trials_per_hour']:.0f} trials/hour (whole command)", flush=True)
-        n_train = data.manifest["num_tracks"]["train"]
+        n_train = data.manifest.num_tracks["train"]
     report = {"name": NAME, "machine": m, "smoke": args.smoke,
               "settings": {"train_tracks": n_train, "clip_seconds": seconds, "max_epochs": args.max_epochs,
                            "waves": waves, "inputs": overrides or "paper", "joined_cluster": bool(args.address)},

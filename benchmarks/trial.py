@@ -17,7 +17,7 @@
    from the Ray Data cache, `train_epoch`), with the batch iterator wrapped so
    the time blocked in `next(batches)` is summed; share = that time / the epoch's
    time. Ray gets (available CPUs - 1) logical CPUs: a trial holds one CPU and
-   Ray Data gets the rest (`tune.resources`). On CPU the trainer and Ray Data
+   Ray Data gets the rest (`cluster.resources`). On CPU the trainer and Ray Data
    share the same two cores, so this is the CPU trial's share, labelled so.
 
 torch runs with the threads Ray gives a trial (OMP_NUM_THREADS = its CPUs: 1 on
@@ -42,7 +42,7 @@ import torch
 import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
 from mgc_ray.errors import run_cli
-from mgc_ray.features import Augment
+from mgc_ray.augment import Augment
 from mgc_ray.models import build_model, input_shapes, list_models
 from mgc_ray.train import make_optimizer, prepare_model, train_epoch
 
@@ -165,15 +165,13 @@ def _timed_epoch(model, optimizer, augment, generator, datasets, cfg, mcfg, epoc
             "load_start": t.load_start, "load_end": t.load_end}
 
 
-def trial_wait(datasets, manifest: dict, arch: str, device: torch.device, *, epochs: int, overrides: dict) -> dict:
+def trial_wait(datasets, manifest, arch: str, device: torch.device, *, epochs: int, overrides: dict) -> dict:
     """The loop of trainable._train (training part) with the data wait timed; one row per epoch."""
     cfg = PAPER[arch].train_config(max_epochs=epochs, **overrides)
-    label_names = list(manifest["label_names"])
-    mcfg = cfg.model_config(int(manifest["sample_rate"]), float(manifest["wave_mean"]), float(manifest["wave_std"]),
-                            n_classes=len(label_names))
+    label_names = list(manifest.label_names)
+    mcfg = cfg.model_config(manifest.sample_rate, manifest.wave_mean, manifest.wave_std, n_classes=len(label_names))
     torch.manual_seed(cfg.seed)
-    fields = {k: v for k, v in dataclasses.asdict(mcfg).items() if k != "arch"}
-    model = prepare_model(build_model(cfg.arch, **fields), device)
+    model = prepare_model(build_model(mcfg), device)
     optimizer = make_optimizer(model, cfg)
     augment = Augment().to(device)
     generator = torch.Generator(device=device)
@@ -244,13 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with C.work_dir(args.work) as work:
             data = C.demo_data(work, tpg, seconds, address=args.address)
             with C.ray_session(args.address, num_cpus=max(1, C.cores_available() - 1)):
-                datasets = CacheDatasets.build(data.cache, data.manifest)
+                datasets = CacheDatasets.build(data.manifest)
                 for arch in wait_archs:
                     w = trial_wait(datasets, data.manifest, arch, device, epochs=epochs, overrides=wait_overrides)
                     waits.append(w)
                     print(f"{arch:14s} trial on Ray Data ({device.type}): waits {100 * w['wait_share']:.1f} % of "
                           f"its training time, {w['samples_per_s']:.1f} samples/s", flush=True)
-            n_train = data.manifest["num_tracks"]["train"]
+            n_train = data.manifest.num_tracks["train"]
     report = {"name": NAME, "machine": m, "smoke": args.smoke,
               "settings": {"steps": steps, "warmup": warmup, "crop_seconds": crop_s, "n_samples": n_samples,
                            "epochs": epochs, "train_tracks": n_train if waits else None, "clip_seconds": seconds,

@@ -10,12 +10,15 @@ Layout (written by `mgc_ray.prepare`):
 Samples are the decoded mono clip at the manifest's `sample_rate`, clipped to
 [-1, 1] and stored as round(x * 32768) clipped to the int16 range; divide by
 `INT16_SCALE` to get the float waveform back (what `wave_mean` / `wave_std` describe).
+The manifest is read once into a frozen `Manifest` and checked.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -32,64 +35,132 @@ def to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, dtype=np.float64) * INT16_SCALE), -32768, 32767).astype(np.int16)
 
 
-def to_float(samples: np.ndarray) -> np.ndarray:
-    """int16 samples -> float32 waveform in [-1, 1)."""
-    return np.asarray(samples, dtype=np.int16).astype(np.float32) / np.float32(INT16_SCALE)
-
-
-def default_cache_dir(fma_root: str | os.PathLike, subset: str, split: str, seed: int, sample_rate: int) -> str:
+def default_cache_dir(fma_root: str | os.PathLike, subset: str, split: str, data_seed: int, sample_rate: int) -> str:
     """Where a cache goes when no --out is given: one folder per data set and settings.
 
     Args:
         fma_root: the FMA root (its absolute path is hashed into the name).
-        subset, split, seed, sample_rate: the cache's settings.
+        subset, split, data_seed, sample_rate: the cache's settings (data_seed: the paper split's).
 
     Returns:
-        `<$MGC_HOME or DEFAULT_HOME>/caches/<subset>-<split>-s<seed>-<rate>-<sha1(root)[:8]>`.
+        `<$MGC_HOME or DEFAULT_HOME>/caches/<subset>-<split>-s<data_seed>-<rate>-<sha1(root)[:8]>`.
     """
     key = hashlib.sha1(os.path.realpath(os.fspath(fma_root)).encode()).hexdigest()[:8]
-    return os.path.join(home(), "caches", f"{subset}-{split}-s{seed}-{sample_rate}-{key}")
+    return os.path.join(home(), "caches", f"{subset}-{split}-s{data_seed}-{sample_rate}-{key}")
 
 
-def read_manifest(cache: str | os.PathLike) -> dict:
-    """The manifest of a prepared cache.
+@dataclass(frozen=True)
+class Manifest:
+    """A prepared cache's manifest.json, read once and checked (written by `mgc_ray.prepare`).
 
-    Args:
-        cache: the cache folder.
+    Attributes:
+        schema_version: CACHE_SCHEMA_VERSION of the code that wrote it.
+        sample_rate: the cached waveforms' rate (Hz).
+        subset, split_scheme, data_seed: what was cached and how it was split (data_seed: the
+            paper split's seed, part of the cache's identity).
+        fma_root: where the audio came from.
+        label_names: genre names in label order (any number, at least two).
+        counts: {split: {genre: tracks}}; num_tracks: {split: tracks}.
+        wave_mean, wave_std: the training split's float waveform statistics (the 1D z-score).
+        bad_tracks: [{track_id, path, reason}] left out.
+        shards: {split: [shard paths relative to the cache folder]}.
+        min_track_seconds, silence_peak, tracks_per_shard, track_list_sha1: prepare's settings.
+        root: the cache folder it was read from (not stored in the file).
+    """
 
-    Returns:
-        The manifest dict (keys: see `mgc_ray.prepare.prepare`).
+    schema_version: int
+    sample_rate: int
+    subset: str
+    split_scheme: str
+    data_seed: int
+    fma_root: str
+    label_names: tuple[str, ...]
+    counts: Mapping[str, Mapping[str, int]]
+    num_tracks: Mapping[str, int]
+    wave_mean: float
+    wave_std: float
+    bad_tracks: tuple[Mapping[str, Any], ...]
+    shards: Mapping[str, tuple[str, ...]]
+    min_track_seconds: float
+    silence_peak: float
+    tracks_per_shard: int
+    track_list_sha1: str
+    root: str = field(default="", compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], root: str = "") -> "Manifest":
+        """Check a manifest document's fields and types.
+
+        Raises:
+            UserError: another schema version, or a field missing or of the wrong type.
+        """
+        where = os.path.join(root, MANIFEST) if root else MANIFEST
+        version = d.get("schema_version") if isinstance(d, Mapping) else None
+        if version != CACHE_SCHEMA_VERSION:
+            raise UserError(f"{root or 'the cache'} was prepared with cache schema {version}, this code reads "
+                            f"{CACHE_SCHEMA_VERSION}; run python -m mgc_ray.prepare again into another --out")
+        names = [f.name for f in fields(cls) if f.name != "root"]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}; prepare the cache again into another --out")
+        try:
+            m = cls(schema_version=int(d["schema_version"]), sample_rate=int(d["sample_rate"]), subset=str(d["subset"]),
+                    split_scheme=str(d["split_scheme"]), data_seed=int(d["data_seed"]), fma_root=str(d["fma_root"]),
+                    label_names=tuple(str(g) for g in d["label_names"]),
+                    counts={s: {str(g): int(n) for g, n in c.items()} for s, c in d["counts"].items()},
+                    num_tracks={s: int(n) for s, n in d["num_tracks"].items()},
+                    wave_mean=float(d["wave_mean"]), wave_std=float(d["wave_std"]),
+                    bad_tracks=tuple(dict(b) for b in d["bad_tracks"]),
+                    shards={s: tuple(str(x) for x in v) for s, v in d["shards"].items()},
+                    min_track_seconds=float(d["min_track_seconds"]), silence_peak=float(d["silence_peak"]),
+                    tracks_per_shard=int(d["tracks_per_shard"]), track_list_sha1=str(d["track_list_sha1"]), root=root)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{where} has a malformed field ({exc}); prepare the cache again into another --out") from None
+        if len(m.label_names) < 2 or not m.wave_std > 0:
+            raise UserError(f"{where} holds {len(m.label_names)} genre(s) and waveform std {m.wave_std:g}; "
+                            "prepare the cache again into another --out")
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (without `root`)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "root"}
+        d["label_names"] = list(self.label_names)
+        d["bad_tracks"] = [dict(b) for b in self.bad_tracks]
+        d["shards"] = {s: list(v) for s, v in self.shards.items()}
+        d["counts"] = {s: dict(c) for s, c in self.counts.items()}
+        d["num_tracks"] = dict(self.num_tracks)
+        return d
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    def shard_paths(self, split: str) -> list[str]:
+        """Absolute paths of one split's shards, in order (empty if none)."""
+        return [os.path.join(self.root, rel) for rel in self.shards.get(split, ())]
+
+
+def read_manifest(cache: str | os.PathLike) -> Manifest:
+    """The manifest of a prepared cache, checked.
 
     Raises:
-        UserError: the cache is not prepared (no manifest) or its manifest is unreadable.
+        UserError: the cache is not prepared (no manifest), its manifest is unreadable, of
+            another schema version or malformed.
     """
-    path = os.path.join(os.fspath(cache), MANIFEST)
+    root = os.path.abspath(os.fspath(cache))
+    path = os.path.join(root, MANIFEST)
     if not os.path.isfile(path):
         raise UserError(f"{cache} is not a prepared cache (no {MANIFEST}); run "
                         f"python -m mgc_ray.prepare --fma-root DIR --out {cache}")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            doc = json.load(f)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path} ({exc}); prepare the cache again into another --out") from None
+    return Manifest.from_dict(doc, root)
 
 
-def shard_paths(cache: str | os.PathLike, split: str) -> list[str]:
-    """Absolute paths of one split's shards, in order.
-
-    Args:
-        cache: the cache folder.
-        split: "train", "val" or "test".
-
-    Returns:
-        The shard paths the manifest lists for `split` (empty if none).
-    """
-    manifest = read_manifest(cache)
-    root = os.path.abspath(os.fspath(cache))
-    return [os.path.join(root, rel) for rel in manifest["shards"].get(split, [])]
-
-
-def check_cache(cache: str | os.PathLike, sample_rate: int | None = None, split_scheme: str | None = None) -> dict:
+def check_cache(cache: str | os.PathLike, sample_rate: int | None = None, split_scheme: str | None = None) -> Manifest:
     """Check that a cache is prepared, of this code's layout and of the settings asked for.
 
     Args:
@@ -104,14 +175,10 @@ def check_cache(cache: str | os.PathLike, sample_rate: int | None = None, split_
         UserError: no manifest, another schema version, another sample rate or split scheme.
     """
     manifest = read_manifest(cache)
-    version = manifest.get("schema_version")
-    if version != CACHE_SCHEMA_VERSION:
-        raise UserError(f"{cache} was prepared with cache schema {version}, this code reads {CACHE_SCHEMA_VERSION}; "
-                        "run python -m mgc_ray.prepare again into another --out")
-    if sample_rate is not None and int(manifest["sample_rate"]) != int(sample_rate):
-        raise UserError(f"{cache} holds {manifest['sample_rate']} Hz audio, {sample_rate} Hz is needed; "
+    if sample_rate is not None and manifest.sample_rate != int(sample_rate):
+        raise UserError(f"{cache} holds {manifest.sample_rate} Hz audio, {sample_rate} Hz is needed; "
                         f"run python -m mgc_ray.prepare --sample-rate {sample_rate} into another --out")
-    if split_scheme is not None and manifest["split_scheme"] != split_scheme:
-        raise UserError(f"{cache} uses the {manifest['split_scheme']} split, not {split_scheme}; "
+    if split_scheme is not None and manifest.split_scheme != split_scheme:
+        raise UserError(f"{cache} uses the {manifest.split_scheme} split, not {split_scheme}; "
                         f"run python -m mgc_ray.prepare --split {split_scheme} into another --out")
     return manifest

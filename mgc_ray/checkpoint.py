@@ -9,8 +9,9 @@ A checkpoint is a directory holding `model.pt`, a dict with:
     state_dict    the model's weights (on CPU)
     train_config  the trial's TrainConfig as a dict (informational)
     epoch, metrics  the epoch it was taken at and its validation metrics
-Training state (optimiser, epoch history) sits beside it in `train_state.pt`
-so that a restarted trial continues; `predict` never reads that file.
+It is read back as a frozen `Payload`. Training state (optimiser, epoch
+history) sits beside it in `train_state.pt` so that a restarted trial
+continues; `predict` never reads that file.
 
 Compatibility: a checkpoint is read by the mgc_ray version that wrote it, up to
 the patch number (same major.minor as `mgc_ray.__version__`): model code may
@@ -21,25 +22,49 @@ naming both versions.
 from __future__ import annotations
 
 import dataclasses
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from mgc_ray import __version__
 from mgc_ray.config import ModelConfig
 from mgc_ray.errors import UserError
+from mgc_ray.files import atomic_write
 
 CHECKPOINT_FORMAT = 1
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 
 
+@dataclass(frozen=True)
+class Payload:
+    """What `model.pt` holds, read back and checked (see the module docstring)."""
+
+    format: int
+    version: str
+    model_config: ModelConfig
+    label_names: tuple[str, ...]
+    state_dict: Mapping[str, torch.Tensor]
+    train_config: Mapping[str, Any]
+    epoch: int | None
+    metrics: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | Path) -> "Payload":
+        try:
+            return cls(format=d["format"], version=str(d["version"]), model_config=ModelConfig(**d["model_config"]),
+                       label_names=tuple(d["label_names"]), state_dict=d["state_dict"],
+                       train_config=dict(d.get("train_config") or {}), epoch=d.get("epoch"),
+                       metrics=dict(d.get("metrics") or {}))
+        except (KeyError, TypeError) as exc:  # a field missing, or a model config this code does not know
+            raise UserError(f"checkpoint {where} has a payload this code cannot read ({exc}); it was written by "
+                            f"mgc_ray {d.get('version')}") from None
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save(directory: str | Path, model: torch.nn.Module, model_config: ModelConfig,
@@ -79,7 +104,7 @@ def check_version(payload: dict, where: str | Path) -> None:
                         f"version; use mgc_ray {mm}.x to read it, or train again with this version")
 
 
-def load_payload(path: str | Path) -> dict:
+def load_payload(path: str | Path) -> Payload:
     """Read a checkpoint (a directory or its model.pt) and check its format and version.
 
     Raises:
@@ -100,10 +125,10 @@ def load_payload(path: str | Path) -> dict:
                         f"{CHECKPOINT_FORMAT}: re-train or use the mgc_ray version that wrote it "
                         f"({payload.get('version') if isinstance(payload, dict) else 'unknown'})")
     check_version(payload, f)
-    return payload
+    return Payload.from_dict(payload, f)
 
 
-def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[torch.nn.Module, Payload]:
     """Rebuild the model from a checkpoint.
 
     Args:
@@ -120,27 +145,19 @@ def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[torch.
     from mgc_ray.models import build_model  # models import torch front ends; keep import lazy
 
     payload = load_payload(path)
-    cfg = dict(payload["model_config"])
-    if expect_arch is not None and cfg.get("arch") != expect_arch:
-        raise UserError(f"checkpoint {path} holds a {cfg.get('arch')!r} model, not {expect_arch!r}: "
-                        f"give a {expect_arch} checkpoint, or ask for {cfg.get('arch')}")
-    cfg["pretrained_path"] = None  # weights come from the checkpoint itself
+    cfg = payload.model_config
+    if expect_arch is not None and cfg.arch != expect_arch:
+        raise UserError(f"checkpoint {path} holds a {cfg.arch!r} model, not {expect_arch!r}: "
+                        f"give a {expect_arch} checkpoint, or ask for {cfg.arch}")
+    # weights come from the checkpoint itself, never from a pretrained file
+    model = build_model(dataclasses.replace(cfg, pretrained_path=None))
     try:
-        model = build_model(cfg.pop("arch"), **cfg)
-    except TypeError as exc:  # a config field this code does not know
-        raise UserError(f"checkpoint {path} has a model config this code cannot build ({exc}); "
-                        f"it was written by mgc_ray {payload.get('version')}") from None
-    try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(payload.state_dict)
     except RuntimeError as exc:
         raise UserError(f"checkpoint {path} does not fit its own model config "
-                        f"({str(exc).splitlines()[0]}); it was written by mgc_ray {payload.get('version')}") from None
+                        f"({str(exc).splitlines()[0]}); it was written by mgc_ray {payload.version}") from None
     model.eval()
     return model, payload
-
-
-def model_config_of(payload: dict) -> ModelConfig:
-    return ModelConfig(**payload["model_config"])
 
 
 def load_train_state(directory: str | Path) -> dict | None:

@@ -12,34 +12,37 @@ with runs there are up to three rows, all test split at crop level (the paper's 
                         epoch; ASHA may cut the same settings short inside a search),
                         else a search's paper-settings trial. How a search's trial is
                         recognised, first rule that applies:
-                          1. the search run's `mgc.paper_trial` tag names it;
+                          1. the search run's `mgc.paper_trial` tag names it (the runner
+                             tags the trial whose settings are the paper's);
                           2. a `--paper` search (param paper_only=True, or `-paper-` in its
                              name) has exactly that one trial;
-                          3. its params equal the paper's (config.PAPER) on every searched
-                             hyperparameter;
-                          4. the search's first trial (Optuna evaluates the paper's point
-                             first), if it was scored on the test split.
+                          3. its params equal the paper's (`config.is_paper_point`) on every
+                             searched hyperparameter.
+                        A search that started elsewhere (`start:` in its space) has none.
   ours, best searched   over finished searches that are not `--paper` ones: the best
                         trial (the search run's `mgc.best_trial` tag) with the lowest
                         validation loss (best/val_loss), i.e. chosen without looking at
                         the test split; its test/* metrics (or the search run's own).
 
-Δ columns are ours minus the paper's. A run whose figures are missing shows "–".
+Δ columns are ours minus the paper's. A run whose figures are missing shows "–". On any
+dataset but fma_small the paper's row is a reference point, not a like-for-like result,
+and the table says so.
 """
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
-from mgc_ray.config import PAPER
+from mgc_ray.config import PAPER, is_paper_point
 from mgc_ray.errors import Parser, UserError, run_cli
-from mgc_ray.search import SEARCHED
+from mgc_ray.metrics import TABLE_COLUMNS, definitions
+from mgc_ray.report import PAPER_DATASET, reference_note
+from mgc_ray.tracking import EXPERIMENT_PREFIX, Tag
 
-EXPERIMENT_PREFIX = "mgc_ray/"
-COLUMNS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"), ("macro_precision", "precision"),
-           ("macro_recall", "recall"), ("macro_f1", "macro F1"), ("top1_accuracy", "top-1"))
+LABELS = {"paper_f1": "F1 (paper)", "paper_accuracy": "accuracy (paper)", "macro_precision": "precision",
+          "macro_recall": "recall", "macro_f1": "macro F1", "top1_accuracy": "top-1"}
+COLUMNS = tuple((k, LABELS[k]) for k in TABLE_COLUMNS)
 DELTAS = ("paper_f1", "paper_accuracy")
 KINDS = ("paper Table 1", "ours, paper settings", "ours, best searched")
 FIGURE_METRICS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"),
@@ -63,32 +66,20 @@ def _is_paper_search(run) -> bool:
     return run.data.params.get("paper_only") == "True" or "-paper-" in (run.info.run_name or "")
 
 
-def _params_are_paper(run, arch: str) -> bool:
-    preset = PAPER[arch]
-    try:
-        return all(math.isclose(float(run.data.params[k]), float(getattr(preset, k))) for k in SEARCHED)
-    except (KeyError, ValueError):
-        return False
-
-
 def paper_trial(search, children: list, arch: str):
     """The paper-settings trial of one search (rules in the module docstring), or None."""
-    tagged = search.data.tags.get("mgc.paper_trial")
+    tagged = search.data.tags.get(Tag.PAPER_TRIAL)
     if tagged:
-        return next((r for r in children if r.data.tags.get("mgc.trial_id") == tagged), None)
+        return next((r for r in children if r.data.tags.get(Tag.TRIAL) == tagged), None)
     if _is_paper_search(search):
         return children[0] if len(children) == 1 else None
     scored = [r for r in children if "test/paper_f1" in r.data.metrics]
-    by_params = [r for r in scored if _params_are_paper(r, arch)]
-    if by_params:
-        return by_params[0]
-    first = min(children, key=lambda r: r.info.start_time, default=None)
-    return first if first is not None and any(r.info.run_id == first.info.run_id for r in scored) else None
+    return next((r for r in scored if is_paper_point(arch, r.data.params)), None)
 
 
 def _best_trial(search, children: list):
-    best_id = search.data.tags.get("mgc.best_trial")
-    return next((r for r in children if r.data.tags.get("mgc.trial_id") == best_id), None)
+    best_id = search.data.tags.get(Tag.BEST_TRIAL)
+    return next((r for r in children if r.data.tags.get(Tag.TRIAL) == best_id), None)
 
 
 def _row(kind: str, metrics: dict, ref: dict, note: str) -> dict:
@@ -101,16 +92,16 @@ def _row(kind: str, metrics: dict, ref: dict, note: str) -> dict:
 def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
     """The three rows (those that exist) of one arch on one dataset."""
     runs = c.search_runs([exp_id], max_results=5000)
-    paper_runs = [r for r in runs if r.data.tags.get("mgc.source") == "paper"]
+    paper_runs = [r for r in runs if r.data.tags.get(Tag.SOURCE) == "paper"]
     ref = _test(paper_runs[0]) if paper_runs else {}
     ref = {k: ref.get(k, v) for k, v in PAPER[arch].table1.items()}  # the store's, else config.PAPER's
     rows = [{**_row(KINDS[0], ref, ref, "the paper's Table 1"), **{f"delta_{k}": None for k in DELTAS}}]
-    searches = sorted((r for r in runs if r.data.tags.get("mgc.source") == "search" and r.info.status == "FINISHED"),
+    searches = sorted((r for r in runs if r.data.tags.get(Tag.SOURCE) == "search" and r.info.status == "FINISHED"),
                       key=lambda r: r.info.start_time, reverse=True)
     children = {}
     for r in runs:
-        if r.data.tags.get("mgc.source") == "trial":
-            children.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
+        if r.data.tags.get(Tag.SOURCE) == "trial":
+            children.setdefault(r.data.tags.get(Tag.PARENT), []).append(r)
     candidates = []
     for s in searches:
         t = paper_trial(s, children.get(s.info.run_id, []), arch)
@@ -139,7 +130,7 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
 
 def collect(uri: str) -> dict[str, dict[str, list[dict]]]:
     """dataset -> arch -> rows, for every `mgc_ray/<arch>/<dataset>` experiment in the store."""
-    from mgc_ray.runs import open_store
+    from mgc_ray.tracking import open_store
 
     c = open_store(uri)
     out: dict[str, dict[str, list[dict]]] = {}
@@ -161,9 +152,25 @@ def _fmt(v, signed: bool = False) -> str:
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
-def markdown(tables: dict[str, dict[str, list[dict]]], uri: str) -> str:
-    from mgc_ray.report import DEFINITIONS
+def genre_counts(uri: str) -> dict[str, int]:
+    """dataset -> number of genres, from its search runs' `n_classes` param (fma_small: 8)."""
+    from mgc_ray.tracking import open_store
 
+    c = open_store(uri)
+    out = {PAPER_DATASET: 8}
+    for exp in c.search_experiments(max_results=5000):
+        parts = exp.name.split("/")
+        if len(parts) != 3 or parts[0] + "/" != EXPERIMENT_PREFIX:
+            continue
+        for r in c.search_runs([exp.experiment_id], filter_string=f"tags.`{Tag.SOURCE}` = 'search'", max_results=50):
+            if r.data.params.get("n_classes", "").isdigit():
+                out.setdefault(parts[2], int(r.data.params["n_classes"]))
+    return out
+
+
+def markdown(tables: dict[str, dict[str, list[dict]]], uri: str, genres: dict[str, int] | None = None) -> str:
+    """The comparison as markdown; `genres`: dataset -> number of genres (the definitions' k)."""
+    genres = genres or {}
     head = ["arch", "row", *(label for _, label in COLUMNS), *(f"Δ {dict(COLUMNS)[k]}" for k in DELTAS)]
     md = ["# mgc_ray against the paper's Table 1", "",
           f"Test split, crop level (one centred crop per track, the paper's way). From the MLflow store "
@@ -178,10 +185,12 @@ def markdown(tables: dict[str, dict[str, list[dict]]], uri: str) -> str:
                                                for k in DELTAS)]) + " |")
                 if r["kind"] != KINDS[0]:
                     notes.append(f"- {PAPER[arch].label}, {r['kind']}: {r['source']}")
-        md += ["", *notes, ""]
-    md += ["How rows are chosen: `ours, paper settings` is the newest paper-settings trial scored on the test "
-           "split (a `--paper` search's first); `ours, best searched` is, over finished searches, the best "
-           "trial with the lowest validation loss (never chosen by test figures).", "", DEFINITIONS, ""]
+        md += ["", reference_note(dataset), "", *notes, ""]
+        if dataset in genres:
+            md += [definitions(genres[dataset]), ""]
+    md += ["How rows are chosen: `ours, paper settings` is the newest trial at the paper's settings scored on "
+           "the test split (a `--paper` search's first); `ours, best searched` is, over finished searches, the "
+           "best trial with the lowest validation loss (never chosen by test figures).", ""]
     return "\n".join(md)
 
 
@@ -203,18 +212,14 @@ def csv_text(tables: dict[str, dict[str, list[dict]]]) -> str:
 def write(tables: dict, out: Path, uri: str) -> list[Path]:
     """Write the markdown, CSV and PNG; return them."""
     from mgc_ray import plots
-    from mgc_ray.report import atomic_text
+    from mgc_ray.files import atomic_text, writable_dir
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: its folder cannot be created ({exc.strerror})") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"--out {out}: its folder is not writable: choose another --out")
+    writable_dir(out.parent, f"--out {out}: its folder")
     fig_rows = {d: [{"arch": PAPER[a].label, **r} for a, rows in archs.items() for r in rows] for d, archs in tables.items()}
     png = plots.comparison_png(fig_rows, FIGURE_METRICS, out.with_suffix(".png"),
                                "mgc_ray vs the paper's Table 1 (test split, crop level)")
-    return [atomic_text(out, markdown(tables, uri)), atomic_text(out.with_suffix(".csv"), csv_text(tables)), png]
+    md = markdown(tables, uri, genre_counts(uri))
+    return [atomic_text(out, md), atomic_text(out.with_suffix(".csv"), csv_text(tables)), png]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,16 +26,30 @@ PAPER_EPOCHS = 20            # keep the epoch with the lowest validation loss
 PAPER_SPLIT = (0.8, 0.1, 0.1)  # shuffled train/val/test
 
 # --- the cache ---------------------------------------------------------------
-CACHE_SCHEMA_VERSION = 1     # bump when the shard or manifest layout changes
+CACHE_SCHEMA_VERSION = 2     # bump when the shard or manifest layout changes (2: data_seed)
 MIN_TRACK_SECONDS = 2.0      # shorter decoded audio is "too short" (bad); longer but < crop is padded
 SILENCE_PEAK = 1e-4          # a track whose peak |x| stays below this (-80 dBFS) is "silent" (bad)
 TRACKS_PER_SHARD = 64        # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size
 SPLITS = ("train", "val", "test")
 
+# The hyperparameters a search may vary (TrainConfig fields); every other module
+# (search spaces, MLflow params, the leaderboard, compare) takes this list from here.
+SEARCHED = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds")
+
 # Where the built-in demo dataset and its cache live when no data is given.
 DEFAULT_HOME = "~/.cache/mgc_ray"
 HOME_ENV = "MGC_HOME"        # overrides DEFAULT_HOME (tests and CI point it at a temp folder)
 FMA_ROOT_ENV = "MGC_FMA_ROOT"  # environment variable naming an FMA root
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random draws (crop order, crops, augmentation) in a trial.
+
+    A restarted trial re-runs an epoch with exactly the draws it had, and no two
+    (seed, epoch) pairs share a stream: 100,003 is a prime larger than any epoch
+    count, so seed * 100,003 + epoch is distinct for every epoch < 100,003.
+    """
+    return int(seed) * 100_003 + int(epoch)
 
 
 def home() -> Path:
@@ -77,10 +92,6 @@ class ModelConfig:
     wave_mean: float = 0.0
     wave_std: float = 1.0
     pretrained_path: str | None = None
-
-    @property
-    def hop(self) -> int:
-        return self.window // 2  # 50 % overlap, the paper's
 
     @property
     def crop_samples(self) -> int:
@@ -134,7 +145,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PaperPreset:
-    """The paper's exact settings for one architecture (SPEC section 1)."""
+    """The paper's exact settings for one architecture: the one home of them.
+
+    Search spaces start from `point()` unless a file names other first settings,
+    and a trial is "the paper trial" exactly when `is_paper_point` says so.
+    """
 
     arch: str
     label: str                 # the row name in the paper's Table 1
@@ -146,6 +161,10 @@ class PaperPreset:
     crop_seconds: float = CROP_SECONDS
     epochs: int = PAPER_EPOCHS
     table1: Mapping[str, float] = field(default_factory=dict)
+
+    def point(self) -> dict[str, Any]:
+        """The searched hyperparameters at the paper's values."""
+        return {k: getattr(self, k) for k in SEARCHED}
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         kw = dict(arch=self.arch, lr=self.lr, weight_decay=self.weight_decay,
@@ -176,3 +195,21 @@ PAPER: dict[str, PaperPreset] = {
     "fusion": PaperPreset("fusion", "FusionNet", 8, 1976, 224,
                           table1=_t1(0.553, 0.888, 0.548, 0.557)),
 }
+
+
+def is_paper_point(arch: str, config: Mapping[str, Any], scaled: Mapping[str, Any] | None = None) -> bool:
+    """Whether a trial's settings are the paper's for `arch` (the one definition of "the paper
+    trial"): every searched hyperparameter equal to `PAPER[arch]`'s, floats to 1e-9 (MLflow
+    params come back as text).
+
+    Args:
+        scaled: input sizes a --smoke search fixes to tiny values; the paper's point takes them.
+    """
+    preset = PAPER.get(arch)
+    if preset is None:
+        return False
+    point = {**preset.point(), **(scaled or {})}
+    try:
+        return all(math.isclose(float(config[k]), float(v), rel_tol=1e-9) for k, v in point.items())
+    except (KeyError, TypeError, ValueError):
+        return False

@@ -7,8 +7,11 @@ Where each step runs, and why:
     of the cache); a larger cache streams from the shards' shared path instead;
   - cropping runs in Ray Data tasks on CPUs (`map_batches`): only the crop (10 s
     of int16, 441 kB) travels to the trial, not the 30-s clip;
-  - noise and time stretch run on the trial's device (`features.Augment`), where
+  - noise and time stretch run on the trial's device (`augment.Augment`), where
     they cost nothing beside the model.
+This module imports no torch: the crop UDF is pickled by reference to it, so
+every Ray Data worker imports it, and torch + torchaudio would cost each worker
+more than a second and ~640 MB (benchmarks/crop_worker.py).
 Every epoch gets a new block order, a new local shuffle and a new random crop
 per track (seeded by (seed, epoch, track_id), so a restarted epoch sees the
 same crops).
@@ -21,8 +24,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from mgc_ray import features
 from mgc_ray.cache import INT16_SCALE  # int16 full scale -> [-1, 1)
+from mgc_ray.config import SPLITS, epoch_seed
 
 if TYPE_CHECKING:
     import torch
@@ -31,8 +34,98 @@ if TYPE_CHECKING:
 # below that, sharing one in-memory copy is cheaper than every trial re-reading Parquet.
 MATERIALISE_SHARE = 0.3
 # Crop tasks are light (slicing); a fraction of a CPU lets them run beside trials that
-# hold whole CPUs on a small machine without starving the trials' Ray Data (SPEC 3).
+# hold whole CPUs on a small machine without starving the trials' Ray Data (trials holding every CPU hang it).
 CROP_TASK_CPUS = 0.25
+
+
+# --- crops (CPU, in Ray Data tasks) --------------------------------------------
+# numpy in, numpy out; a torch tensor (predict, tests) works too without this module
+# importing torch: a Ray Data worker that unpickles the crop UDF imports only numpy.
+def _is_tensor(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _pad_end(x, length: int):
+    """Zero-pad the last axis of a numpy array or torch tensor at its end to `length`."""
+    n = x.shape[-1]
+    if n >= length:
+        return x
+    if _is_tensor(x):
+        import torch  # only a caller holding a tensor gets here, so torch is loaded already
+
+        return torch.nn.functional.pad(x, (0, length - n))
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - n)])
+
+
+def random_crop(x, crop_len: int, rng: np.random.Generator):
+    """A uniformly placed crop of `crop_len` samples along the last axis.
+
+    A track shorter than the crop is returned whole, zero-padded at its end
+    (the audio starts at sample 0 of the crop, as it does in `centre_crop`).
+
+    Args:
+        x: (..., N) numpy array (int16 or float) or torch tensor.
+        crop_len: samples in the crop.
+        rng: numpy Generator (the data pipeline's, seeded per epoch).
+
+    Returns:
+        (..., crop_len), same type and dtype as `x`.
+    """
+    n = x.shape[-1]
+    if n <= crop_len:
+        return _pad_end(x, crop_len)
+    start = int(rng.integers(0, n - crop_len + 1))
+    return x[..., start:start + crop_len]
+
+
+def centre_crop(x, crop_len: int):
+    """The middle `crop_len` samples (validation crops); shorter tracks are zero-padded at the end.
+
+    Args:
+        x: (..., N) numpy array or torch tensor.
+        crop_len: samples in the crop.
+
+    Returns:
+        (..., crop_len), same type and dtype as `x`.
+    """
+    n = x.shape[-1]
+    if n <= crop_len:
+        return _pad_end(x, crop_len)
+    start = (n - crop_len) // 2
+    return x[..., start:start + crop_len]
+
+
+def cover_crops(x, crop_len: int, hop: int | None = None):
+    """Crops that together cover the whole clip, for track-level scores.
+
+    Crops start at 0, hop, 2 hop, ...; the last one is aligned to the end of
+    the clip (so it may overlap its neighbour). A clip no longer than the crop
+    gives one crop, zero-padded at the end. A 30-s clip with 10-s crops gives 3.
+
+    Args:
+        x: (N,) numpy array or torch tensor.
+        crop_len: samples per crop.
+        hop: distance between crop starts (default crop_len: no overlap but the last).
+
+    Returns:
+        (n, crop_len) with n = 1 + ceil((N - crop_len) / hop), same type and dtype as `x`.
+    """
+    hop = crop_len if hop is None else int(hop)
+    if hop < 1:
+        raise ValueError(f"hop must be >= 1, got {hop}")
+    n = x.shape[-1]
+    if n <= crop_len:
+        crops = [_pad_end(x, crop_len)]
+    else:
+        starts = list(range(0, n - crop_len, hop)) + [n - crop_len]
+        crops = [x[..., s:s + crop_len] for s in starts]
+    if _is_tensor(x):
+        import torch
+
+        return torch.stack(crops)
+    return np.stack(crops)
+
+
 
 
 def _samples(x) -> np.ndarray:
@@ -56,11 +149,11 @@ def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: i
         x = _samples(s)
         if mode == "random":
             rng = np.random.default_rng((int(seed), int(epoch), int(tid)))
-            crops = [features.random_crop(x, crop_len, rng)]
+            crops = [random_crop(x, crop_len, rng)]
         elif mode == "centre":
-            crops = [features.centre_crop(x, crop_len)]
+            crops = [centre_crop(x, crop_len)]
         elif mode == "cover":
-            crops = list(features.cover_crops(x, crop_len))
+            crops = list(cover_crops(x, crop_len))
         else:
             raise ValueError(f"unknown crop mode {mode!r}")
         waves.extend(crops)
@@ -88,23 +181,21 @@ class CacheDatasets:
     materialised: bool
 
     @classmethod
-    def build(cls, cache: str, manifest: dict, materialise: bool | None = None) -> "CacheDatasets":
-        """Read every split's shards; materialise them if they fit (see MATERIALISE_SHARE)."""
+    def build(cls, manifest, materialise: bool | None = None) -> "CacheDatasets":
+        """Read every split's shards (a `cache.Manifest`); materialise them if they fit (see MATERIALISE_SHARE)."""
         import ray
 
-        from mgc_ray.cache import shard_paths
-
         if materialise is None:
-            size = sum(_file_size(p) for s in ("train", "val", "test") for p in shard_paths(cache, s))
+            size = sum(_file_size(p) for s in SPLITS for p in manifest.shard_paths(s))
             store = ray.available_resources().get("object_store_memory", 0)
             materialise = size <= MATERIALISE_SHARE * store
         _quiet_ray_data()
         cols = ["track_id", "label", "samples"]
         splits = {}
-        for split in ("train", "val", "test"):
-            ds = ray.data.read_parquet(shard_paths(cache, split)).select_columns(cols)
+        for split in SPLITS:
+            ds = ray.data.read_parquet(manifest.shard_paths(split)).select_columns(cols)
             splits[split] = ds.materialize() if materialise else ds
-        return cls(splits["train"], splits["val"], splits["test"], int(manifest["sample_rate"]), materialise)
+        return cls(splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise)
 
 
 def _file_size(path: str) -> int:
@@ -135,11 +226,11 @@ def train_batches(ds, *, crop_len: int, batch_size: int, seed: int, epoch: int,
         (wave (B, crop_len) float32 in [-1, 1) on `device`, label (B,) int64).
     """
     _quiet_ray_data()
-    epoch_ds = ds.randomize_block_order(seed=seed * 100_003 + epoch).map_batches(
+    epoch_ds = ds.randomize_block_order(seed=epoch_seed(seed, epoch)).map_batches(
         _crop_rows, fn_kwargs=dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch),
         batch_format="numpy", num_cpus=CROP_TASK_CPUS)
     yield from _to_device(epoch_ds, batch_size=batch_size, device=device, drop_last=True,
-                          shuffle_buffer=4 * batch_size, shuffle_seed=seed * 100_003 + epoch)
+                          shuffle_buffer=4 * batch_size, shuffle_seed=epoch_seed(seed, epoch))
 
 
 def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",

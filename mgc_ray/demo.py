@@ -29,6 +29,7 @@ import pandas as pd
 from mgc_ray.config import home
 from mgc_ray.demo_synth import GENRES, synth_track
 from mgc_ray.errors import Parser, UserError, run_cli
+from mgc_ray.files import atomic_text, atomic_write
 from mgc_ray.fma import audio_path, metadata_dir
 
 # FMA's genre ids of the eight fma_small genres (genres.csv; all top level, parent 0).
@@ -150,17 +151,8 @@ def write_track(root: str, track_id: int, genre: str, index: int, stereo: bool, 
     if stereo:
         audio = np.clip(resample_poly(audio, STEREO_RATE // MONO_RATE, 1, axis=0), -1, 1).astype(np.float32)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    sf.write(tmp, audio, STEREO_RATE if stereo else MONO_RATE, format="MP3")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sf.write(tmp, audio, STEREO_RATE if stereo else MONO_RATE, format="MP3"))
     return path
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _genres_csv(counts: dict[str, int]) -> str:
@@ -211,7 +203,7 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
         os.makedirs(meta, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {root} cannot be created ({exc.strerror}): choose a writable folder") from None
-    _atomic_write_text(params_path, json.dumps(params, indent=1) + "\n")
+    atomic_text(params_path, json.dumps(params, indent=1) + "\n")
 
     start = time.perf_counter()
     df = demo_tracks(tracks_per_genre, seconds, seed)
@@ -229,8 +221,8 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
         for job in jobs:
             write_track(*job)
     counts = df[("track", "genre_top")].value_counts().to_dict()
-    _atomic_write_text(os.path.join(meta, "genres.csv"), _genres_csv(counts))
-    _atomic_write_text(tracks_csv, df[COLUMNS].to_csv())  # last: marks the demo finished
+    atomic_text(os.path.join(meta, "genres.csv"), _genres_csv(counts))
+    atomic_text(tracks_csv, df[COLUMNS].to_csv())  # last: marks the demo finished
     if progress:
         print(f"wrote {len(df)} demo tracks ({tracks_per_genre} x {len(GENRES)} genres x {seconds:g} s) "
               f"to {root} in {time.perf_counter() - start:.1f} s", file=sys.stderr)

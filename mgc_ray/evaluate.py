@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from mgc_ray.errors import Parser, UserError, run_cli
+from mgc_ray.files import writable_dir
 from mgc_ray.metrics import METRIC_NAMES
 
 HEADLINE = ("loss", *METRIC_NAMES)
@@ -48,66 +48,58 @@ def _default_out(args) -> Path:
     return Path("results") / "evaluations" / f"{name}-{args.split}"
 
 
-def _writable(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {path} cannot be created ({exc.strerror}): choose a writable folder") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"--out {path} is not writable: choose a writable folder")
-    return path
-
-
-def check_compatible(manifest: dict, payload: dict, cache: str, checkpoint: str, split: str) -> None:
+def check_compatible(manifest, payload, cache: str, checkpoint: str, split: str) -> None:
     """The cache must hold audio at the model's rate, the model's genres, and the split.
 
     Raises:
         UserError: naming both sides of the mismatch.
     """
-    model_rate = int(payload["model_config"]["sample_rate"])
-    if int(manifest["sample_rate"]) != model_rate:
-        raise UserError(f"cache {cache} holds {manifest['sample_rate']} Hz audio but checkpoint {checkpoint} "
+    model_rate = payload.model_config.sample_rate
+    if manifest.sample_rate != model_rate:
+        raise UserError(f"cache {cache} holds {manifest.sample_rate} Hz audio but checkpoint {checkpoint} "
                         f"takes {model_rate} Hz: give a cache prepared at {model_rate} Hz with --cache "
                         f"(python -m mgc_ray.prepare --sample-rate {model_rate} ...)")
-    if list(manifest["label_names"]) != list(payload["label_names"]):
-        raise UserError(f"cache {cache} has genres {manifest['label_names']}, checkpoint {checkpoint} was trained "
-                        f"on {payload['label_names']}: give the cache the model was trained on with --cache")
-    if not manifest["shards"].get(split) or not int(manifest.get("num_tracks", {}).get(split, 1)):
+    if list(manifest.label_names) != list(payload.label_names):
+        raise UserError(f"cache {cache} has genres {list(manifest.label_names)}, checkpoint {checkpoint} was trained "
+                        f"on {list(payload.label_names)}: give the cache the model was trained on with --cache")
+    if not manifest.shards.get(split) or not int(manifest.num_tracks.get(split, 1)):
         raise UserError(f"cache {cache} has no {split} tracks: choose another --split or cache")
 
 
-def _scores(model, payload: dict, cache: str, split: str) -> dict:
+def _scores(model, payload, manifest, split: str):
     """`scoring.score_split` on the split's shards, under a small local Ray."""
     import ray
 
-    from mgc_ray.cache import shard_paths
-    from mgc_ray.checkpoint import model_config_of
+    from mgc_ray import cluster
     from mgc_ray.scoring import score_split
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                 configure_logging=True)
+        cluster.init(None, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     try:
         ray.data.DataContext.get_current().print_on_execution_start = False  # Ray Data's bars stay: progress
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines
-        ds = ray.data.read_parquet(shard_paths(cache, split)).select_columns(["track_id", "label", "samples"])
-        return score_split(model, ds, list(payload["label_names"]),
-                           crop_len=model_config_of(payload).crop_samples)
+        ds = ray.data.read_parquet(manifest.shard_paths(split)).select_columns(["track_id", "label", "samples"])
+        return score_split(model, ds, list(payload.label_names), crop_len=payload.model_config.crop_samples)
     finally:
         if started:
             ray.shutdown()
 
 
-def per_class_rows(scores: dict, label_names: Sequence[str]) -> list[dict]:
+def _levels(scores) -> dict:
+    return {"crop": scores.crop, "track": scores.track}
+
+
+def per_class_rows(scores, label_names: Sequence[str]) -> list[dict]:
     """One row per genre: support and precision/recall/F1 at crop and track level."""
-    support = np.asarray(scores["confusion"]).sum(1)
+    support = np.asarray(scores.confusion).sum(1)
+    levels = _levels(scores)
     rows = []
     for i, g in enumerate(label_names):
         row = {"genre": g, "support": int(support[i])}
         for level in ("crop", "track"):
             for m in ("precision", "recall", "f1"):
-                row[f"{level}_{m}"] = float(scores[level][f"{m}/{g}"])
+                row[f"{level}_{m}"] = float(levels[level][f"{m}/{g}"])
         rows.append(row)
     return rows
 
@@ -118,8 +110,9 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def metrics_table(scores: dict) -> str:
-    return _table(["level", *HEADLINE], [[lvl, *(f"{scores[lvl][k]:.4f}" for k in HEADLINE)]
+def metrics_table(scores) -> str:
+    levels = _levels(scores)
+    return _table(["level", *HEADLINE], [[lvl, *(f"{levels[lvl][k]:.4f}" for k in HEADLINE)]
                                          for lvl in ("crop", "track")])
 
 
@@ -129,20 +122,21 @@ def per_class_table(rows: list[dict]) -> str:
                                                 for r in rows])
 
 
-def write_outputs(out: Path, scores: dict, label_names: list[str], info: dict) -> list[Path]:
+def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list[Path]:
     """Write metrics.json, the confusion PNGs and the per-class tables; return the files."""
     from mgc_ray import plots
-    from mgc_ray.report import atomic_text
+    from mgc_ray.files import atomic_text
 
     rows = per_class_rows(scores, label_names)
     files = [atomic_text(out / "metrics.json", json.dumps({
-        **info, "label_names": label_names, "crop": scores["crop"], "track": scores["track"],
-        "confusion": np.asarray(scores["confusion"]).tolist(),
-        "track_confusion": np.asarray(scores["track_confusion"]).tolist()}, indent=2))]
+        **info, "label_names": label_names, "crop": dict(scores.crop), "track": dict(scores.track),
+        "confusion": np.asarray(scores.confusion).tolist(),
+        "track_confusion": np.asarray(scores.track_confusion).tolist(), "track_ids": list(scores.track_ids)},
+        indent=2))]
     what = f"{info['arch']} on {info['split']}"
-    files.append(plots.confusion_png(scores["confusion"], label_names, out / "confusion_matrix.png",
+    files.append(plots.confusion_png(scores.confusion, label_names, out / "confusion_matrix.png",
                                      f"{what}: confusion (crop level)"))
-    files.append(plots.confusion_png(scores["track_confusion"], label_names, out / "confusion_matrix_track.png",
+    files.append(plots.confusion_png(scores.track_confusion, label_names, out / "confusion_matrix_track.png",
                                      f"{what}: confusion (track level)"))
     csv = ",".join(rows[0]) + "\n" + "".join(
         ",".join(str(v) if not isinstance(v, float) else f"{v:.6f}" for v in r.values()) + "\n" for r in rows)
@@ -163,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = None
     if args.run_id:
-        from mgc_ray.runs import resolve_run
+        from mgc_ray.tracking import resolve_run
 
         run = resolve_run(args.mlflow_uri, args.run_id)
         path = run.checkpoint
@@ -176,25 +170,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         + (f"; run {args.run_id}'s search records none" if run else ""))
     manifest = check_cache(cache)
     check_compatible(manifest, payload, cache, path, args.split)
-    out = _writable(Path(args.out) if args.out else _default_out(args))
-    label_names = list(payload["label_names"])
-    arch = payload["model_config"]["arch"]
+    out = writable_dir(Path(args.out) if args.out else _default_out(args), "--out")
+    label_names = list(payload.label_names)
+    arch = payload.model_config.arch
     print(f"mgc_ray: scoring {arch} ({path}) on the {args.split} split of {cache}", flush=True)
-    scores = _scores(model, payload, cache, args.split)
+    scores = _scores(model, payload, manifest, args.split)
     info = {"arch": arch, "split": args.split, "checkpoint": str(path), "run_id": args.run_id,
-            "cache": str(cache), "tracks": int(np.asarray(scores["track_confusion"]).sum()),
-            "epoch": payload.get("epoch"), "mgc_ray_version": payload.get("version")}
+            "cache": str(cache), "tracks": int(np.asarray(scores.track_confusion).sum()),
+            "epoch": payload.epoch, "mgc_ray_version": payload.version}
     files = write_outputs(out, scores, label_names, info)
     print(f"\n{arch} on the {args.split} split ({info['tracks']} tracks)\n{metrics_table(scores)}\n\n"
           f"{per_class_table(per_class_rows(scores, label_names))}\n", flush=True)
     if run is not None:
-        metrics = {f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": scores[lvl][k]
-                   for lvl in ("crop", "track") for k in HEADLINE}
-        from mgc_ray import runs
+        metrics = {f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": v[k]
+                   for lvl, v in _levels(scores).items() for k in HEADLINE}
+        from mgc_ray import tracking
 
-        c = runs.open_store(args.mlflow_uri)
-        runs.log_metrics(c, run.run_id, metrics)
-        runs.log_artifacts(c, run.run_id, files, f"evaluate_{args.split}")
+        c = tracking.open_store(args.mlflow_uri)
+        tracking.log_metrics(c, run.run_id, metrics)
+        tracking.log_artifacts(c, run.run_id, files, f"evaluate_{args.split}")
         print(f"mgc_ray: logged {len(files)} files to MLflow run {run.run_id} (artifacts evaluate_{args.split}/)")
     print(f"mgc_ray: wrote {', '.join(f.name for f in files)} to {out}", flush=True)
     return 0

@@ -26,6 +26,26 @@ import numpy as np
 
 METRIC_NAMES = ("macro_precision", "macro_recall", "paper_f1", "paper_accuracy", "macro_f1", "top1_accuracy")
 PER_CLASS_PREFIXES = ("precision", "recall", "f1")
+# The order every table shows them in: Table 1's four (F1, accuracy, precision, recall), then ours.
+TABLE_COLUMNS = ("paper_f1", "paper_accuracy", "macro_precision", "macro_recall", "macro_f1", "top1_accuracy")
+
+
+def prefixed(prefix: str, metrics: dict) -> dict:
+    """Metric keys under a prefix: `val/` per epoch, `best/` the best epoch so far, `test/` crop
+    level on the test split, `test_track/` track level (the names MLflow and the tables share)."""
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def definitions(n_classes: int) -> str:
+    """The paper's metric definitions, written for a dataset of `n_classes` genres."""
+    k = int(n_classes)
+    return f"""Metric definitions (the paper's):
+- precision, recall: macro averages over the {k} genres;
+- paper_f1: harmonic mean of macro precision and macro recall (not the mean of per-class F1);
+- paper_accuracy: mean over genres of one-vs-rest accuracy (TP+TN)/N; with {k} balanced genres
+  it equals 1 - 2(1 - top1)/{k}, so it reads high;
+- macro_f1: mean of per-class F1 (scikit-learn's); top1_accuracy: share of tracks right.
+Ours are test-split figures at crop level (one centred crop per track, the paper's way)."""
 
 
 def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,

@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mgc_ray.files import atomic_write
+
 
 def _plt():
     import matplotlib
@@ -213,9 +215,8 @@ def _num(v) -> float:
 def _save(fig, path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.stem + ".tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(p)
-    return p
+    try:
+        return atomic_write(p, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        _plt().close(fig)

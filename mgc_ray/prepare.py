@@ -1,7 +1,7 @@
 """Decode every track once into int16 Parquet shards with a manifest, as Ray tasks.
 
     python -m mgc_ray.prepare --fma-root DIR [--subset small] [--out CACHE] [--sample-rate 22050]
-                              [--split paper|official] [--seed 0] [--address ADDR]
+                              [--split paper|official] [--data-seed 0] [--address ADDR]
 
 One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in track-id
 order), so a cluster shares the decoding; the driver only plans, tallies and
@@ -13,32 +13,26 @@ counts as done only when both are there and agree with the settings, so a
 re-run redoes exactly what a killed run left unfinished. manifest.json is
 written last. A cache made with other settings is refused, never mixed.
 
-Decoding: soundfile (libsndfile, reads MP3), librosa/audioread only where it
-fails; channels averaged to mono; resampled with scipy's `resample_poly`
-(exact rational ratio, e.g. 44,100 -> 22,050 is 1:2 and 48,000 -> 22,050 is
-147:320, with a linear-phase Kaiser anti-aliasing FIR; C code, no numba
-start-up, the same output on every node); clipped to [-1, 1] (FMA's clips
-peak a little above full scale). Bad tracks (missing, empty, undecodable,
+Decoding: `mgc_ray.audio.decode_audio`. Bad tracks (missing, empty, undecodable,
 shorter than MIN_TRACK_SECONDS, silent) are reported and skipped.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import sys
-import warnings
 from dataclasses import dataclass
-from math import gcd
 from typing import Sequence
 
 import numpy as np
 
-from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, default_cache_dir, to_int16
+from mgc_ray import cluster
+from mgc_ray.audio import decode_audio
+from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, Manifest, default_cache_dir, to_int16
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
                             SPLITS, TRACKS_PER_SHARD, ray_address)
 from mgc_ray.errors import Parser, UserError, run_cli
+from mgc_ray.files import atomic_write, clean_temporaries, read_json, write_json
 from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 
 # Tasks return small dicts and write their shards to disk: the object store barely
@@ -79,74 +73,6 @@ def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD) -> list[ShardP
     return plans
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Silence fd 2 (mpg123 prints resync notes on broken files; the manifest gets the reason)."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
-
-
-def _read_any(path: str) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 and its rate: soundfile, else librosa/audioread."""
-    import soundfile as sf
-
-    try:
-        with _native_stderr_silenced():
-            x, sr = sf.read(path, dtype="float32", always_2d=True)
-        return x, int(sr)
-    except Exception as sf_exc:  # noqa: BLE001 - any decoder failure makes the track bad, not the run
-        try:
-            with warnings.catch_warnings(), _native_stderr_silenced():
-                warnings.simplefilter("ignore")
-                import librosa
-
-                y, sr = librosa.load(path, sr=None, mono=False)
-        except Exception as lr_exc:  # noqa: BLE001
-            msg = _first_line(sf_exc).replace(f"'{path}'", "file").replace(path, "file")
-            raise ValueError(f"soundfile: {msg}; audioread: {_first_line(lr_exc)}") from None
-        return np.atleast_2d(y).T.astype(np.float32), int(sr)
-
-
-def decode_audio(path: str, sample_rate: int = CACHE_SAMPLE_RATE) -> np.ndarray:
-    """Decode an audio file to a mono float32 waveform at `sample_rate`, clipped to [-1, 1].
-
-    Args:
-        path: an mp3 (or anything libsndfile or audioread reads).
-        sample_rate: target rate.
-
-    Returns:
-        (n,) float32.
-
-    Raises:
-        ValueError: the file cannot be decoded (the message names both decoders' errors).
-    """
-    from scipy.signal import resample_poly
-
-    x, sr = _read_any(path)
-    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    if sr != sample_rate and len(mono):
-        g = gcd(int(sample_rate), int(sr))
-        mono = resample_poly(mono, sample_rate // g, sr // g).astype(np.float32)
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
-
-
 def check_track(path: str, sample_rate: int) -> tuple[np.ndarray | None, str | None]:
     """Decode a track and judge it: (waveform, None) if good, (None, "kind: detail") if bad.
 
@@ -173,12 +99,6 @@ def check_track(path: str, sample_rate: int) -> tuple[np.ndarray | None, str | N
     if peak < SILENCE_PEAK:
         return None, f"silent: peak {peak:.1e} < {SILENCE_PEAK:.0e}"
     return x, None
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _shard_files(out: str, name: str) -> tuple[str, str]:
@@ -226,14 +146,14 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
     os.makedirs(os.path.dirname(parquet), exist_ok=True)
     # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
     # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
-    _atomic_write(parquet, lambda p: pq.write_table(
+    atomic_write(parquet, lambda p: pq.write_table(
         table, p, use_dictionary=False, compression="zstd", compression_level=1,
         column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
     v = values.astype(np.int64)
     info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
             "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),
             "node_id": _node_id()}
-    _atomic_write(sidecar, lambda p: _write_json(p, info))
+    write_json(sidecar, info)
     return info
 
 
@@ -244,20 +164,6 @@ def _node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def _write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def finished_shard(out: str, plan: ShardPlan, settings: dict) -> dict | None:
     """The sidecar of a shard a previous run finished with these settings, else None.
 
@@ -265,7 +171,7 @@ def finished_shard(out: str, plan: ShardPlan, settings: dict) -> dict | None:
         UserError: the shard was made with other settings (the cache must not mix them).
     """
     parquet, sidecar = _shard_files(out, plan.name)
-    info = _read_json(sidecar)
+    info = read_json(sidecar)
     if info is None:
         return None
     if info.get("settings") != settings or info.get("track_ids") != list(plan.track_ids):
@@ -300,18 +206,10 @@ def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict
     import ray
     from tqdm import tqdm
 
-    started = False
-    address = ray_address(address)
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
-            # "local": never join a cluster someone else left running here (object_store_memory
-            # would make that fail anyway)
-            ray.init(address="local", include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                     logging_level="WARNING")
-        started = True
+    started = not ray.is_initialized()
+    if started:
+        # a local Ray of its own needs little object store: tasks return small dicts
+        cluster.init(ray_address(address), object_store_memory=OBJECT_STORE_BYTES, logging_level="WARNING")
     try:
         # SPREAD: decoding is CPU-bound, so shards go round the nodes even when they are fewer
         # than one node's CPUs (the default packs them onto the driver's node first).
@@ -354,9 +252,9 @@ def _summarise_bad(bad: list[dict], out: str) -> None:
 
 
 def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "small",
-            sample_rate: int = CACHE_SAMPLE_RATE, split: str = "paper", seed: int = 0, address: str | None = None,
-            tracks_per_shard: int = TRACKS_PER_SHARD, tracks_csv: str | os.PathLike | None = None,
-            dataset=None) -> dict:
+            sample_rate: int = CACHE_SAMPLE_RATE, split: str = "paper", data_seed: int = 0,
+            address: str | None = None, tracks_per_shard: int = TRACKS_PER_SHARD,
+            tracks_csv: str | os.PathLike | None = None, dataset=None) -> Manifest:
     """Build (or finish, or confirm) the waveform cache of an FMA subset.
 
     Uses the Ray already initialised in this process if there is one; else joins
@@ -369,19 +267,16 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
         subset: "small", "medium" or "large".
         sample_rate: cache rate in Hz.
         split: "paper" or "official" (see `fma.load_dataset`).
-        seed: paper-split seed.
+        data_seed: the paper split's seed (part of the cache's identity; the search's own
+            --seed never changes the data).
         address: a Ray cluster to join (None: $RAY_ADDRESS, else a local Ray of its own).
         tracks_per_shard: tracks per Parquet shard.
         tracks_csv: another tracks.csv (default `<fma_root>/fma_metadata/tracks.csv`).
-        dataset: `fma.load_dataset(fma_root, subset, split, seed)` when the caller has it already
+        dataset: `fma.load_dataset(fma_root, subset, split, data_seed)` when the caller has it already
             (the tune CLI checks the metadata before Ray starts; tracks.csv is slow to read twice).
 
     Returns:
-        The manifest: schema_version, sample_rate, subset, split_scheme, seed, fma_root,
-        label_names, counts ({split: {genre: n}}), num_tracks ({split: n}), wave_mean,
-        wave_std (training split, float waveform), bad_tracks ([{track_id, path, reason}]),
-        shards ({split: [relative paths]}, shards with at least one track), min_track_seconds,
-        silence_peak, tracks_per_shard, track_list_sha1.
+        The `cache.Manifest` it wrote (shards: those with at least one track).
 
     Raises:
         UserError: bad arguments or metadata, a cache made with other settings, no good tracks.
@@ -394,12 +289,12 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     if not os.path.isdir(fma_root):
         raise UserError(f"--fma-root {fma_root} is not a folder; point it at the folder holding fma_metadata/")
     out = os.path.abspath(os.fspath(out))
-    ds = dataset if dataset is not None else load_dataset(fma_root, subset, split, seed, tracks_csv=tracks_csv)
+    ds = dataset if dataset is not None else load_dataset(fma_root, subset, split, data_seed, tracks_csv=tracks_csv)
     settings = {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
-                "split_scheme": split, "seed": int(seed), "label_names": ds.label_names,
+                "split_scheme": split, "data_seed": int(data_seed), "label_names": ds.label_names,
                 "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
                 "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
-    old = _read_json(os.path.join(out, MANIFEST))
+    old = read_json(os.path.join(out, MANIFEST))
     if os.path.exists(os.path.join(out, MANIFEST)) and (
             old is None or any(old.get(k) != v for k, v in settings.items())):
         raise UserError(f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
@@ -408,9 +303,7 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
         os.makedirs(os.path.join(out, SHARD_DIR), exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out} cannot be created ({exc.strerror}): choose a writable folder") from None
-    for name in os.listdir(os.path.join(out, SHARD_DIR)):  # leftovers of a killed run: never trusted
-        if name.startswith(".tmp-"):
-            os.remove(os.path.join(out, SHARD_DIR, name))
+    clean_temporaries(os.path.join(out, SHARD_DIR))  # leftovers of a killed run: never trusted
 
     plans = plan_shards(ds.tracks, tracks_per_shard)
     infos = {p.name: finished_shard(out, p, settings) for p in plans}
@@ -419,22 +312,22 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
         for info in _run_tasks(todo, out, sample_rate, settings, address, len(plans) - len(todo), len(plans)):
             infos[info["name"]] = info
 
-    manifest = _manifest(ds, plans, infos, settings, fma_root)
-    _summarise_bad(manifest["bad_tracks"], out)
-    n = manifest["num_tracks"]
+    manifest = _manifest(ds, plans, infos, settings, fma_root, out)
+    _summarise_bad(manifest.bad_tracks, out)
+    n = manifest.num_tracks
     if sum(n.values()) == 0:
         raise UserError(f"no track of {fma_root} could be used (all {len(ds.tracks)} are bad, see above); "
                         "check that fma_<subset>/ holds the mp3 files")
     empty = [s for s in SPLITS if n[s] == 0]
     if empty:
         raise UserError(f"no good track left in {', '.join(empty)} (see above); use more tracks or another --split")
-    _atomic_write(os.path.join(out, MANIFEST), lambda p: _write_json(p, manifest))
+    write_json(os.path.join(out, MANIFEST), manifest.to_dict())
     print(f"prepare: {sum(n.values())} tracks cached in {out} "
-          f"({', '.join(f'{s} {n[s]}' for s in SPLITS)}; {len(manifest['bad_tracks'])} bad)", file=sys.stderr)
+          f"({', '.join(f'{s} {n[s]}' for s in SPLITS)}; {len(manifest.bad_tracks)} bad)", file=sys.stderr)
     return manifest
 
 
-def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str) -> dict:
+def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str, out: str) -> Manifest:
     genre_of = ds.tracks["genre"]
     counts = {s: {g: 0 for g in ds.label_names} for s in SPLITS}
     shards: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -450,17 +343,15 @@ def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root:
             total, sumsq, count = total + info["sum"], sumsq + info["sumsq"], count + info["count"]
     mean = total / count / INT16_SCALE if count else 0.0
     var = sumsq / count / INT16_SCALE ** 2 - mean ** 2 if count else 1.0
-    return {
-        "schema_version": CACHE_SCHEMA_VERSION, "sample_rate": settings["sample_rate"], "subset": settings["subset"],
-        "split_scheme": settings["split_scheme"], "seed": settings["seed"], "fma_root": fma_root,
-        "label_names": list(ds.label_names), "counts": counts,
-        "num_tracks": {s: sum(counts[s].values()) for s in SPLITS},
-        "wave_mean": float(mean), "wave_std": float(np.sqrt(max(var, 0.0))),
-        "bad_tracks": sorted(bad, key=lambda b: b["track_id"]), "shards": shards,
-        "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
-        "tracks_per_shard": settings["tracks_per_shard"],
-        "track_list_sha1": settings["track_list_sha1"],
-    }
+    return Manifest(
+        schema_version=CACHE_SCHEMA_VERSION, sample_rate=settings["sample_rate"], subset=settings["subset"],
+        split_scheme=settings["split_scheme"], data_seed=settings["data_seed"], fma_root=fma_root,
+        label_names=tuple(ds.label_names), counts=counts,
+        num_tracks={s: sum(counts[s].values()) for s in SPLITS},
+        wave_mean=float(mean), wave_std=float(np.sqrt(max(var, 0.0))),
+        bad_tracks=tuple(sorted(bad, key=lambda b: b["track_id"])), shards={s: tuple(v) for s, v in shards.items()},
+        min_track_seconds=MIN_TRACK_SECONDS, silence_peak=SILENCE_PEAK,
+        tracks_per_shard=settings["tracks_per_shard"], track_list_sha1=settings["track_list_sha1"], root=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -472,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sample-rate", type=int, default=CACHE_SAMPLE_RATE, help=f"Hz (default {CACHE_SAMPLE_RATE})")
     p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES,
                    help="paper: seeded 80/10/10 shuffle; official: FMA's set.split (default paper)")
-    p.add_argument("--seed", type=int, default=0, help="paper-split seed (default 0)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="the paper split's seed (default 0); part of the cache's identity")
     p.add_argument("--address", help="join this Ray cluster (default: a local Ray); --out must be shared")
     p.add_argument("--tracks-per-shard", type=int, default=TRACKS_PER_SHARD,
                    help=f"tracks per Parquet shard (default {TRACKS_PER_SHARD})")
@@ -481,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.fma_root:
         raise UserError(f"--fma-root is required: the folder holding fma_metadata/ and fma_{args.subset}/ "
                         f"(or set ${FMA_ROOT_ENV}; python -m mgc_ray.demo --out DIR writes a demo one)")
-    out = args.out or default_cache_dir(args.fma_root, args.subset, args.split, args.seed, args.sample_rate)
-    prepare(args.fma_root, out, args.subset, args.sample_rate, args.split, args.seed, args.address,
+    out = args.out or default_cache_dir(args.fma_root, args.subset, args.split, args.data_seed, args.sample_rate)
+    prepare(args.fma_root, out, args.subset, args.sample_rate, args.split, args.data_seed, args.address,
             args.tracks_per_shard, args.tracks_csv)
     print(out)
     return 0

@@ -14,33 +14,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from mgc_ray import plots, search
-from mgc_ray.config import PAPER, TrainConfig
+from mgc_ray.config import PAPER, SEARCHED, TrainConfig
+from mgc_ray.metrics import TABLE_COLUMNS, definitions
+from mgc_ray.files import atomic_text, atomic_write
 
 TARGET = search.METRIC  # what the search ranked trials by; the Optuna plots' value
 
-COLUMNS = ("paper_f1", "paper_accuracy", "macro_precision", "macro_recall", "macro_f1", "top1_accuracy")
-DEFINITIONS = """Metric definitions (the paper's, SPEC section 1):
-- precision, recall: macro averages over the 8 genres;
-- paper_f1: harmonic mean of macro precision and macro recall (not the mean of per-class F1);
-- paper_accuracy: mean over genres of one-vs-rest accuracy (TP+TN)/N; with 8 balanced genres
-  it equals 1 - (1 - top1)/4, so it reads high;
-- macro_f1: mean of per-class F1 (scikit-learn's); top1_accuracy: share of tracks right.
-Ours are test-split figures at crop level (one centred crop per track, the paper's way)."""
+COLUMNS = TABLE_COLUMNS
+PAPER_DATASET = "fma_small"  # the paper's Table 1 is like for like only on this dataset
 
 
-def atomic_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file beside it: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+def reference_note(dataset: str) -> str:
+    """What the paper's row means beside ours on `dataset`."""
+    if dataset == PAPER_DATASET:
+        return "The paper's row is Table 1 of the paper, on the same dataset (fma_small, 8 genres)."
+    return (f"The paper's row is Table 1 of the paper on fma_small (8 genres of real music): on {dataset} it is a "
+            "reference point, not a like-for-like result, so the differences from it say nothing about the paper.")
 
 
 def summary_rows(arch: str, rows: dict) -> list[dict]:
@@ -49,7 +44,7 @@ def summary_rows(arch: str, rows: dict) -> list[dict]:
     out = [{"row": f"paper Table 1 ({preset.label})", **{k: preset.table1.get(k) for k in COLUMNS}}]
     for role, label in (("paper", "ours, paper settings"), ("best", "ours, best searched")):
         if role in rows:
-            crop = rows[role]["scores"]["crop"]
+            crop = rows[role]["scores"].crop
             out.append({"row": label, **{k: crop.get(k) for k in COLUMNS}})
     ref = preset.table1["paper_f1"]
     for r in out[1:]:
@@ -61,14 +56,17 @@ def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
-def summary_table(arch: str, summary: list[dict]) -> str:
-    head = ["", *COLUMNS, "Δ paper_f1"]
+def summary_table(arch: str, summary: list[dict], dataset: str) -> str:
+    """The summary rows as a markdown table, titled, with what the paper's row means on `dataset`."""
+    like = dataset == PAPER_DATASET
+    head = ["", *COLUMNS, "Δ paper_f1" if like else "Δ paper_f1 (reference only)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary:
         vals = [_fmt(r.get(k)) for k in COLUMNS]
         delta = r.get("delta_paper_f1")
         lines.append("| " + " | ".join([r["row"], *vals, "" if delta is None else f"{delta:+.3f}"]) + " |")
-    return f"\n{arch}: test split vs the paper's Table 1\n" + "\n".join(lines) + "\n"
+    return (f"\n{arch} on {dataset}: test split beside the paper's Table 1\n" + "\n".join(lines) + "\n"
+            + reference_note(dataset) + "\n")
 
 
 def _history(result) -> list[dict]:
@@ -87,11 +85,11 @@ def leaderboard_rows(grid) -> list[dict]:
                      "epochs": m.get("training_iteration", 0),
                      "best_val_loss": m.get("best/val_loss"), "best_epoch": m.get("best/epoch"),
                      "best_val_paper_f1": m.get("best/val_paper_f1"), "best_val_macro_f1": m.get("best/val_macro_f1"),
-                     **{k: cfg.get(k) for k in ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds")}})
+                     **{k: cfg.get(k) for k in SEARCHED}})
     return sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0))
 
 
-def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[str],
+def write_search_results(out: Path, plan, grid, rows: dict, manifest,
                          space_entries: dict[str, dict] | None = None) -> list[Path]:
     """Write the leaderboard, best config, summary, test metrics and figures; return the files.
 
@@ -101,30 +99,36 @@ def write_search_results(out: Path, plan, grid, rows: dict, label_names: list[st
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
+    label_names = list(manifest.label_names)
     best = rows["best"]
     files = []
     board = pd.DataFrame(leaderboard_rows(grid))
-    tmp = out / "leaderboard.csv.tmp"
-    board.to_csv(tmp, index=False)
-    os.replace(tmp, out / "leaderboard.csv")
-    files.append(out / "leaderboard.csv")
+    files.append(atomic_write(out / "leaderboard.csv", lambda tmp: board.to_csv(tmp, index=False)))
     cfg = dataclasses.asdict(TrainConfig.from_dict(best["result"].config))
     files.append(atomic_text(out / "best_config.yaml", yaml.safe_dump(
-        {"config": cfg, "checkpoint": best["checkpoint"], "mlflow_run_id": best["run_id"],
+        {"config": cfg, "data_seed": manifest.data_seed, "checkpoint": best["checkpoint"],
+         "mlflow_run_id": best["run_id"],
          "best_val_loss": float(best["result"].metrics["best/val_loss"]),
          "best_epoch": int(best["result"].metrics["best/epoch"])}, sort_keys=False)))
     files.append(atomic_text(out / "test_metrics.json", json.dumps(
-        {role: {"crop": r["scores"]["crop"], "track": r["scores"]["track"]} for role, r in rows.items()},
+        {"seed": plan.seed, "data_seed": manifest.data_seed, "cache": plan.cache,
+         "test_track_ids": list(best["scores"].track_ids),
+         **{role: {"crop": dict(r["scores"].crop), "track": dict(r["scores"].track)} for role, r in rows.items()}},
         indent=2)))
     summary = summary_rows(plan.arch, rows)
+    first = ("The first trial was at the paper's settings." if "paper" in rows else
+             "No trial was at the paper's settings (the search space starts elsewhere), so no row is labelled so.")
     md = [f"# {plan.name}", "", f"Arch `{plan.arch}` on `{plan.dataset}` ({plan.num_samples} trial(s), "
-          f"up to {plan.max_epochs} epochs, seed {plan.seed}).", "", summary_table(plan.arch, summary), "",
+          f"up to {plan.max_epochs} epochs, seed {plan.seed}, data seed {manifest.data_seed}: "
+          f"{manifest.num_tracks.get('test', 0)} test tracks, {manifest.n_classes} genres). {first}", "",
+          summary_table(plan.arch, summary, plan.dataset), "",
           "Track level (crops covering the whole clip, logits averaged), best trial: "
-          + ", ".join(f"{k} {_fmt(best['scores']['track'].get(k))}" for k in COLUMNS), "",
-          DEFINITIONS, "", "Best config:", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
+          + ", ".join(f"{k} {_fmt(best['scores'].track.get(k))}" for k in COLUMNS), "",
+          definitions(manifest.n_classes), "", "Best config:", "", "```yaml",
+          yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
     files.append(atomic_text(out / "summary.md", "\n".join(md)))
     _figure(files, "confusion-matrix", lambda: plots.confusion_png(
-        best["scores"]["confusion"], label_names, out / "confusion_matrix.png",
+        best["scores"].confusion, label_names, out / "confusion_matrix.png",
         f"{plan.arch}: test confusion (crop level)"))
     history = _history(best["result"])
     if history:
@@ -186,8 +190,6 @@ def study_from_grid(grid, space_entries: dict[str, dict]):
     """
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    from mgc_ray.search import SEARCHED
 
     done = [r for r in grid if r.error is None and r.metrics and r.config
             and isinstance(r.metrics.get(TARGET), (int, float)) and math.isfinite(float(r.metrics[TARGET]))]

@@ -1,6 +1,7 @@
 """Run one search end to end in the driver: Tuner -> test evaluation -> MLflow -> results/.
 
-`tune.py` resolves the CLI into a Plan; this module owns everything Ray Tune.
+`tune.py` resolves the CLI into a `Plan`; this module owns everything Ray Tune and
+takes nothing but the plan, the search space, the manifest and the trial resources.
 """
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import logging
 import sys
 from pathlib import Path
 
-from ray.tune import Callback
-
 from mgc_ray import report, search, tracking
+from mgc_ray.cache import Manifest
+from mgc_ray.callbacks import Progress, TrialLogger
+from mgc_ray.cluster import TrialResources
 from mgc_ray.config import TrainConfig, experiment_path
 from mgc_ray.errors import UserError
+from mgc_ray.metrics import prefixed
+from mgc_ray.tracking import Tag
 
 # Keep the best two checkpoints by validation loss (Tune always keeps the latest too,
 # which a restarted trial resumes from).
@@ -39,25 +43,7 @@ class _BenignSyncRace(logging.Filter):
         return True
 
 
-class _Progress(Callback):
-    """Tune callback: every trial's status at the end of each step of Tune's loop.
-
-    After a SIGINT Tune stops its loop, marks the unfinished trials TERMINATED and returns
-    normally, so the ResultGrid cannot tell an interrupted search from a finished one; the
-    statuses before that clean-up can (as can fewer trials than the search asked for).
-    """
-
-    def __init__(self):
-        self.status: dict[str, str] = {}
-
-    def on_step_end(self, iteration, trials, **info):
-        self.status = {t.trial_id: t.status for t in trials}
-
-    def interrupted(self, num_samples: int) -> bool:
-        return len(self.status) < num_samples or any(s not in ("TERMINATED", "ERROR") for s in self.status.values())
-
-
-def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list, restore: bool):
+def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list):
     from ray import tune
 
     run_config = tune.RunConfig(
@@ -66,7 +52,7 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
                                                 checkpoint_score_attribute="val/loss",
                                                 checkpoint_score_order="min"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1)
-    if restore:
+    if plan.resume:
         tuner = tune.Tuner.restore(experiment_path(plan.storage_path, plan.name), trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=False)
         _use_callbacks(tuner, callbacks)
@@ -86,7 +72,7 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    ours = (tracking.TrialLogger, _Progress)
+    ours = (TrialLogger, Progress)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
@@ -99,15 +85,15 @@ def _report_errors(grid) -> None:
                   file=sys.stderr, flush=True)
 
 
-def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results_root: Path,
-               resources: tuple[float, float, int]) -> dict:
+def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: TrialResources) -> dict:
     """Search (or one paper trial), then evaluate, log and write results. Returns the summary.
 
     The caller has checked the space's batch sizes against the manifest (`search.check_batches`,
     in `tune.main`, before Ray starts).
 
     Args:
-        resources: (cpus per trial, gpus per trial, trials at once), from `tune.resources`.
+        plan: `tune.Plan`, what this invocation does.
+        resources: per trial and at once, from `cluster.resources`.
     Raises:
         KeyboardInterrupt: the search was interrupted (SIGINT); `--resume` finishes it.
     """
@@ -116,8 +102,8 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
     from mgc_ray.data import CacheDatasets
     from mgc_ray.trainable import train_trial
 
-    cpus, gpus, concurrent = resources
-    datasets = CacheDatasets.build(plan.cache, manifest)
+    cpus, gpus, concurrent = resources.cpus, resources.gpus, resources.max_concurrent
+    datasets = CacheDatasets.build(manifest)
     trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest),
                                     {"cpu": cpus, "gpu": gpus})
     fixed = {"arch": plan.arch, "max_epochs": plan.max_epochs, "seed": plan.seed}
@@ -126,33 +112,35 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
     else:
         param_space = search.param_space(space, fixed)
 
-    c = tracking.client(args.mlflow_uri)
-    exp_name = f"mgc_ray/{plan.arch}/{plan.dataset}"
-    exp_id = tracking.experiment_id(c, exp_name, args.mlflow_uri)
+    uri = plan.mlflow_uri
+    c = tracking.client(uri)
+    exp_name = tracking.experiment_name(plan.arch, plan.dataset)
+    exp_id = tracking.experiment_id(c, exp_name, uri)
     tracking.ensure_paper_run(c, exp_id, plan.arch)
     parent = tracking.ensure_search_run(c, exp_id, plan.name, {
         "arch": plan.arch, "dataset": plan.dataset, "cache": plan.cache, "num_samples": plan.num_samples,
-        "max_epochs": plan.max_epochs, "seed": plan.seed, "paper_only": plan.paper_only,
+        "max_epochs": plan.max_epochs, "seed": plan.seed, "data_seed": manifest.data_seed,
+        "paper_only": plan.paper_only, "first_trial_is_paper": space.starts_at_paper,
         "cpus_per_trial": cpus, "gpus_per_trial": gpus, "max_concurrent": concurrent,
-        "split_scheme": manifest.get("split_scheme"), "sample_rate": manifest["sample_rate"]})
-    logger, progress = tracking.TrialLogger(args.mlflow_uri, exp_id, parent), _Progress()
+        "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
+        "n_classes": manifest.n_classes})
+    logger, progress = TrialLogger(uri, exp_id, parent), Progress()
     status, stale = "FAILED", []
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
         # resumes take theirs back (TrialLogger), the rest stay KILLED.
-        stale = tracking.close_children(c, exp_id, parent, "KILLED") if args.resume else []
-        print(f"mgc_ray: MLflow {args.mlflow_uri} experiment {exp_name!r} run {parent} "
-              f"(mlflow ui --backend-store-uri {args.mlflow_uri})", flush=True)
+        stale = tracking.close_children(c, exp_id, parent, "KILLED") if plan.resume else []
+        print(f"mgc_ray: MLflow {uri} experiment {exp_name!r} run {parent} "
+              f"(mlflow ui --backend-store-uri {uri})", flush=True)
         print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
-        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress],
-                      restore=args.resume).fit()
+        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress]).fit()
         if progress.interrupted(plan.num_samples):
             raise KeyboardInterrupt
         _report_errors(grid)
-        summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_root)
+        summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -168,14 +156,11 @@ def run_search(plan, space: search.SearchSpace, manifest: dict, *, args, results
 
 
 def _paper_result(grid, space: search.SearchSpace):
-    point = space.paper_point()
-    for r in grid:
-        if r.config and all(r.config.get(k) == v for k, v in point.items()):
-            return r
-    return None
+    """The trial at the paper's settings (`SearchSpace.is_paper`), or None."""
+    return next((r for r in grid if r.config and space.is_paper(r.config)), None)
 
 
-def _evaluate(result, datasets, manifest: dict) -> tuple[dict, dict, str]:
+def _evaluate(result, datasets):
     """Test-split scores of a trial's lowest-validation-loss checkpoint."""
     from mgc_ray import checkpoint as ckpt
     from mgc_ray.scoring import score_split
@@ -185,30 +170,28 @@ def _evaluate(result, datasets, manifest: dict) -> tuple[dict, dict, str]:
         raise UserError(f"trial {result.path} left no checkpoint to evaluate")
     with best.as_directory() as d:
         model, payload = ckpt.load_model(d)
-        scores = score_split(model, datasets.test, payload["label_names"],
-                             crop_len=ckpt.model_config_of(payload).crop_samples)
+        scores = score_split(model, datasets.test, list(payload.label_names),
+                             crop_len=payload.model_config.crop_samples)
     return scores, payload, best.path
 
 
-def _test_metrics(scores: dict) -> dict:
+def _test_metrics(scores) -> dict:
     """Crop level under test/ (the paper's way), track level under test_track/."""
-    return {**{f"test/{k}": v for k, v in scores["crop"].items()},
-            **{f"test_track/{k}": v for k, v in scores["track"].items()}}
+    return {**prefixed("test", scores.crop), **prefixed("test_track", scores.track)}
 
 
-def _score_trial(result, datasets, manifest, c, exp_id, parent) -> dict:
+def _score_trial(result, datasets, c, exp_id, parent) -> dict:
     """Evaluate one trial on the test split and log the figures to its MLflow run."""
-    scores, payload, ckpt_path = _evaluate(result, datasets, manifest)
-    found = tracking.find_runs(c, exp_id, {tracking.PARENT_TAG: parent,
-                                           tracking.TRIAL_TAG: result.metrics["trial_id"]})
+    scores, payload, ckpt_path = _evaluate(result, datasets)
+    found = tracking.find_runs(c, exp_id, {Tag.PARENT: parent, Tag.TRIAL: result.metrics["trial_id"]})
     run_id = found[0].info.run_id if found else None
     if run_id:
         tracking.log_metrics(c, run_id, _test_metrics(scores))
-        c.set_tag(run_id, "mgc.checkpoint", ckpt_path)
+        c.set_tag(run_id, Tag.CHECKPOINT, ckpt_path)
     return dict(result=result, scores=scores, payload=payload, checkpoint=ckpt_path, run_id=run_id)
 
 
-def finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_root: Path) -> dict:
+def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent) -> dict:
     """Evaluate the best (and the paper) trial on the test split; log and write everything."""
     ok = [r for r in grid if r.error is None and r.metrics and search.METRIC in r.metrics]
     if not ok:
@@ -216,23 +199,22 @@ def finish(plan, space, grid, datasets, manifest, c, exp_id, parent, results_roo
         raise UserError(f"every trial failed ({errors}); see {experiment_path(plan.storage_path, plan.name)}")
     best = min(ok, key=lambda r: r.metrics[search.METRIC])
     paper = _paper_result(grid, space)
-    label_names = list(manifest["label_names"])
-    out = Path(results_root) / plan.dataset / plan.name
-    rows = {"best": _score_trial(best, datasets, manifest, c, exp_id, parent)}
+    out = Path(plan.results_root) / plan.dataset / plan.name
+    rows = {"best": _score_trial(best, datasets, c, exp_id, parent)}
     if paper is not None:
-        rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, manifest, c, exp_id, parent)
+        rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, c, exp_id, parent)
     test = _test_metrics(rows["best"]["scores"])
     tracking.log_metrics(c, parent, test)
-    c.set_tag(parent, "mgc.best_trial", best.metrics["trial_id"])
+    c.set_tag(parent, Tag.BEST_TRIAL, best.metrics["trial_id"])
     if paper is not None:
-        c.set_tag(parent, "mgc.paper_trial", paper.metrics["trial_id"])  # compare.py's first rule
-    c.set_tag(parent, "mgc.checkpoint", rows["best"]["checkpoint"])
-    files = report.write_search_results(out, plan, grid, rows, label_names, space.space)
+        c.set_tag(parent, Tag.PAPER_TRIAL, paper.metrics["trial_id"])  # compare.py's first rule
+    c.set_tag(parent, Tag.CHECKPOINT, rows["best"]["checkpoint"])
+    files = report.write_search_results(out, plan, grid, rows, manifest, space.space)
     best_run = rows["best"]["run_id"]
     for target in filter(None, {parent, best_run}):
         tracking.log_artifacts(c, target, files)
     summary = report.summary_rows(plan.arch, rows)
-    print(report.summary_table(plan.arch, summary), flush=True)
+    print(report.summary_table(plan.arch, summary, plan.dataset), flush=True)
     print(f"mgc_ray: results in {out}", flush=True)
     return {"rows": summary, "results_dir": str(out), "best_config": TrainConfig.from_dict(best.config),
             "best_checkpoint": rows["best"]["checkpoint"], "parent_run_id": parent}

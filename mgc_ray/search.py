@@ -1,27 +1,31 @@
 """search_spaces/<arch>.yaml -> Ray Tune param space, Optuna searcher and ASHA.
 
-A space file holds `paper:` (the arch's exact paper settings, the first trial
-of every search) and `space:` (one entry per searched hyperparameter):
+A space file holds `space:` (one entry per searched hyperparameter):
 
     lr:           {type: loguniform, low: 1.0e-5, high: 1.0e-3}
     batch_size:   {type: choice, values: [16, 32, 64]}
 
-Types: loguniform, uniform (low/high), choice (values). A hyperparameter that
-the space leaves out keeps its paper value.
+Types: loguniform, uniform (low/high), choice (values). The first trial of every
+search is the paper's settings for the arch (`config.PAPER`, their one home); a
+`paper:` block in the file, if any, must equal them (it is checked at load, so a
+file cannot relabel other settings as the paper's). A file may instead name other
+first settings in a `start:` block; such a search has no paper trial unless it
+samples the paper's settings exactly. A hyperparameter the space leaves out keeps
+its first-trial value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
-from mgc_ray.config import TrainConfig
+from mgc_ray.config import PAPER, SEARCHED, TrainConfig, is_paper_point
 from mgc_ray.errors import UserError
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-SEARCHED = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds")
 # The metric every search ranks by: each trial's lowest validation loss so far,
 # the paper's rule for choosing an epoch, applied to choosing a trial too.
 METRIC, MODE = "best/val_loss", "min"
@@ -29,33 +33,59 @@ METRIC, MODE = "best/val_loss", "min"
 REDUCTION_FACTOR = 2
 
 
+def space_dir() -> Path:
+    """The shipped search spaces: `search_spaces/` at the checkout's top level, installed with
+    the package as `mgc_ray.search_spaces` (an editable install maps one onto the other)."""
+    return Path(str(resources.files("mgc_ray.search_spaces")))
+
+
 @dataclass(frozen=True)
 class SearchSpace:
-    """One arch's search space as read from YAML."""
+    """One arch's search space as read from YAML.
+
+    Attributes:
+        arch: the architecture.
+        start: the first trial's value of every searched hyperparameter.
+        space: the searched entries ({name: {type, low/high or values}}).
+        path: the file it came from.
+        scaled: input sizes fixed by --smoke ({} otherwise): the paper's settings at test scale.
+    """
 
     arch: str
-    paper: dict[str, Any]
-    space: dict[str, dict[str, Any]]
+    start: Mapping[str, Any]
+    space: Mapping[str, Mapping[str, Any]]
     path: str
+    scaled: Mapping[str, Any] = field(default_factory=dict)
 
     def paper_point(self) -> dict[str, Any]:
-        return {k: self.paper[k] for k in SEARCHED}
+        """The paper's settings for this arch (at --smoke's input sizes in a smoke search)."""
+        return {**PAPER[self.arch].point(), **self.scaled}
 
-    def shrunk(self, overrides: dict[str, Any]) -> "SearchSpace":
+    def is_paper(self, config: Mapping[str, Any]) -> bool:
+        """Whether a trial's config is the paper trial (`config.is_paper_point`)."""
+        return is_paper_point(self.arch, config, self.scaled)
+
+    @property
+    def starts_at_paper(self) -> bool:
+        return self.is_paper(self.start)
+
+    def shrunk(self, overrides: Mapping[str, Any]) -> "SearchSpace":
         """A copy whose listed hyperparameters are fixed (smoke mode's tiny sizes)."""
         space = {k: v for k, v in self.space.items() if k not in overrides}
-        return SearchSpace(self.arch, {**self.paper, **overrides}, space, self.path)
+        scaled = {**self.scaled, **overrides} if self.starts_at_paper else dict(self.scaled)
+        return SearchSpace(self.arch, {**self.start, **overrides}, space, self.path, scaled)
 
 
 def space_path(arch: str) -> Path:
-    return SPACE_DIR / f"{arch}.yaml"
+    return space_dir() / f"{arch}.yaml"
 
 
 def load_space(arch: str, path: str | Path | None = None) -> SearchSpace:
     """Read and check a search space file.
 
     Raises:
-        UserError: missing file, unknown type, empty space, or a paper value outside its choices.
+        UserError: missing file, unknown type, empty space, a `paper:` block that is not the
+            paper's settings, or a first-trial value outside its choices.
     """
     p = Path(path) if path else space_path(arch)
     if not p.is_file():
@@ -64,19 +94,45 @@ def load_space(arch: str, path: str | Path | None = None) -> SearchSpace:
         doc = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"search space {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    paper, space = doc.get("paper") or {}, doc.get("space") or {}
+    space = doc.get("space") or {}
     if not space:
         raise UserError(f"search space {p} has an empty `space:` block: list at least one hyperparameter")
-    missing = [k for k in SEARCHED if k not in paper]
-    if missing:
-        raise UserError(f"search space {p}: `paper:` lacks {', '.join(missing)}")
-    point = {k: paper[k] for k in SEARCHED}
-    _check_values(p, "paper", point)
+    paper = PAPER[arch].point()
+    _check_paper_block(p, arch, doc.get("paper"), paper)
+    start_block = doc.get("start") or {}
+    unknown = [k for k in start_block if k not in SEARCHED]
+    if unknown:
+        raise UserError(f"search space {p}: `start:` names {', '.join(unknown)}; choose from {', '.join(SEARCHED)}")
+    start = {**paper, **start_block}
+    _check_values(p, "start" if start_block else "paper", start)
     for name, spec in space.items():
-        _check_entry(p, name, spec, paper.get(name))
+        _check_entry(p, name, spec, start.get(name), "the first trial's (start:)" if name in start_block else "the paper's")
         for value in _extremes(spec):
-            _check_values(p, f"space.{name}", {**point, name: value})
-    return SearchSpace(arch, paper, space, str(p))
+            _check_values(p, f"space.{name}", {**start, name: value})
+    return SearchSpace(arch, start, space, str(p))
+
+
+def _check_paper_block(path: Path, arch: str, block: Any, paper: dict[str, Any]) -> None:
+    """A `paper:` block may only restate the paper's settings (config.PAPER)."""
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        raise UserError(f"search space {path}: `paper:` must be a mapping of {', '.join(SEARCHED)}")
+    wrong = [f"{k} {block[k]!r} (the paper's is {v!r})" for k, v in paper.items()
+             if k in block and not _same(block[k], v)]
+    extra = [k for k in block if k not in paper]
+    if wrong or extra:
+        what = "; ".join(wrong + [f"{k} is not a searched hyperparameter" for k in extra])
+        raise UserError(f"search space {path}: its `paper:` block is not the paper's settings for {arch} ({what}); "
+                        "remove the block (mgc_ray knows the paper's settings) or rename it `start:` to begin "
+                        "the search elsewhere")
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _extremes(spec: dict[str, Any]) -> list[Any]:
@@ -93,7 +149,7 @@ def _check_values(path: Path, where: str, point: dict[str, Any]) -> None:
         raise UserError(f"search space {path}: {where}: {exc}; fix the value in the file") from None
 
 
-def _check_entry(path: Path, name: str, spec: Any, paper_value: Any) -> None:
+def _check_entry(path: Path, name: str, spec: Any, first: Any, whose: str) -> None:
     if name not in SEARCHED:
         raise UserError(f"search space {path}: {name!r} is not searchable (choose from {', '.join(SEARCHED)})")
     kind = spec.get("type") if isinstance(spec, dict) else None
@@ -101,23 +157,22 @@ def _check_entry(path: Path, name: str, spec: Any, paper_value: Any) -> None:
         values = spec.get("values") or []
         if not values:
             raise UserError(f"search space {path}: {name} has no choices")
-        if paper_value not in values:
-            raise UserError(f"search space {path}: {name}'s choices {values} must include the paper's {paper_value}")
+        if first not in values:
+            raise UserError(f"search space {path}: {name}'s choices {values} must include {whose} {first}")
     elif kind in ("loguniform", "uniform"):
         low, high = float(spec.get("low", 0)), float(spec.get("high", 0))
         if not low < high or (kind == "loguniform" and low <= 0):
             raise UserError(f"search space {path}: {name} needs 0 < low < high (got {low}, {high})")
-        if not low <= float(paper_value) <= high:
-            raise UserError(f"search space {path}: {name}'s range must include the paper's {paper_value}")
+        if not low <= float(first) <= high:
+            raise UserError(f"search space {path}: {name}'s range must include {whose} {first}")
     else:
         raise UserError(f"search space {path}: {name} has type {kind!r}; use loguniform, uniform or choice")
 
 
-def check_batches(space: SearchSpace, manifest: dict, paper_only: bool) -> None:
+def check_batches(space: SearchSpace, n_train: int, paper_only: bool) -> None:
     """Refuse batch sizes larger than the cache's training split (a trial would get no batch)."""
-    n_train = int(manifest["num_tracks"]["train"])
     spec = space.space.get("batch_size")
-    sizes = [space.paper["batch_size"]] + ([] if paper_only or spec is None else list(spec.get("values", [])))
+    sizes = [space.start["batch_size"]] + ([] if paper_only or spec is None else list(spec.get("values", [])))
     if max(sizes) > n_train:
         raise UserError(f"batch size {max(sizes)} is larger than the training split ({n_train} tracks): "
                         "use more data or smaller batch sizes in the search space")
@@ -131,7 +186,7 @@ def param_space(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
     for name in SEARCHED:
         spec = space.space.get(name)
         if spec is None:
-            out[name] = space.paper[name]
+            out[name] = space.start[name]
         elif spec["type"] == "loguniform":
             out[name] = tune.loguniform(float(spec["low"]), float(spec["high"]))
         elif spec["type"] == "uniform":
@@ -142,11 +197,11 @@ def param_space(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_searcher(space: SearchSpace, seed: int):
-    """Seeded TPE whose first trial is the paper's settings (points_to_evaluate)."""
+    """Seeded TPE whose first trial is the space's start (the paper's settings by default)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    point = {k: v for k, v in space.paper_point().items() if k in space.space}
+    point = {k: v for k, v in space.start.items() if k in space.space}
     return OptunaSearch(metric=METRIC, mode=MODE, points_to_evaluate=[point],
                         sampler=optuna.samplers.TPESampler(seed=seed))
 
@@ -158,7 +213,3 @@ def make_scheduler(max_epochs: int, grace_period: int):
     return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
                          grace_period=max(1, min(grace_period, max_epochs)),
                          reduction_factor=REDUCTION_FACTOR)
-
-
-def config_fields() -> set[str]:
-    return {f.name for f in fields(TrainConfig)}

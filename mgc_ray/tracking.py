@@ -1,4 +1,4 @@
-"""MLflow: experiments, the paper's reference runs, search and trial runs, artifacts.
+"""MLflow: experiments, the paper's reference runs, search and trial runs, reading them back.
 
 Layout in the tracking store:
   experiment  `mgc_ray/<arch>/<dataset>` (one per arch and dataset; created by the driver,
@@ -8,23 +8,62 @@ Layout in the tracking store:
   run         `<search name>`  tag mgc.source=search: the parent of every trial
   run         `<trial id>`  tag mgc.source=trial, mlflow.parentRunId=<search>: params,
               per-epoch metrics (step = epoch), final best/* metrics
-All trial runs are written from the driver by `TrialLogger` (a Tune callback), so only
-the driver needs to reach the tracking store, and every run ends FINISHED, FAILED
-or KILLED, never RUNNING.
+All trial runs are written from the driver (`callbacks.TrialLogger`, a Tune callback),
+so only the driver needs to reach the tracking store, and every run ends FINISHED,
+FAILED or KILLED, never RUNNING.
+
+The runner tags the runs a user may want a model from with `mgc.checkpoint` (the
+lowest-validation-loss checkpoint directory of the trial): the best trial's run, the
+paper-settings trial's run and the parent search run (which carries the best trial's).
+The search run's `cache` param names the waveform cache the trials trained on.
+`evaluate`, `predict` and `compare` read them back through `resolve_run` and `open_store`.
+
+No Ray here; MLflow is imported only when called.
 """
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ray.tune import Callback
+from mgc_ray.config import PAPER, SEARCHED
+from mgc_ray.errors import UserError
 
-from mgc_ray.config import PAPER
-from mgc_ray.runs import PARENT_TAG, SOURCE_TAG, log_artifacts, log_metrics  # noqa: F401  Ray-free; runner calls them here
 
-SEARCH_TAG = "mgc.search"
-TRIAL_TAG = "mgc.trial_id"
-PARAMS = ("arch", "lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds", "max_epochs", "seed")
+class Tag:
+    """Every MLflow tag name this project writes or reads, defined once."""
+
+    SOURCE = "mgc.source"              # paper | search | trial
+    ARCH = "mgc.arch"
+    SEARCH = "mgc.search"              # a search run's name
+    TRIAL = "mgc.trial_id"             # a trial run's Tune trial id
+    PARENT = "mlflow.parentRunId"      # MLflow's own: a trial run's search run
+    NOTE = "mlflow.note.content"       # MLflow's own: the run's description in the UI
+    CHECKPOINT = "mgc.checkpoint"      # the run's model: a checkpoint directory
+    BEST_TRIAL = "mgc.best_trial"      # on a search run: the trial id with the lowest val loss
+    PAPER_TRIAL = "mgc.paper_trial"    # on a search run: the trial id at the paper's settings
+    LOST = "mgc.lost"
+    NODE_IDS = "mgc.node_ids"
+    RESTARTS = "mgc.restarts"
+    LAST_FAILURE = "mgc.last_failure"
+    EPOCHS_RUN = "mgc.epochs_run"
+    STOPPED_EARLY = "mgc.stopped_early"
+    ERROR = "mgc.error"
+
+
+EXPERIMENT_PREFIX = "mgc_ray/"
+
+
+def experiment_name(arch: str, dataset: str) -> str:
+    """One experiment per arch and dataset: `mgc_ray/<arch>/<dataset>`."""
+    return f"{EXPERIMENT_PREFIX}{arch}/{dataset}"
+
+
+# What a run of each kind records as params: a trial's searched hyperparameters and its
+# length and seed (the search run adds its own settings).
+TRIAL_PARAMS = ("arch", *SEARCHED, "max_epochs", "seed")
 
 
 def client(uri: str):
@@ -62,17 +101,16 @@ def find_runs(c, exp_id: str, tags: dict[str, str]) -> list:
 
 def ensure_paper_run(c, exp_id: str, arch: str) -> str:
     """The paper's Table 1 row for `arch` as a reference run, once per experiment."""
-    found = find_runs(c, exp_id, {SOURCE_TAG: "paper"})
+    found = find_runs(c, exp_id, {Tag.SOURCE: "paper"})
     if found:
         return found[0].info.run_id
     preset = PAPER[arch]
     run = c.create_run(exp_id, run_name=f"paper Table 1: {preset.label}",
-                       tags={SOURCE_TAG: "paper", "mgc.arch": arch,
-                             "mlflow.note.content": "Test-set figures from the paper's Table 1 (SPEC section 1)."})
+                       tags={Tag.SOURCE: "paper", Tag.ARCH: arch,
+                             Tag.NOTE: f"Test-set figures of {preset.label} in Table 1 of the paper (fma_small, "
+                                       "8 genres): a reference for every dataset, like for like on fma_small only."})
     rid = run.info.run_id
-    log_params(c, rid, {"arch": arch, "lr": preset.lr, "weight_decay": preset.weight_decay,
-                        "batch_size": preset.batch_size, "window": preset.window, "n_mels": preset.n_mels,
-                        "crop_seconds": preset.crop_seconds, "max_epochs": preset.epochs})
+    log_params(c, rid, {"arch": arch, **preset.point(), "max_epochs": preset.epochs})
     log_metrics(c, rid, {f"test/{k}": v for k, v in preset.table1.items()})
     c.set_terminated(rid, "FINISHED")
     return rid
@@ -80,13 +118,13 @@ def ensure_paper_run(c, exp_id: str, arch: str) -> str:
 
 def ensure_search_run(c, exp_id: str, name: str, params: dict[str, Any]) -> str:
     """The parent run of a search; a resumed search gets its old parent back."""
-    found = find_runs(c, exp_id, {SOURCE_TAG: "search", SEARCH_TAG: name})
+    found = find_runs(c, exp_id, {Tag.SOURCE: "search", Tag.SEARCH: name})
     if found:
         rid = found[0].info.run_id
         c.update_run(rid, status="RUNNING")
         return rid
-    run = c.create_run(exp_id, run_name=name, tags={SOURCE_TAG: "search", SEARCH_TAG: name,
-                                                      "mgc.arch": str(params.get("arch"))})
+    run = c.create_run(exp_id, run_name=name, tags={Tag.SOURCE: "search", Tag.SEARCH: name,
+                                                      Tag.ARCH: str(params.get("arch"))})
     log_params(c, run.info.run_id, params)
     return run.info.run_id
 
@@ -98,10 +136,10 @@ def close_children(c, exp_id: str, parent_id: str, status: str = "KILLED") -> li
         (trial id, run id) of each run ended.
     """
     ended = []
-    for run in find_runs(c, exp_id, {PARENT_TAG: parent_id}):
+    for run in find_runs(c, exp_id, {Tag.PARENT: parent_id}):
         if run.info.status == "RUNNING":
             c.set_terminated(run.info.run_id, status)
-            ended.append((run.data.tags.get(TRIAL_TAG, ""), run.info.run_id))
+            ended.append((run.data.tags.get(Tag.TRIAL, ""), run.info.run_id))
     return ended
 
 
@@ -110,106 +148,106 @@ def mark_lost(c, run_ids: Iterable[str]) -> None:
     Tune's last state save before the driver was killed, so Tune does not know it (its
     sampler may draw the same point again as a new trial)."""
     for rid in run_ids:
-        c.set_tag(rid, "mgc.lost", "the driver was killed before Ray Tune saved this trial; it was not resumed")
+        c.set_tag(rid, Tag.LOST, "the driver was killed before Ray Tune saved this trial; it was not resumed")
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: config[k] for k in PARAMS if k in config}
+    return {k: config[k] for k in TRIAL_PARAMS if k in config}
 
 
-class TrialLogger(Callback):
-    """Tune callback (runs in the driver) writing one MLflow child run per trial.
+# --- reading runs back -------------------------------------------------------
+def open_store(uri: str):
+    """An MlflowClient for reading `uri`; a sqlite file that does not exist is a UserError
+    (MLflow would silently create an empty store there)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).expanduser()
+        if not path.is_file():
+            raise UserError(f"no MLflow store at {path} (--mlflow-uri {uri}): give the URI the search printed, "
+                            "or run a search first (python -m mgc_ray.tune --arch ...)")
+    from mlflow.tracking import MlflowClient
 
-    Each epoch is logged once (step = epoch): a trial restarted from a checkpoint, or
-    resumed by `--resume` after its driver died, re-reports nothing older than what its
-    run already holds. Tags: mgc.node_ids (the Ray nodes the trial ran on), mgc.restarts
-    and mgc.last_failure (worker deaths and errors it was retried after), mgc.error (why
-    it failed in the end).
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_run(c, run_id: str, uri: str):
+    """The run, or a UserError naming the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"no run {run_id!r} in the MLflow store {uri}: copy the run id from the MLflow UI "
+                        "or from the line `mgc_ray: MLflow ... run ID` that the search printed") from None
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """Where a run's model and data are.
+
+    Attributes:
+        run_id: the run the user named.
+        checkpoint: its `mgc.checkpoint` directory.
+        arch: the run's `mgc.arch` tag (None if untagged).
+        cache: the parent search run's `cache` param (None if not recorded).
     """
 
-    def __init__(self, uri: str, exp_id: str, parent_id: str):
-        self.uri, self.exp_id, self.parent_id = uri, exp_id, parent_id
-        self._runs: dict[str, str] = {}
-        self._last_step: dict[str, int] = {}
-        self._nodes: dict[str, list[str]] = {}
-        self._restarts: dict[str, int] = {}
-        self._c = None
-
-    @property
-    def c(self):
-        if self._c is None:
-            self._c = client(self.uri)
-        return self._c
-
-    @property
-    def seen(self) -> set[str]:
-        """Trial ids this logger has written to."""
-        return set(self._runs)
-
-    def __getstate__(self):  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_c": None, "_runs": {}, "_last_step": {}, "_nodes": {}, "_restarts": {}}
-
-    def run_id(self, trial) -> str:
-        rid = self._runs.get(trial.trial_id)
-        if rid is None:
-            found = find_runs(self.c, self.exp_id, {PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id})
-            if found:  # a resumed search: continue the trial's old run, never a duplicate
-                rid = found[0].info.run_id
-                if found[0].info.status != "RUNNING":
-                    self.c.update_run(rid, status="RUNNING")
-                history = self.c.get_metric_history(rid, "val/loss")
-                self._last_step[trial.trial_id] = max((m.step for m in history), default=-1)
-                self._restarts[trial.trial_id] = int(found[0].data.tags.get("mgc.restarts", 0))
-            else:
-                run = self.c.create_run(self.exp_id, run_name=trial.trial_id, tags={
-                    PARENT_TAG: self.parent_id, SOURCE_TAG: "trial", TRIAL_TAG: trial.trial_id,
-                    "mgc.arch": str(trial.config.get("arch"))})
-                rid = run.info.run_id
-                log_params(self.c, rid, trial_params(trial.config))
-            self._runs[trial.trial_id] = rid
-        return rid
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        rid, step = self.run_id(trial), int(result.get("epoch", 0))
-        node = result.get("node_id")
-        nodes = self._nodes.setdefault(trial.trial_id, [])
-        if node and node not in nodes:
-            nodes.append(str(node))
-            self.c.set_tag(rid, "mgc.node_ids", ",".join(nodes))
-        if step <= self._last_step.get(trial.trial_id, -1):
-            return  # this epoch is logged already (re-run after a restart from an older checkpoint)
-        self._last_step[trial.trial_id] = step
-        metrics = {k: v for k, v in result.items() if k.split("/")[0] in ("train", "val", "best")}
-        log_metrics(self.c, rid, metrics, step=step)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        rid = self.run_id(trial)
-        self._restarts[trial.trial_id] = self._restarts.get(trial.trial_id, 0) + 1
-        self.c.set_tag(rid, "mgc.restarts", str(self._restarts[trial.trial_id]))
-        self.c.set_tag(rid, "mgc.last_failure", _error_text(trial))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        rid = self.run_id(trial)
-        last = trial.last_result or {}
-        epochs = int(last.get("training_iteration", 0))
-        self.c.set_tag(rid, "mgc.epochs_run", str(epochs))
-        self.c.set_tag(rid, "mgc.stopped_early", str(epochs < int(trial.config.get("max_epochs", epochs))))
-        self.c.set_terminated(rid, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        rid = self.run_id(trial)
-        self.c.set_tag(rid, "mgc.error", _error_text(trial))
-        self.c.set_terminated(rid, "FAILED")
+    run_id: str
+    checkpoint: str
+    arch: str | None
+    cache: str | None
 
 
-def _error_text(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else "trial failed")[:4000]
+def search_run(c, run, uri: str):
+    """The search run a run belongs to: itself for a search run, its parent for a trial."""
+    if run.data.tags.get(Tag.SOURCE) == "search":
+        return run
+    parent = run.data.tags.get(Tag.PARENT)
+    return get_run(c, parent, uri) if parent else None
+
+
+def resolve_run(uri: str, run_id: str) -> RunModel:
+    """A run id -> its checkpoint (the `mgc.checkpoint` tag) and cache (the search run's param).
+
+    Raises:
+        UserError: no store, no such run, the paper's reference run, or a run with no checkpoint.
+    """
+    c = open_store(uri)
+    run = get_run(c, run_id, uri)
+    tags = run.data.tags
+    if tags.get(Tag.SOURCE) == "paper":
+        raise UserError(f"run {run_id} is the paper's Table 1 reference: it holds figures, not a model; "
+                        "give the id of a search run or of its best or paper-settings trial")
+    ckpt = tags.get(Tag.CHECKPOINT)
+    if not ckpt:
+        raise UserError(f"run {run_id} ({run.info.run_name}) has no {Tag.CHECKPOINT} tag: only a finished search "
+                        "run and its best and paper-settings trials carry one; give one of those, or "
+                        "--checkpoint DIR (a trial's checkpoint_NNNNNN folder under the Tune storage path)")
+    parent = search_run(c, run, uri)
+    cache = parent.data.params.get("cache") if parent is not None else None
+    return RunModel(run_id=run_id, checkpoint=ckpt, arch=tags.get(Tag.ARCH), cache=cache)
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+    """Finite numeric metrics onto a run (finished or not), in MLflow-sized batches."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
+    for i in range(0, len(items), 500):  # MLflow's batch limit is 1000 metrics
+        c.log_batch(run_id, metrics=items[i:i + 500])
+
+
+def log_artifacts(c, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+    for p in paths:
+        if Path(p).is_file():
+            c.log_artifact(run_id, str(p), artifact_path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -97,27 +97,26 @@ def predict_logits(model: torch.nn.Module, batches: Iterable, *, device: torch.d
     return torch.cat(out).numpy(), torch.cat(labels).numpy(), torch.cat(ids).numpy()
 
 
-def track_level(logits: np.ndarray, labels: np.ndarray, track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average the crops' logits per track (crops covering the whole clip)."""
+def track_level(logits: np.ndarray, labels: np.ndarray,
+                track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average the crops' logits per track (crops covering the whole clip).
+
+    Args:
+        logits: (N, C) one row per crop; labels, track_ids: (N,).
+
+    Returns:
+        (logits (T, C), labels (T,), track ids (T,)), one row per track, sorted by track id.
+    """
     uniq, inv = np.unique(track_ids, return_inverse=True)
     summed = np.zeros((len(uniq), logits.shape[1]), dtype=np.float64)
     np.add.at(summed, inv, logits)
     counts = np.bincount(inv, minlength=len(uniq))[:, None]
     first = np.zeros(len(uniq), dtype=np.int64)
     first[inv[::-1]] = np.arange(len(inv))[::-1]
-    return (summed / counts).astype(np.float32), labels[first]
+    return (summed / counts).astype(np.float32), labels[first], uniq
 
 
 def score(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict[str, float]:
     """Cross-entropy plus every metric of `mgc_ray.metrics` for these logits."""
     loss = float(F.cross_entropy(torch.from_numpy(logits).float(), torch.from_numpy(labels).long()))
     return {"loss": loss, **compute_metrics(labels, logits.argmax(1), label_names)}
-
-
-def tensor_batches(waves: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches from in-memory tensors (tests and benchmarks without Ray)."""
-    order = torch.randperm(len(labels), generator=generator) if shuffle else torch.arange(len(labels))
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        yield waves[idx], labels[idx]

@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 from mgc_ray import checkpoint as ckpt
-from mgc_ray.config import TrainConfig
+from mgc_ray.augment import Augment
+from mgc_ray.cache import Manifest
+from mgc_ray.config import TrainConfig, epoch_seed
 from mgc_ray.data import CacheDatasets, eval_batches, train_batches
-from mgc_ray.features import Augment
+from mgc_ray.metrics import prefixed
 from mgc_ray.models import build_model
 from mgc_ray.train import make_optimizer, pick_device, predict_logits, prepare_model, score, train_epoch
 
@@ -43,10 +45,6 @@ class RecurringTrialError(RuntimeError):
     """A retried trial met the note of an error it raised itself before."""
 
 
-def _prefixed(prefix: str, metrics: dict) -> dict:
-    return {f"{prefix}/{k}": v for k, v in metrics.items()}
-
-
 def _best(history: list[dict]) -> dict:
     best = min(history, key=lambda row: row["val/loss"])
     return {"best/val_loss": best["val/loss"], "best/epoch": best["epoch"],
@@ -54,7 +52,7 @@ def _best(history: list[dict]) -> dict:
             "best/val_top1_accuracy": best["val/top1_accuracy"]}
 
 
-def train_trial(config: dict, *, datasets: CacheDatasets, manifest: dict) -> None:
+def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest) -> None:
     """Run one trial: train up to `max_epochs`, reporting and checkpointing every epoch.
 
     Raises:
@@ -77,19 +75,17 @@ def train_trial(config: dict, *, datasets: CacheDatasets, manifest: dict) -> Non
         raise
 
 
-def _train(config: dict, datasets: CacheDatasets, manifest: dict) -> None:
+def _train(config: dict, datasets: CacheDatasets, manifest: Manifest) -> None:
     import ray
     from ray import tune
 
     cfg = TrainConfig.from_dict(config)
     node_id = ray.get_runtime_context().get_node_id()
     device = pick_device()
-    label_names = list(manifest["label_names"])
-    mcfg = cfg.model_config(int(manifest["sample_rate"]), float(manifest["wave_mean"]),
-                            float(manifest["wave_std"]), n_classes=len(label_names))
+    label_names = list(manifest.label_names)
+    mcfg = cfg.model_config(manifest.sample_rate, manifest.wave_mean, manifest.wave_std, n_classes=len(label_names))
     torch.manual_seed(cfg.seed)
-    fields = {k: v for k, v in dataclasses.asdict(mcfg).items() if k != "arch"}
-    model = prepare_model(build_model(cfg.arch, **fields), device)
+    model = prepare_model(build_model(mcfg), device)
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start = 0
@@ -98,13 +94,13 @@ def _train(config: dict, datasets: CacheDatasets, manifest: dict) -> None:
         with restored.as_directory() as d:
             payload = ckpt.load_payload(d)
             state = ckpt.load_train_state(d)
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(payload.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
     augment = Augment().to(device) if cfg.augment else None
     generator = torch.Generator(device=device)
     for epoch in range(start, cfg.max_epochs):
-        generator.manual_seed(cfg.seed * 100_003 + epoch)  # the same draws if this epoch is re-run
+        generator.manual_seed(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
         batches = train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
         tr = train_epoch(model, batches, optimizer, augment=augment, generator=generator, device=device)
@@ -115,7 +111,7 @@ def _train(config: dict, datasets: CacheDatasets, manifest: dict) -> None:
             datasets.val, crop_len=mcfg.crop_samples, batch_size=EVAL_BATCH_FACTOR * cfg.batch_size,
             device=str(device)), device=device)
         row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"],
-               **_prefixed("val", score(logits, labels, label_names))}
+               **prefixed("val", score(logits, labels, label_names))}
         history.append(row)
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(d, model, mcfg, label_names, train_config=dataclasses.asdict(cfg), epoch=epoch,

@@ -5,11 +5,9 @@ import os as _os
 import pytest as _pytest
 
 def _fma_samples_dir() -> str:
-    """The real FMA files (SPEC section 4): $MGC_FMA_SAMPLES, else ../shared/fma_samples beside
-    the checkout (where CI puts shared/), else the development machine's /work/shared."""
+    """The real FMA files: $MGC_FMA_SAMPLES, else ../shared/fma_samples beside the checkout."""
     here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    for path in (_os.environ.get("MGC_FMA_SAMPLES"), _os.path.join(here, "..", "shared", "fma_samples"),
-                 "/work/shared/fma_samples"):
+    for path in (_os.environ.get("MGC_FMA_SAMPLES"), _os.path.join(here, "..", "shared", "fma_samples")):
         if path and _os.path.isdir(path):
             return _os.path.realpath(path)
     raise RuntimeError("the real FMA samples are missing: set MGC_FMA_SAMPLES to shared/fma_samples")
@@ -124,12 +122,12 @@ from pathlib import Path as _Path
 RELIABILITY_ARCH = "baseline_a_2d"  # the cheapest 2D model: these tests are about Ray, not models
 # lr 1e8 makes 2D Baseline A's loss NaN in its first epoch (a diverged trial); 1e-4 is the paper's.
 DIVERGING_SPACE = """# tests: the paper's lr trains, lr 1e8 diverges (NaN loss) in epoch 0
-paper: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, crop_seconds: 2.0}
+start: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, crop_seconds: 2.0}
 space:
   lr: {type: choice, values: [1.0e-4, 1.0e+8]}
 """
 CALM_SPACE = """# tests: only lr and weight decay are searched, in ranges that train
-paper: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, crop_seconds: 2.0}
+start: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, crop_seconds: 2.0}
 space:
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
   weight_decay: {type: loguniform, low: 1.0e-6, high: 1.0e-2}

@@ -14,7 +14,7 @@ import pytest
 
 from mgc_ray.config import CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, PAPER
 
-SPACE_HEAD = ("paper: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, "
+SPACE_HEAD = ("start: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, "
               "crop_seconds: 2.0}\n")
 SPACES = {
     "negative_lr": "space:\n  lr: {type: uniform, low: -1.0e-3, high: 1.0e-3}\n",
@@ -26,8 +26,12 @@ SPACES = {
 
 
 def _manifest(**over) -> dict:
-    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": CACHE_SAMPLE_RATE, "split_scheme": "paper",
-            "num_tracks": {"train": 26, "val": 3, "test": 3}, "label_names": ["a", "b"], "shards": {}, **over}
+    """A complete manifest.json document of a cache (no shards), with fields overridden."""
+    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": CACHE_SAMPLE_RATE, "subset": "small",
+            "split_scheme": "paper", "data_seed": 0, "fma_root": "/nowhere", "label_names": ["a", "b"],
+            "counts": {}, "num_tracks": {"train": 26, "val": 3, "test": 3}, "wave_mean": 0.0, "wave_std": 0.1,
+            "bad_tracks": [], "shards": {}, "min_track_seconds": 2.0, "silence_peak": 1e-4, "tracks_per_shard": 64,
+            "track_list_sha1": "0" * 40, **over}
 
 
 def _fma_root(base: Path, demo_root: str, name: str, edit) -> Path:
@@ -175,7 +179,7 @@ def test_existing_cache_of_other_settings_is_kept(demo_root, tmp_path):
     """prepare into a cache made at another sample rate: refused, the cache as it was."""
     out = tmp_path / "cache"
     (out / "shards").mkdir(parents=True)
-    manifest = _manifest(sample_rate=16_000, subset="small", seed=0)
+    manifest = _manifest(sample_rate=16_000, subset="small", data_seed=0)
     (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "shards" / "train-00000.parquet").write_bytes(b"earlier shard")
     before = _snapshot(out)

@@ -1,6 +1,6 @@
 """Every benchmark script's --smoke mode runs and writes a complete report.
 
-Speed is never asserted (SPEC 5): these check that the scripts keep working
+Speed is never asserted: these check that the scripts keep working
 against the code they measure, that their reports name the machine and the
 load, that CPU runs say "no GPU on this machine" instead of GPU figures, and
 what can be checked without timing (both feature paths agree, Tune's running

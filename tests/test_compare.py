@@ -53,7 +53,8 @@ def test_comparison_of_a_real_search_against_table1(smoke_search, run_module, tm
         assert float(best[k]) == pytest.approx(parent.data.metrics[f"test/{k}"])
     assert float(best["delta_paper_f1"]) == pytest.approx(parent.data.metrics["test/paper_f1"] - 0.558)
     assert smoke_search.best_run_id in best["source"]
-    # A smoke search's paper point is its first trial (rule 4): scored on the test split like the best.
+    # A smoke search's paper trial (the paper's settings at smoke sizes) is tagged by the runner
+    # (rule 1) and scored on the test split like the best.
     paper_trial = ours["ours, paper settings"]["source"].split("(run ")[1].split(")")[0]
     assert "test/paper_f1" in c.get_run(paper_trial).data.metrics
 
@@ -161,12 +162,17 @@ def test_paper_trial_rules_inside_one_search(tmp_path):
     s = Store(f"sqlite:///{tmp_path / 'one.db'}")
     exp = s.experiment("baseline_b", "demo")
     small = {**_paper_params("baseline_b"), "window": 512, "n_mels": 32}  # a smoke search's shrunk point
-    # Rule 4: params are not the paper's (smoke), the first trial was scored: it is the paper point.
+    # No tag and no trial at the paper's settings (a search that started elsewhere, or an
+    # untagged smoke search): nothing is labelled as the paper's, not even the first trial.
     a = s.search(exp, "A", best="a2")
-    a1 = s.trial(exp, a, "a1", small, 2.0, 0.3)
+    s.trial(exp, a, "a1", small, 2.0, 0.3)
     s.trial(exp, a, "a2", {**small, "lr": 3e-4}, 1.9, 0.31)
     kids = [r for r in s.c.search_runs([exp]) if r.data.tags.get("mlflow.parentRunId") == a]
-    assert compare.paper_trial(s.c.get_run(a), kids, "baseline_b").info.run_id == a1
+    assert compare.paper_trial(s.c.get_run(a), kids, "baseline_b") is None
+    # Rule 3: a scored trial whose params are the paper's is the paper trial.
+    a3 = s.trial(exp, a, "a3", _paper_params("baseline_b"), 1.95, 0.32)
+    kids = [r for r in s.c.search_runs([exp]) if r.data.tags.get("mlflow.parentRunId") == a]
+    assert compare.paper_trial(s.c.get_run(a), kids, "baseline_b").info.run_id == a3
     # Rule 1: the search's own tag wins.
     b = s.search(exp, "B", best="b1", tags={"mgc.paper_trial": "b2"})
     s.trial(exp, b, "b1", small, 1.0, 0.3)

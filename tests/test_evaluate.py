@@ -64,7 +64,7 @@ def test_checkpoint_and_cache_on_the_validation_split(smoke_search, ray_local, t
     # The checkpoint kept the epoch of the lowest validation loss; scoring the same centred
     # validation crops again gives that loss back.
     payload = checkpoint.load_payload(smoke_search.checkpoint)
-    assert m["crop"]["loss"] == pytest.approx(payload["metrics"]["val/loss"], rel=1e-4)
+    assert m["crop"]["loss"] == pytest.approx(payload.metrics["val/loss"], rel=1e-4)
     assert "val split" in capsys.readouterr().out
 
 

@@ -10,8 +10,9 @@ import torchaudio
 
 from conftest import FMA_SAMPLES
 from mgc_ray.config import CACHE_SAMPLE_RATE, NOISE_MAX_REL
-from mgc_ray.features import (AMIN, Augment, LogMel, PerInputZScore, Resample, WaveZScore, centre_crop, cover_crops,
-                              n_frames, random_crop, resampled_length)
+from mgc_ray.augment import Augment
+from mgc_ray.data import centre_crop, cover_crops, random_crop
+from mgc_ray.models.frontend import AMIN, LogMel, PerInputZScore, Resample, WaveZScore, n_frames, resampled_length
 
 SR = CACHE_SAMPLE_RATE  # 22,050 Hz: where the paper's frame counts work out
 TEN_S = 220_500  # a 10-s crop at 22,050 Hz

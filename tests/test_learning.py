@@ -10,7 +10,7 @@ import pytest
 # 1e-4 with batch 32 takes ~4 optimiser steps per epoch here: too few for a short budget).
 SPACE = """\
 # python -m mgc_ray.tune --arch baseline_a_2d --space <this file> --num-samples 1 --max-epochs 10
-paper: {lr: 1.0e-3, weight_decay: 1.0e-4, batch_size: 32, window: 3472, n_mels: 513, crop_seconds: 10.0}
+start: {lr: 1.0e-3, weight_decay: 1.0e-4, batch_size: 32, window: 3472, n_mels: 513, crop_seconds: 10.0}
 space:
   lr: {type: choice, values: [1.0e-3]}
 """

@@ -1,4 +1,5 @@
 """`python -m mgc_ray.predict` on a model trained in the session, and the checkpoint's guards."""
+import dataclasses
 import json
 import math
 import os
@@ -54,8 +55,8 @@ def test_any_file_is_answered_and_a_broken_one_does_not_stop_the_others(smoke_se
     assert len(errors) == 1 and audio["broken"] in errors[0] and "Traceback" not in proc.stderr
     doc = json.loads(proc.stdout)
     payload = checkpoint.load_payload(smoke_search.checkpoint)
-    crop = payload["model_config"]["crop_seconds"]
-    assert doc["arch"] == "baseline_a_2d" and doc["genres"] == payload["label_names"]
+    crop = payload.model_config.crop_seconds
+    assert doc["arch"] == "baseline_a_2d" and doc["genres"] == list(payload.label_names)
     assert doc["checkpoint"] == smoke_search.checkpoint and doc["run_id"] == smoke_search.best_run_id
     by_file = {f["file"]: f for f in doc["files"]}
     assert [f["file"] for f in doc["files"]] == order, "answers come in the order asked"
@@ -115,9 +116,9 @@ def _resaved(src: str, dst, **changes) -> str:
 
 def test_checkpoint_holds_everything_predict_needs(smoke_search):
     payload = checkpoint.load_payload(smoke_search.checkpoint)
-    cfg = payload["model_config"]
+    cfg = dataclasses.asdict(payload.model_config)
     assert {"arch", "sample_rate", "window", "n_mels", "crop_seconds", "wave_mean", "wave_std"} <= set(cfg)
-    assert len(payload["label_names"]) == cfg["n_classes"] == 8 and payload["version"] == __version__
+    assert len(payload.label_names) == cfg["n_classes"] == 8 and payload.version == __version__
 
 
 @pytest.mark.parametrize("version", ["0.0.9", "1.1.0", "9.0", None])
@@ -135,7 +136,7 @@ def test_checkpoint_from_another_patch_version_loads(smoke_search, tmp_path):
     major, minor, *_ = __version__.split(".")
     d = _resaved(smoke_search.checkpoint, tmp_path / "patch", version=f"{major}.{minor}.99")
     model, payload = checkpoint.load_model(d, expect_arch="baseline_a_2d")
-    assert payload["version"].endswith(".99") and not model.training
+    assert payload.version.endswith(".99") and not model.training
 
 
 def test_checkpoint_of_another_arch_than_asked_is_refused(smoke_search):

@@ -14,14 +14,15 @@ import pytest
 import soundfile as sf
 
 from mgc_ray import fma
-from mgc_ray.cache import INT16_SCALE, check_cache, read_manifest, shard_paths, to_int16
+from mgc_ray.cache import INT16_SCALE, check_cache, read_manifest, to_int16
 from mgc_ray.config import CACHE_SCHEMA_VERSION, MIN_TRACK_SECONDS, SPLITS
 from mgc_ray.errors import UserError
-from mgc_ray.prepare import check_track, decode_audio, prepare
+from mgc_ray.audio import decode_audio
+from mgc_ray.prepare import check_track, prepare
 
 SR = 22050
 PER_SHARD = 4  # small shards: several per split even on the tiny demo
-MANIFEST_KEYS = {"schema_version", "sample_rate", "subset", "split_scheme", "seed", "fma_root", "label_names",
+MANIFEST_KEYS = {"schema_version", "sample_rate", "subset", "split_scheme", "data_seed", "fma_root", "label_names",
                  "counts", "num_tracks", "wave_mean", "wave_std", "bad_tracks", "shards", "min_track_seconds",
                  "silence_peak", "tracks_per_shard", "track_list_sha1"}
 SCHEMA = pa.schema([("track_id", pa.int64()), ("label", pa.int32()), ("split", pa.string()),
@@ -32,7 +33,7 @@ def read_tracks(cache_dir) -> dict:
     """{track_id: (label, split, samples)} over every shard the manifest lists."""
     out = {}
     for split in SPLITS:
-        for path in shard_paths(cache_dir, split):
+        for path in read_manifest(cache_dir).shard_paths(split):
             t = pq.read_table(path).to_pydict()
             for tid, lab, sp, n, s in zip(t["track_id"], t["label"], t["split"], t["num_samples"], t["samples"]):
                 assert len(s) == n
@@ -49,7 +50,7 @@ def shard_files(cache_dir) -> dict:
 def clean(demo_root, ray_local, tmp_path_factory):
     """A clean cache of the tiny demo (4 tracks per shard) and its manifest."""
     out = str(tmp_path_factory.mktemp("clean") / "cache")
-    return out, prepare(demo_root, out, tracks_per_shard=PER_SHARD)
+    return out, prepare(demo_root, out, tracks_per_shard=PER_SHARD).to_dict()
 
 
 def test_real_fma_clip_decodes_to_30_s(fma_samples):
@@ -77,10 +78,10 @@ def test_over_full_scale_is_clipped(tmp_path):
 def test_round_trip(clean, demo_root):
     out, m = clean
     assert set(m) == MANIFEST_KEYS
-    assert m == read_manifest(out) == check_cache(out, sample_rate=SR, split_scheme="paper")
+    assert m == read_manifest(out).to_dict() == check_cache(out, sample_rate=SR, split_scheme="paper").to_dict()
     ds = fma.load_dataset(demo_root)
     assert m["label_names"] == ds.label_names and m["schema_version"] == CACHE_SCHEMA_VERSION
-    assert (m["sample_rate"], m["subset"], m["split_scheme"], m["seed"]) == (SR, "small", "paper", 0)
+    assert (m["sample_rate"], m["subset"], m["split_scheme"], m["data_seed"]) == (SR, "small", "paper", 0)
     assert m["fma_root"] == demo_root and m["min_track_seconds"] == MIN_TRACK_SECONDS and m["bad_tracks"] == []
     for split in SPLITS:
         want = ds.tracks[ds.tracks["split"] == split]["genre"].value_counts().to_dict()
@@ -88,7 +89,7 @@ def test_round_trip(clean, demo_root):
         assert m["num_tracks"][split] == len(ds.tracks[ds.tracks["split"] == split])
     # shards: one split each, sorted by split then track id, chunks of PER_SHARD
     for split in SPLITS:
-        paths = shard_paths(out, split)
+        paths = read_manifest(out).shard_paths(split)
         assert all(os.path.isabs(p) for p in paths)
         names = [f"shards/{split}-{i:05d}.parquet" for i in range(len(paths))]
         assert [os.path.relpath(p, out) for p in paths] == names
@@ -122,13 +123,13 @@ def test_prepare_reuses_the_running_ray(clean):
 def test_rerun_is_a_no_op_and_other_settings_are_refused(clean, demo_root):
     out, m = clean
     before = {n: os.stat(os.path.join(out, "shards", n)).st_mtime_ns for n in os.listdir(os.path.join(out, "shards"))}
-    assert prepare(demo_root, out, tracks_per_shard=PER_SHARD) == m
+    assert prepare(demo_root, out, tracks_per_shard=PER_SHARD).to_dict() == m
     after = {n: os.stat(os.path.join(out, "shards", n)).st_mtime_ns for n in os.listdir(os.path.join(out, "shards"))}
     assert after == before  # nothing rewritten
-    for kw in (dict(seed=1), dict(sample_rate=16000), dict(split="official"), dict(tracks_per_shard=8)):
+    for kw in (dict(data_seed=1), dict(sample_rate=16000), dict(split="official"), dict(tracks_per_shard=8)):
         with pytest.raises(UserError, match="other settings.*another --out"):
             prepare(demo_root, out, **{"tracks_per_shard": PER_SHARD, **kw})
-    assert read_manifest(out) == m and shard_files(out).keys() == {n for n in before}
+    assert read_manifest(out).to_dict() == m and shard_files(out).keys() == {n for n in before}
 
 
 def test_check_cache_errors(clean, tmp_path):
@@ -177,7 +178,7 @@ def test_broken_tracks_are_reported_and_skipped(broken_root, ray_local, tmp_path
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     got = {b["track_id"]: b["reason"].split(":")[0] for b in m["bad_tracks"]}
     assert got == kinds
     assert all(b["path"] == fma.audio_path(root, b["track_id"]) for b in m["bad_tracks"])
@@ -216,7 +217,7 @@ def test_interrupted_run_is_completed_identically(clean, demo_root, tmp_path):
     with open(os.path.join(d, ".tmp-test-00000.parquet-999"), "wb") as f:
         f.write(b"PAR1 half")  # a temporary file a kill left behind
     kept = os.stat(os.path.join(d, "train-00000.parquet")).st_mtime_ns
-    assert prepare(demo_root, b, tracks_per_shard=PER_SHARD) == m
+    assert prepare(demo_root, b, tracks_per_shard=PER_SHARD).to_dict() == m
     assert shard_files(b) == ref  # byte for byte, no leftovers
     assert os.stat(os.path.join(d, "train-00000.parquet")).st_mtime_ns == kept  # finished shards skipped
 
@@ -238,7 +239,7 @@ def test_killed_process_then_rerun(clean, demo_root, ray_local, tmp_path):
     done = len([n for n in os.listdir(shards) if n.endswith(".json")])
     assert 1 <= done < 32
     time.sleep(1.0)  # let Ray reap the dead driver's tasks
-    m = prepare(demo_root, out, tracks_per_shard=1)
+    m = prepare(demo_root, out, tracks_per_shard=1).to_dict()
     ref_out, ref = clean
     got, want = read_tracks(out), read_tracks(ref_out)  # other shard sizes: compare track by track
     assert got.keys() == want.keys()

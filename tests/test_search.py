@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_space_holds_the_paper_settings(arch):
     space = search.load_space(arch)
     preset = PAPER[arch]
-    point = space.paper_point()
+    point = space.start
+    assert space.starts_at_paper and space.paper_point() == preset.point()
     assert (point["lr"], point["weight_decay"], point["batch_size"]) == (preset.lr, preset.weight_decay,
                                                                          preset.batch_size)
     assert (point["window"], point["n_mels"], point["crop_seconds"]) == (preset.window, preset.n_mels, 10.0)

@@ -88,12 +88,12 @@ class BaselineA(PaperClassifierNet):
 
 
 @register_model
-def baseline_a_1d(**kwargs) -> BaselineA:
+def baseline_a_1d(config: ModelConfig) -> BaselineA:
     """Baseline A on the raw 16-kHz waveform (paper: batch 16)."""
-    return BaselineA(ModelConfig(arch="baseline_a_1d", **kwargs), dim=1)
+    return BaselineA(config, dim=1)
 
 
 @register_model
-def baseline_a_2d(**kwargs) -> BaselineA:
+def baseline_a_2d(config: ModelConfig) -> BaselineA:
     """Baseline A on the log-mel spectrogram (paper: 513 x 128, window 3472, batch 32)."""
-    return BaselineA(ModelConfig(arch="baseline_a_2d", **kwargs), dim=2)
+    return BaselineA(config, dim=2)

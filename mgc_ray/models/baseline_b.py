@@ -79,6 +79,6 @@ class BaselineB(PaperClassifierNet):
 
 
 @register_model
-def baseline_b(**kwargs) -> BaselineB:
+def baseline_b(config: ModelConfig) -> BaselineB:
     """Baseline B on the log-mel spectrogram (paper: 513 x 128, window 3472, batch 32)."""
-    return BaselineB(ModelConfig(arch="baseline_b", **kwargs))
+    return BaselineB(config)

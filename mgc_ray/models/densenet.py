@@ -132,6 +132,6 @@ class DenseNet(nn.Module):
 
 
 @register_model
-def densenet(**kwargs) -> DenseNet:
+def densenet(config: ModelConfig) -> DenseNet:
     """DenseNet-121 on the log-mel spectrogram (paper: 224 x 224, window 1976, batch 32)."""
-    return DenseNet(ModelConfig(arch="densenet", **kwargs))
+    return DenseNet(config)

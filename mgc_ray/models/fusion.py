@@ -60,6 +60,6 @@ class FusionNet(PaperClassifierNet):
 
 
 @register_model
-def fusion(**kwargs) -> FusionNet:
+def fusion(config: ModelConfig) -> FusionNet:
     """FusionNet: 1D Baseline A + DenseNet, late fusion (paper: window 1976, 224 x 224, batch 8)."""
-    return FusionNet(ModelConfig(arch="fusion", **kwargs))
+    return FusionNet(config)

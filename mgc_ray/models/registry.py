@@ -1,10 +1,7 @@
 """The model registry: `@register_model` builders, one factory, the list of names.
 
-Builders take ModelConfig's fields other than `arch` as keyword arguments
-(`n_classes`, `sample_rate`, `window`, `n_mels`, `crop_seconds`, `wave_mean`,
-`wave_std`, `pretrained_path`) and return a model whose `config` is the full
-ModelConfig, so `build_model(cfg.arch, **fields_without_arch)` rebuilds it
-(mgc_ray.checkpoint).
+A builder takes the ModelConfig it is given and returns a model whose `config` is
+that ModelConfig, so `build_model(model.config)` rebuilds it (mgc_ray.checkpoint).
 """
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ from typing import Callable, TypeVar
 
 from torch import nn
 
+from mgc_ray.config import ModelConfig
 from mgc_ray.errors import UserError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -22,7 +20,7 @@ def register_model(fn: F) -> F:
     """Register a builder under its function name (timm's pattern).
 
     Args:
-        fn: a function `name(**model_config_fields) -> nn.Module`.
+        fn: a function `name(config: ModelConfig) -> nn.Module`.
 
     Returns:
         `fn` unchanged.
@@ -39,24 +37,20 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def is_model(name: str) -> bool:
-    """Whether `name` is a registered model."""
-    return name in _MODELS
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
+def build_model(config: ModelConfig | str, **fields) -> nn.Module:
     """Build a registered model.
 
     Args:
-        name: a name from `list_models()`.
-        **kwargs: ModelConfig fields other than `arch`.
+        config: the model's ModelConfig, or an arch name from `list_models()` (then
+            `fields` are the other ModelConfig fields, defaults elsewhere).
 
     Returns:
         the model (train mode, on CPU), with `model.config` its ModelConfig.
 
     Raises:
-        UserError: `name` is not registered (the message lists the choices).
+        UserError: the arch is not registered (the message lists the choices).
     """
-    if name not in _MODELS:
-        raise UserError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    cfg = config if isinstance(config, ModelConfig) else ModelConfig(arch=config, **fields)
+    if cfg.arch not in _MODELS:
+        raise UserError(f"unknown model {cfg.arch!r}: choose one of {', '.join(list_models())}")
+    return _MODELS[cfg.arch](cfg)

@@ -1,0 +1,197 @@
+"""Ray at the edge: starting or joining Ray, the dashboard's port, the cluster's resources
+and its shared storage. The one home of `ray.init` for every command (tests and
+benchmarks use it too), so every Ray this project starts keeps usage statistics
+off and never joins a cluster someone else left running by accident.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mgc_ray.errors import UserError
+
+DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
+DASHBOARD_PORTS_TRIED = 100
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What each trial holds, and how many run at once."""
+
+    cpus: float
+    gpus: float
+    max_concurrent: int
+
+
+def init(address: str | None = None, *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
+         dashboard_port: int | None = None, num_cpus: int | None = None, object_store_memory: int | None = None,
+         log_to_driver: bool = True, logging_level: str | int = "INFO", **kwargs):
+    """Join the cluster at `address`, or start a Ray of this process's own (address None).
+
+    Ray reports usage statistics to usage-stats.ray.io by default: nothing leaves the machine
+    unless the user asks (RAY_USAGE_STATS_ENABLED=1). Token authentication stays as ray.init
+    sets it (on, since Ray 2.52). A local Ray is started with address="local": without it
+    ray.init joins whatever cluster `ray start` (or a test) last left running here, flags ignored.
+
+    Args:
+        address: a cluster to join, already resolved (`config.ray_address`); None: a local Ray.
+        dashboard, dashboard_host, dashboard_port: a local Ray's dashboard.
+        num_cpus, object_store_memory: a local Ray's size (None: Ray's defaults).
+        log_to_driver, logging_level, kwargs: passed to ray.init.
+
+    Returns:
+        ray.init's context.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        return ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
+    extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
+    return ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus,
+                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+                    logging_level=logging_level, **extra, **kwargs)
+
+
+def is_uri(path: str) -> bool:
+    """s3://, gs://, ...: storage Ray Tune reaches through pyarrow, from every node."""
+    return "://" in path
+
+
+
+
+def _sigterm_as_sigint(signum, frame) -> None:
+    """Schedulers (SLURM, Kubernetes) stop jobs with SIGTERM: treat it as Ctrl+C, so Tune saves its
+    state and the runs end KILLED, ready for --resume (Python's default would end at once)."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", dashboard: bool = True) -> None:
+    """Join `address`, or start a local Ray with its dashboard on a free port from DASHBOARD_PORT;
+    print where the dashboard is, and let SIGTERM stop the search as Ctrl+C does.
+
+    Args:
+        address: a cluster to join (already resolved by `config.ray_address`), or None.
+        dashboard_host: where a local dashboard listens (127.0.0.1 unless the user asks).
+        dashboard: start the dashboard (local Ray only).
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        print("warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication: anyone who reaches the "
+              "cluster's ports can run code on it; unset it to keep the token", file=sys.stderr)
+    if address:
+        init(address)
+        signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
+        print(f"mgc_ray: joined the Ray cluster at {address}", flush=True)
+        return
+    if dashboard and dashboard_host not in LOCAL_HOSTS:
+        print(f"warning: the Ray dashboard will listen on {dashboard_host}: it has no authentication "
+              "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
+    ctx = init(None, dashboard=dashboard, dashboard_host=dashboard_host,
+               dashboard_port=free_port(dashboard_host, DASHBOARD_PORT) if dashboard else None)
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
+    if ctx.dashboard_url:
+        print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
+              "(token: `ray get-auth-token`)", flush=True)
+
+
+def free_port(host: str, first: int) -> int:
+    """`first`, or the next port `host` can bind (a busy dashboard port made ray.init fail)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in range(first, first + DASHBOARD_PORTS_TRIED):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue  # in use (the host itself was checked before Ray started)
+            return port
+    raise UserError(f"no free port for the Ray dashboard on {host} in {first}-{first + DASHBOARD_PORTS_TRIED - 1}: "
+                    "stop an old search or `ray stop`, or pass --no-dashboard")
+
+
+def resources(gpus_per_trial: float | None, cpus_per_trial: float | None,
+              max_concurrent: int | None) -> TrialResources:
+    """(cpus per trial, gpus per trial, max concurrent) from the cluster and the flags (None: default)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    total = ray.cluster_resources()
+    gpus = gpus_per_trial if gpus_per_trial is not None else (1.0 if node_gpus else 0.0)
+    if gpus > node_gpus:
+        raise UserError(f"--gpus-per-trial {gpus:g} is more than any node has ({node_gpus:g} GPUs): "
+                        "ask for at most that, or a fraction to share a GPU")
+    cpus = cpus_per_trial or (2.0 if gpus else 1.0)
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    if cpus > node_cpus - 1:
+        raise UserError(f"--cpus-per-trial {cpus:g} leaves no CPU for Ray Data on the largest node "
+                        f"({node_cpus:g} CPUs): ask for at most {max(node_cpus - 1, 0):g}")
+    # One CPU per node stays free for Ray Data (trials holding every CPU hang Ray Data).
+    by_cpu = max(1, sum(int((n["Resources"].get("CPU", 0) - 1) // cpus) for n in nodes))
+    by_gpu = int(total.get("GPU", 0) // gpus) if gpus else by_cpu
+    return TrialResources(cpus, gpus, max_concurrent or max(1, min(by_cpu, by_gpu)))
+
+
+def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage: bool) -> None:
+    """On a cluster of several nodes, refuse storage only this machine can see.
+
+    A URI --storage-path is reachable from every node; a local folder (and the cache,
+    and the FMA root while preparing) only if it sits on a filesystem every node mounts
+    at the same path, which --shared-storage declares and this checks: each node looks
+    for a file the driver has just written there.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    local = ([] if is_uri(storage) else [f"--storage-path {storage}"]) + [f"the cache {cache}"]
+    if fma_root:
+        local.append(f"--fma-root {fma_root}")
+    if not shared_storage:
+        raise UserError(f"this Ray cluster has {len(nodes)} nodes but {', '.join(local)} may exist on this machine "
+                        "only, and trials or tasks on other nodes must reach them: put them on a filesystem every "
+                        "node mounts at the same path and add --shared-storage (--storage-path may instead be "
+                        "a URI such as s3://bucket/path)")
+    from mgc_ray.cache import MANIFEST
+
+    token = f".mgc-shared-probe-{uuid.uuid4().hex[:12]}"
+    writable = [] if is_uri(storage) else [storage]
+    if fma_root:  # to be prepared: every node writes shards into it
+        os.makedirs(cache, exist_ok=True)
+        writable.append(cache)
+    probes = [os.path.join(d, token) for d in writable]
+    for path in probes:
+        Path(path).write_text("mgc_ray: a node checks that it sees this file; deleted at once\n")
+    wanted = probes + [os.path.join(fma_root, "fma_metadata", "tracks.csv") if fma_root
+                       else os.path.join(cache, MANIFEST)]
+    try:
+        missing = _missing_on_nodes(nodes, wanted)
+    finally:
+        for path in probes:
+            Path(path).unlink(missing_ok=True)
+    for node, paths in missing.items():
+        if paths:
+            shown = os.path.dirname(paths[0]) if os.path.basename(paths[0]) == token else paths[0]
+            raise UserError(f"--shared-storage: node {node} does not see {shown}: mount the same filesystem at the "
+                            "same path on every node (or use a URI --storage-path for Tune's files)")
+    print(f"mgc_ray: {len(nodes)} nodes see the shared storage", flush=True)
+
+
+def _missing_on_nodes(nodes: list[dict], paths: list[str]) -> dict[str, list[str]]:
+    """{node address: the paths it cannot see}, one zero-CPU task pinned to each node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def missing(wanted: list[str]) -> list[str]:
+        return [p for p in wanted if not os.path.exists(p)]
+
+    refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: missing.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths) for n in nodes}
+    return {node: ray.get(ref, timeout=300) for node, ref in refs.items()}

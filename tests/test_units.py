@@ -1,0 +1,164 @@
+"""Fast unit tests of the pieces a search reaches only inside Ray: the epoch loop, the crop UDF,
+config conversion, track-level averaging, the manifest record and atomic writes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mgc_ray.cache import Manifest
+from mgc_ray.config import PAPER, SEARCHED, TrainConfig, epoch_seed, is_paper_point
+from mgc_ray.data import _crop_rows
+from mgc_ray.errors import UserError
+from mgc_ray.files import atomic_text, atomic_write
+from mgc_ray.train import make_optimizer, train_epoch, track_level
+
+
+# --- the epoch loop --------------------------------------------------------------
+class _Tiny(torch.nn.Module):
+    def __init__(self, n_in: int = 16, n_classes: int = 3):
+        super().__init__()
+        self.fc = torch.nn.Linear(n_in, n_classes)
+
+    def forward(self, wave):
+        return self.fc(wave)
+
+
+def _batches(n_batches: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 16, generator=g)
+    out = []
+    for _ in range(n_batches):
+        y = torch.randint(0, 3, (8,), generator=g)
+        out.append((centres[y] + 0.1 * torch.randn(8, 16, generator=g), y))
+    return out
+
+
+def test_train_epoch_counts_samples_and_lowers_the_loss():
+    torch.manual_seed(0)
+    model = _Tiny()
+    opt = make_optimizer(model, TrainConfig(arch="any", lr=1e-2))
+    data = _batches(10)
+    first = train_epoch(model, data, opt)
+    for _ in range(5):
+        last = train_epoch(model, data, opt)
+    assert first["samples"] == last["samples"] == 80
+    assert last["loss"] < 0.5 * first["loss"], (first, last)
+    assert first["samples_per_s"] > 0 and model.training
+
+
+def test_train_epoch_applies_augment_and_refuses_an_empty_split():
+    model, seen = _Tiny(), []
+
+    def augment(wave, generator):
+        seen.append(generator)
+        return wave * 0
+
+    opt = make_optimizer(model, TrainConfig(arch="any"))
+    g = torch.Generator()
+    train_epoch(model, _batches(2), opt, augment=augment, generator=g)
+    assert seen == [g, g], "augment runs once per batch with the epoch's generator"
+    with pytest.raises(RuntimeError, match="no batch"):
+        train_epoch(model, [], opt)
+
+
+# --- the crop UDF (runs in Ray Data tasks) -----------------------------------------
+def _clips():
+    lengths = (1000, 250, 600)
+    return {"track_id": np.array([5, 9, 11]), "label": np.array([0, 2, 1]),
+            "samples": [np.arange(n, dtype=np.int16) + i * 1000 for i, n in enumerate(lengths)]}
+
+
+def test_random_crops_are_slices_reproducible_per_seed_epoch_and_track():
+    a = _crop_rows(_clips(), crop_len=300, mode="random", seed=1, epoch=2)
+    b = _crop_rows(_clips(), crop_len=300, mode="random", seed=1, epoch=2)
+    c = _crop_rows(_clips(), crop_len=300, mode="random", seed=1, epoch=3)
+    assert a["wave"].shape == (3, 300) and a["wave"].dtype == np.int16
+    assert np.array_equal(a["wave"], b["wave"]) and not np.array_equal(a["wave"], c["wave"])
+    assert a["label"].tolist() == [0, 2, 1] and a["track_id"].tolist() == [5, 9, 11]
+    first = a["wave"][0]
+    assert np.array_equal(first, np.arange(first[0], first[0] + 300)), "a contiguous slice of the clip"
+    assert a["wave"][1, 250:].tolist() == [0] * 50, "a short clip is zero-padded at its end"
+
+
+def test_centre_and_cover_crops():
+    centre = _crop_rows(_clips(), crop_len=300, mode="centre")
+    assert centre["wave"][0, 0] == 350 and centre["wave"].shape == (3, 300)
+    cover = _crop_rows(_clips(), crop_len=300, mode="cover")
+    assert cover["track_id"].tolist() == [5, 5, 5, 5, 9, 11, 11]  # 1000 -> 4 crops, 250 -> 1, 600 -> 2
+    assert cover["wave"][3, -1] == 999, "the last crop ends at the clip's end"
+    with pytest.raises(ValueError, match="unknown crop mode"):
+        _crop_rows(_clips(), crop_len=300, mode="middle")
+
+
+# --- config conversion -----------------------------------------------------------
+def test_train_config_from_tunes_flat_dict():
+    d = {"arch": "densenet", "lr": np.float64(3e-4), "batch_size": np.int64(64), "window": "1976",
+         "crop_seconds": 5, "max_epochs": 3.0, "node_id": "ignored", "trial_id": "x"}
+    cfg = TrainConfig.from_dict(d)
+    assert (cfg.lr, cfg.batch_size, cfg.window, cfg.crop_seconds, cfg.max_epochs) == (3e-4, 64, 1976, 5.0, 3)
+    assert type(cfg.batch_size) is int and type(cfg.lr) is float
+    m = cfg.model_config(22_050, 0.01, 0.2, n_classes=10)
+    assert (m.arch, m.n_classes, m.window, m.crop_samples, m.wave_std) == ("densenet", 10, 1976, 110_250, 0.2)
+    with pytest.raises(ValueError, match="batch size"):
+        TrainConfig.from_dict({"arch": "densenet", "batch_size": 0})
+
+
+def test_paper_presets_and_the_paper_point():
+    for arch, preset in PAPER.items():
+        cfg = preset.train_config()
+        assert {k: getattr(cfg, k) for k in SEARCHED} == preset.point()
+        assert is_paper_point(arch, {k: str(v) for k, v in preset.point().items()}), "MLflow params are text"
+        assert not is_paper_point(arch, {**preset.point(), "lr": 3e-4})
+        assert is_paper_point(arch, {**preset.point(), "window": 512}, scaled={"window": 512})
+    assert not is_paper_point("densenet", {"lr": 1e-4})
+
+
+def test_epoch_seeds_are_distinct_and_stable():
+    seeds = {epoch_seed(s, e) for s in range(20) for e in range(100)}
+    assert len(seeds) == 2000 and epoch_seed(1, 2) == 100_005
+
+
+# --- track-level averaging -------------------------------------------------------
+def test_track_level_averages_each_tracks_crops():
+    logits = np.array([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0], [2.0, 2.0]], dtype=np.float32)
+    labels = np.array([1, 1, 0, 1])
+    ids = np.array([7, 7, 3, 7])
+    avg, lab, tracks = track_level(logits, labels, ids)
+    assert tracks.tolist() == [3, 7] and lab.tolist() == [0, 1]
+    assert np.allclose(avg, [[0.0, 5.0], [2.0, 4.0 / 3.0]])
+
+
+# --- the manifest record and atomic writes -------------------------------------
+def _doc(**over):
+    from mgc_ray.config import CACHE_SCHEMA_VERSION
+
+    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": 22050, "subset": "small", "split_scheme": "paper",
+            "data_seed": 0, "fma_root": "/data", "label_names": ["a", "b", "c"],
+            "counts": {"train": {"a": 1, "b": 1, "c": 1}}, "num_tracks": {"train": 3, "val": 0, "test": 0},
+            "wave_mean": 0.0, "wave_std": 0.2, "bad_tracks": [], "shards": {"train": ["shards/train-00000.parquet"]},
+            "min_track_seconds": 2.0, "silence_peak": 1e-4, "tracks_per_shard": 64, "track_list_sha1": "f" * 40,
+            **over}
+
+
+def test_manifest_round_trip_and_checks():
+    m = Manifest.from_dict(_doc(), "/caches/c")
+    assert m.n_classes == 3 and m.shard_paths("train") == ["/caches/c/shards/train-00000.parquet"]
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    for bad, needle in ((_doc(schema_version=0), "schema 0"), ({k: v for k, v in _doc().items() if k != "counts"},
+                        "lacks counts"), (_doc(wave_std="x"), "malformed"), (_doc(label_names=["a"]), "1 genre")):
+        with pytest.raises(UserError, match=needle):
+            Manifest.from_dict(bad, "/caches/c")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = atomic_text(tmp_path / "a.txt", "old\n")
+
+    def broken(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
