@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from mgc_ray.errors import Parser, UserError
+from mgc_ray.files import atomic_text
 from model_table import cpu_model  # the existing benchmark's CPU name reader
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
@@ -198,13 +199,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    else:
-        # address="local": a new Ray of our own. Without it ray.init() joins the newest cluster another
-        # process started on this machine (/tmp/ray/ray_current_cluster), e.g. a test's multi-node cluster.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-                 log_to_driver=False)
+    from mgc_ray import cluster
+
+    cluster.init(address, num_cpus=num_cpus, logging_level="WARNING", log_to_driver=False)
     try:
         yield
     finally:
@@ -290,12 +287,6 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> Non
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(out: Path, name: str, report: dict, markdown: Sequence[str]) -> tuple[Path, Path]:
     """Write `<name>_<device>.json` and `.md` atomically (stamping the end load average); return both paths."""
     report["machine"]["load_avg_1min_at_end"] = load1()
@@ -304,8 +295,8 @@ def write_report(out: Path, name: str, report: dict, markdown: Sequence[str]) ->
     lines = list(markdown)
     lines += ["", UNDER_LOAD, "", machine_line(report["machine"]), ""]
     js, md = out / f"{stem}.json", out / f"{stem}.md"
-    atomic_write(js, json.dumps(report, indent=1, default=_jsonable) + "\n")
-    atomic_write(md, "\n".join(lines))
+    atomic_text(js, json.dumps(report, indent=1, default=_jsonable) + "\n")
+    atomic_text(md, "\n".join(lines))
     print(f"wrote {md} and {js.name}")
     return js, md
 

@@ -25,6 +25,7 @@ import torch
 
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
 from mgc_ray.augment import Augment
+from mgc_ray.files import atomic_text
 from mgc_ray.models import FrontEnd, build_model, input_shapes, list_models
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -119,12 +120,6 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="timed runs per model (median reported)")
@@ -151,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report["models"].append(r)
     report["augment"] = measure_augment(n_samples, 2 if args.smoke else 32, runs, warmup)
     args.out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(args.out / "model_table.json", json.dumps(report, indent=2) + "\n")
-    _atomic_write(args.out / "model_table.md", to_markdown(report))
+    atomic_text(args.out / "model_table.json", json.dumps(report, indent=2) + "\n")
+    atomic_text(args.out / "model_table.md", to_markdown(report))
     print(f"wrote {args.out / 'model_table.md'} and model_table.json")
     return report
 

@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes_path = args.notes or args.results / "FINDINGS.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     out = args.results / "README.md"
-    C.atomic_write(out, "\n".join(to_markdown(reports, notes)))
+    C.atomic_text(out, "\n".join(to_markdown(reports, notes)))
     C.print_table(["target", "status"], [[t["target"], t["status"]] for r in reports for t in r["targets"]])
     print(f"wrote {out}")
     return 0

@@ -31,7 +31,6 @@ only); GPU waiting for data < 10 % of a trial's time.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import statistics
 import time

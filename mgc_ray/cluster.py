@@ -64,8 +64,6 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-
-
 def _sigterm_as_sigint(signum, frame) -> None:
     """Schedulers (SLURM, Kubernetes) stop jobs with SIGTERM: treat it as Ctrl+C, so Tune saves its
     state and the runs end KILLED, ready for --resume (Python's default would end at once)."""

@@ -40,7 +40,9 @@ def ray_local():
     """
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, logging_level="WARNING")
+    from mgc_ray import cluster
+
+    cluster.init(None, num_cpus=2, object_store_memory=128 * 2**20, logging_level="WARNING")
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -40,10 +40,11 @@ def smoke(tmp_path_factory):
     """Every script's --smoke against one local Ray: {name: (error or None, report, markdown, seconds)}."""
     import ray
 
-    # address="local": our own Ray even while another test's cluster is up on this machine;
-    # 4 logical CPUs so the search's Tune trial and the other scripts' Ray Data tasks fit side by side
-    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
-             logging_level="WARNING", log_to_driver=False)
+    from mgc_ray import cluster
+
+    # our own Ray even while another test's cluster is up on this machine; 4 logical CPUs so
+    # the search's Tune trial and the other scripts' Ray Data tasks fit side by side
+    cluster.init(None, num_cpus=4, object_store_memory=256 * 2**20, logging_level="WARNING", log_to_driver=False)
     sys.path.insert(0, str(BENCH))  # the scripts import each other as run from benchmarks/
     base = tmp_path_factory.mktemp("bench")
     address = ray.get_runtime_context().gcs_address

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mgc_ray.config import PAPER
-from mgc_ray.tune import DASHBOARD_PORT
+from mgc_ray.cluster import DASHBOARD_PORT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
