@@ -5,7 +5,8 @@ an existing cache, --resume state) -> Ray (local with the dashboard on
 127.0.0.1, or --address) -> cluster checks (shared storage on several nodes,
 GPUs and CPUs per trial) -> prepare if needed -> Ray Datasets built once ->
 MLflow experiment, paper reference run and search run -> Tuner (Optuna TPE +
-ASHA) -> best and paper trials evaluated on the test split -> results/ and a
+ASHA, within --time-budget / --gpu-hours or the demo's own budget: budget.py) ->
+best and paper trials evaluated on the test split -> results/ and a
 summary table against the paper's Table 1 row. Bad input is refused in that
 order, so most of it costs no Ray start-up.
 
@@ -35,8 +36,8 @@ from mgc_ray.errors import Parser, UserError, run_cli
 DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
 DASHBOARD_PORTS_TRIED = 100
 # The built-in demo: big enough that a 2D model learns it, small enough that a DenseNet epoch
-# of its ~77 training tracks takes about a minute on one slow CPU core (2 s per sample), and
-# 12-s clips still hold the paper's 10-s crop.
+# is short on a CPU (77 training tracks: ~40 s of training on a core that trains DenseNet-121
+# at 1.9 samples/s, the slowest we met), with 12-s clips that hold the paper's 10-s crop.
 DEMO = dict(tracks_per_genre=12, seconds=12.0)
 DEMO_SEARCH = dict(num_samples=4, max_epochs=4)
 # On a machine without a GPU the demo's default search ends the whole command within this

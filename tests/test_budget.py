@@ -98,3 +98,14 @@ def test_resume_continues_the_budget_count(tmp_path, smoke_home, cli_runs, rel):
     walls = [m.value for m in c.get_metric_history(parent.info.run_id, "search/wall_s")]
     assert walls[0] == pytest.approx(first) and walls[-1] >= first, f"the count continues: {walls}"
     assert "test/paper_f1" in parent.data.metrics
+
+
+def test_gpu_hours_without_gpus_is_refused(tmp_path, smoke_home, rel):
+    # Here the trials get no GPU, so GPU-hours would never be spent: one line, exit 2, before any trial.
+    proc = subprocess.run([sys.executable, "-m", "mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard",
+                                                                           "--gpu-hours", "0.5")],
+                          cwd=tmp_path, env=rel.env(smoke_home), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "--gpu-hours" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ray").exists() or not any((tmp_path / "ray").iterdir()), "no search was started"
