@@ -18,8 +18,8 @@ the pickled Tuner. So neither holds the ledger: both read the driver's active on
 the Budget callback registers when Tune sets it up (one search per driver process).
 
 `plan_ahead` (the demo's budget, which must end the whole command on time): a trial also
-stops at a report when its next epoch, as long as its last, would end past the budget, and
-a new trial starts only if a first epoch as long as the last one seen still fits.
+stops at a report when its next epoch, as long as its longest so far, would end past the
+budget, and a new trial starts only if a first epoch as long as the longest seen still fits.
 `min_trials`: trials that start even when the budget is spent (1: there is always an epoch
 to evaluate; the demo asks for 2, the paper trial and one sampled trial).
 """
@@ -62,6 +62,7 @@ class Budget(Callback):
         self._gpu_now = 0.0
         self._trials = 0
         self._began: dict[str, float] = {}  # trial id -> when Tune started it (this session)
+        self._epoch_s: dict[str, float] = {}  # trial id -> its longest epoch (plan_ahead's estimate of its next)
         self._first_epoch_s = 0.0  # the longest start-to-first-report seen (plan_ahead's estimate for a new trial)
 
     # --- what was spent -----------------------------------------------------------------
@@ -100,9 +101,10 @@ class Budget(Callback):
         if not self.limited():
             return False
         epoch = int(result.get("training_iteration", 0))
-        if epoch >= int((result.get("config") or {}).get("max_epochs", float("inf"))):
+        if epoch >= float((result.get("config") or {}).get("max_epochs", float("inf"))):
             return False  # its last epoch: it ends anyway
-        last = float(result.get("time_this_iter_s", 0.0))
+        last = max(self._epoch_s.get(trial_id, 0.0), float(result.get("time_this_iter_s", 0.0)))
+        self._epoch_s[trial_id] = last
         if epoch == 1:  # the trial's start (its worker, imports, data) counts too: a new trial pays it again
             began = self._began.get(trial_id)
             self._first_epoch_s = max(self._first_epoch_s, last, time.monotonic() - began if began else 0.0)
@@ -127,7 +129,10 @@ class Budget(Callback):
         global _ACTIVE
         _ACTIVE = self
         self._start = self._last_step = time.monotonic()
-        if self.limited():
+        if self.limited() and self.plan_ahead:
+            print(f"mgc_ray: {self.describe()}: a trial stops at a report when its next epoch would end past it, "
+                  "and a new trial starts only if its first epoch fits", flush=True)
+        elif self.limited():
             print(f"mgc_ray: {self.describe()}: once it is spent no new trial starts and running trials "
                   "stop at their next report", flush=True)
 
