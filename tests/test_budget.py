@@ -35,6 +35,43 @@ def test_bad_budget_flags_are_one_line_and_exit_2(tmp_path, argv, needle):
     assert proc.stderr.count("\n") == 1 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _result(epoch: int, seconds: float, max_epochs: int = 4) -> dict:
+    return {"training_iteration": epoch, "time_this_iter_s": seconds, "config": {"max_epochs": max_epochs}}
+
+
+def test_the_demos_budget_plans_ahead_and_keeps_two_trials():
+    # The demo's budget (plan_ahead, 2 trials guaranteed), with the time already spent set
+    # directly: its decisions, not the clock, are under test.
+    from mgc_ray.budget import Budget
+
+    b = Budget(time_s=100, min_trials=2, plan_ahead=True)
+    b._trials = 1  # the paper trial
+    assert not b.stop_trial("paper", _result(1, 30)), "30 s spent + its next epoch + a first epoch fit in 100 s"
+    b.wall_before = 45
+    assert b.stop_trial("paper", _result(2, 20)), "45 + 30 (its longest epoch) + 30 (the sampled trial's) > 100"
+    assert not b.refuse_trial(), "the sampled trial starts: two trials are guaranteed"
+    b._trials = 2
+    assert not b.refuse_trial(), "45 + a 30-s first epoch fit"
+    b.wall_before = 75
+    assert b.refuse_trial(), "75 + a 30-s first epoch would end past 100 s"
+    assert not b.stop_trial("sampled", _result(4, 30)), "a trial's last epoch is not a budget stop"
+    assert b.stopped == {"paper": 2} and "time budget of 1m 40s" in b.ended
+
+
+def test_a_resumed_budget_continues_the_count_and_keeps_its_limits():
+    from mgc_ray.budget import Budget
+
+    first = Budget(time_s=600)
+    first.wall_before = 250.0
+    again = Budget()  # --resume without a budget: the search's own budget holds
+    again.set_state(first.get_state())
+    assert (again.time_s, again.wall(), again.resumed) == (600, 250.0, True)
+    assert again.spent() is None and Budget(time_s=60).spent() is None
+    shorter = Budget(time_s=200)  # a budget given with --resume replaces the limit, not the count
+    shorter.set_state(first.get_state())
+    assert shorter.time_s == 200 and "time budget of 3m 20s" in shorter.spent()
+
+
 def _runs(rel, work):
     c, parent, children = rel.mlflow_search(work)
     return parent, children
