@@ -35,9 +35,10 @@ from mgc_ray.errors import Parser, UserError, run_cli
 
 DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
 DASHBOARD_PORTS_TRIED = 100
-# The built-in demo: big enough that a 2D model learns it, small enough that a DenseNet epoch
-# is short on a CPU (77 training tracks: ~40 s of training on a core that trains DenseNet-121
-# at 1.9 samples/s, the slowest we met), with 12-s clips that hold the paper's 10-s crop.
+# The built-in demo of this command: small enough that a DenseNet epoch is short on a CPU
+# (77 training tracks: ~40 s of training on a core that trains DenseNet-121 at 1.9 samples/s,
+# the slowest we met), with 12-s clips that hold the paper's 10-s crop. (The learning check,
+# tests/test_learning.py, runs on `python -m mgc_ray.demo`'s larger default, 16 x 15 s.)
 DEMO = dict(tracks_per_genre=12, seconds=12.0)
 DEMO_SEARCH = dict(num_samples=4, max_epochs=4)
 # On a machine without a GPU the demo's default search ends the whole command within this
