@@ -114,7 +114,8 @@ class Progress(Callback):
 
     After a SIGINT Tune stops its loop, marks the unfinished trials TERMINATED and returns
     normally, so the ResultGrid cannot tell an interrupted search from a finished one; the
-    statuses before that clean-up can (as can fewer trials than the search asked for).
+    statuses before that clean-up can (as can fewer trials than the search asked for, unless
+    its budget ended it: then fewer is what finished means).
     """
 
     def __init__(self):
@@ -123,5 +124,6 @@ class Progress(Callback):
     def on_step_end(self, iteration, trials, **info):
         self.status = {t.trial_id: t.status for t in trials}
 
-    def interrupted(self, num_samples: int) -> bool:
-        return len(self.status) < num_samples or any(s not in ("TERMINATED", "ERROR") for s in self.status.values())
+    def interrupted(self, num_samples: int, budget_ended: bool = False) -> bool:
+        return ((len(self.status) < num_samples and not budget_ended)
+                or any(s not in ("TERMINATED", "ERROR") for s in self.status.values()))

@@ -90,11 +90,11 @@ def leaderboard_rows(grid) -> list[dict]:
 
 
 def write_search_results(out: Path, plan, grid, rows: dict, manifest,
-                         space_entries: dict[str, dict] | None = None) -> list[Path]:
+                         space_entries: dict[str, dict] | None = None, budget_note: str | None = None) -> list[Path]:
     """Write the leaderboard, best config, summary, test metrics and figures; return the files.
 
     `space_entries`: the `space:` block the search drew from (the Optuna figures' axes);
-    None: axes span the values seen.
+    None: axes span the values seen. `budget_note`: why a budget ended the search, if it did.
     """
     import pandas as pd
 
@@ -121,6 +121,7 @@ def write_search_results(out: Path, plan, grid, rows: dict, manifest,
     md = [f"# {plan.name}", "", f"Arch `{plan.arch}` on `{plan.dataset}` ({plan.num_samples} trial(s), "
           f"up to {plan.max_epochs} epochs, seed {plan.seed}, data seed {manifest.data_seed}: "
           f"{manifest.num_tracks.get('test', 0)} test tracks, {manifest.n_classes} genres). {first}", "",
+          *([budget_note, ""] if budget_note else []),
           summary_table(plan.arch, summary, plan.dataset), "",
           "Track level (crops covering the whole clip, logits averaged), best trial: "
           + ", ".join(f"{k} {_fmt(best['scores'].track.get(k))}" for k in COLUMNS), "",

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
-from mgc_ray import report, search, tracking
+from mgc_ray import budget, report, search, tracking
 from mgc_ray.cache import Manifest
 from mgc_ray.callbacks import Progress, TrialLogger
 from mgc_ray.cluster import TrialResources
@@ -47,7 +48,7 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
     from ray import tune
 
     run_config = tune.RunConfig(
-        name=plan.name, storage_path=plan.storage_path, callbacks=callbacks,
+        name=plan.name, storage_path=plan.storage_path, callbacks=callbacks, stop=budget.BudgetStopper(),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS,
                                                 checkpoint_score_attribute="val/loss",
                                                 checkpoint_score_order="min"),
@@ -62,7 +63,7 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
     else:
         tune_config = tune.TuneConfig(
             metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
-            search_alg=search.make_searcher(space, plan.seed), max_concurrent_trials=concurrent,
+            search_alg=budget.BudgetLimiter(search.make_searcher(space, plan.seed), max_concurrent=concurrent),
             scheduler=search.make_scheduler(plan.max_epochs, plan.grace_period))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
@@ -72,7 +73,7 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    ours = (TrialLogger, Progress)
+    ours = (TrialLogger, Progress, budget.Budget)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
@@ -125,7 +126,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes})
     logger, progress = TrialLogger(uri, exp_id, parent), Progress()
-    status, stale = "FAILED", []
+    status, stale, ledger = "FAILED", [], None
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
         # resumes take theirs back (TrialLogger), the rest stay KILLED.
@@ -136,11 +137,13 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
-        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress]).fit()
-        if progress.interrupted(plan.num_samples):
+        ledger = _budget(plan)  # last, so that its clock starts with the search
+        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress, ledger]).fit()
+        if progress.interrupted(plan.num_samples, budget_ended=ledger.ended is not None):
             raise KeyboardInterrupt
         _report_errors(grid)
-        summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent)
+        summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent,
+                         budget_note=_log_budget(c, parent, ledger, len(grid), plan.num_samples))
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -152,7 +155,35 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     finally:
         tracking.close_children(c, exp_id, parent, "KILLED")
         tracking.mark_lost(c, [rid for tid, rid in stale if tid not in logger.seen])
+        if ledger is not None:  # what the search has spent so far, every session of it
+            tracking.log_metrics(c, parent, {"search/wall_s": ledger.wall(), "search/gpu_hours": ledger.gpu() / 3600})
+            if ledger.limited():
+                c.set_tag(parent, Tag.BUDGET, ledger.describe())
         c.set_terminated(parent, status)
+
+
+def _budget(plan) -> budget.Budget:
+    """This command's budget: the flags' (`--time-budget`, `--gpu-hours`), or what is left of the demo's
+    deadline (`plan.search_ends_by`), or none (a resumed search then keeps the budget it had)."""
+    time_s = plan.time_budget_s
+    if plan.search_ends_by is not None:
+        time_s = max(1.0, plan.search_ends_by - time.monotonic())
+    return budget.Budget(time_s=time_s, gpu_s=plan.gpu_hours * 3600 if plan.gpu_hours else None,
+                         min_trials=plan.budget_min_trials, plan_ahead=plan.search_ends_by is not None)
+
+
+def _log_budget(c, parent: str, ledger: budget.Budget, n_trials: int, num_samples: int) -> str | None:
+    """If the budget ended the search: say so on the console and in MLflow; return the sentence."""
+    if ledger.ended is None:
+        return None
+    stopped = ", ".join(f"{t} after epoch {e}" for t, e in ledger.stopped.items())
+    gpu = f" and {ledger.gpu() / 3600:.3g} GPU-hours" if ledger.gpu() else ""
+    note = (f"{ledger.ended[0].upper()}{ledger.ended[1:]} after {budget.fmt_duration(ledger.wall())}{gpu} of search: "
+            f"it ended the search with {n_trials} of {num_samples} trials"
+            + (f"; stopped at a report: {stopped}" if stopped else "") + ".")
+    print(f"mgc_ray: {note}", flush=True)
+    c.set_tag(parent, Tag.BUDGET_ENDED, note)
+    return note
 
 
 def _paper_result(grid, space: search.SearchSpace):
@@ -191,8 +222,11 @@ def _score_trial(result, datasets, c, exp_id, parent) -> dict:
     return dict(result=result, scores=scores, payload=payload, checkpoint=ckpt_path, run_id=run_id)
 
 
-def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent) -> dict:
-    """Evaluate the best (and the paper) trial on the test split; log and write everything."""
+def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, budget_note: str | None = None) -> dict:
+    """Evaluate the best (and the paper) trial on the test split; log and write everything.
+
+    `budget_note`: why the budget ended the search, if it did (into summary.md).
+    """
     ok = [r for r in grid if r.error is None and r.metrics and search.METRIC in r.metrics]
     if not ok:
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]
@@ -209,7 +243,7 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent) -
     if paper is not None:
         c.set_tag(parent, Tag.PAPER_TRIAL, paper.metrics["trial_id"])  # compare.py's first rule
     c.set_tag(parent, Tag.CHECKPOINT, rows["best"]["checkpoint"])
-    files = report.write_search_results(out, plan, grid, rows, manifest, space.space)
+    files = report.write_search_results(out, plan, grid, rows, manifest, space.space, budget_note=budget_note)
     best_run = rows["best"]["run_id"]
     for target in filter(None, {parent, best_run}):
         tracking.log_artifacts(c, target, files)
@@ -217,4 +251,4 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent) -
     print(report.summary_table(plan.arch, summary, plan.dataset), flush=True)
     print(f"mgc_ray: results in {out}", flush=True)
     return {"rows": summary, "results_dir": str(out), "best_config": TrainConfig.from_dict(best.config),
-            "best_checkpoint": rows["best"]["checkpoint"], "parent_run_id": parent}
+            "best_checkpoint": rows["best"]["checkpoint"], "parent_run_id": parent, "budget_ended": budget_note}

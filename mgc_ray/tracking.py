@@ -51,6 +51,8 @@ class Tag:
     EPOCHS_RUN = "mgc.epochs_run"
     STOPPED_EARLY = "mgc.stopped_early"
     ERROR = "mgc.error"
+    BUDGET = "mgc.budget"              # on a search run: its --time-budget / --gpu-hours
+    BUDGET_ENDED = "mgc.budget_ended"  # on a search run: the budget ended it, and how
 
 
 EXPERIMENT_PREFIX = "mgc_ray/"

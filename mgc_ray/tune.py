@@ -5,7 +5,8 @@ an existing cache, --resume state) -> Ray (local with the dashboard on
 127.0.0.1, or --address) -> cluster checks (shared storage on several nodes,
 GPUs and CPUs per trial) -> prepare if needed -> Ray Datasets built once ->
 MLflow experiment, paper reference run and search run -> Tuner (Optuna TPE +
-ASHA) -> best and paper trials evaluated on the test split -> results/ and a
+ASHA, within --time-budget / --gpu-hours or the demo's own budget: budget.py) ->
+best and paper trials evaluated on the test split -> results/ and a
 summary table against the paper's Table 1 row. Bad input is refused in that
 order, so most of it costs no Ray start-up.
 
@@ -35,10 +36,18 @@ from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, exp
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import writable_dir
 
-# The built-in demo: big enough that a 2D model learns it, small enough that the
-# default densenet search finishes in minutes on 2 CPU cores (README figures).
-DEMO = dict(tracks_per_genre=16, seconds=15.0)
+# The built-in demo of this command: small enough that a DenseNet epoch is short on a CPU
+# (77 training tracks: ~40 s of training on a core that trains DenseNet-121 at 1.9 samples/s,
+# the slowest we met), with 12-s clips that hold the paper's 10-s crop. (The learning check,
+# tests/test_learning.py, runs on `python -m mgc_ray.demo`'s larger default, 16 x 15 s.)
+DEMO = dict(tracks_per_genre=12, seconds=12.0)
 DEMO_SEARCH = dict(num_samples=4, max_epochs=4)
+# On a machine without a GPU the demo's default search ends the whole command within this
+# (demo writing, caching and Ray's start included): the search gets what is left, less the tail.
+DEMO_DEADLINE_S = 300.0
+DEMO_TAIL_S = 60.0  # after the search: test evaluation of two trials, results/ and figures, Ray's shutdown
+#                    (17 s + 46 s measured on the shared 2-core development machine, load 3-8)
+DEMO_MIN_TRIALS = 2  # the paper trial and one sampled trial run even on a machine too slow for the deadline
 FMA_SEARCH = dict(num_samples=32, max_epochs=20)  # 20 = the paper's epochs
 # --smoke: tiny data and tiny inputs so a whole search runs in a test.
 SMOKE_DEMO = dict(tracks_per_genre=6, seconds=4.0)
@@ -61,6 +70,13 @@ def build_parser() -> Parser:
     p.add_argument("--num-samples", type=int, help="trials (default: 32 on FMA, 4 on the demo)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial; ASHA's max_t (default 20; 4 on the demo)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                   help="wall time of the search (90s, 20m, 2h, 1h30m): once spent, no new trial starts and "
+                        "running trials stop at their next report; --resume continues the count (default: none; "
+                        f"the demo on a machine without a GPU ends the whole command within "
+                        f"{DEMO_DEADLINE_S / 60:g} min)")
+    p.add_argument("--gpu-hours", type=float, metavar="H",
+                   help="GPU budget of the search (GPUs per trial x trial wall time, summed), stopping it the same way")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU (default: 1 if the cluster has GPUs)")
     p.add_argument("--cpus-per-trial", type=float, help="default 1 (CPU only) or 2 (with a GPU)")
@@ -104,6 +120,16 @@ class Plan:
     results_root: str         # per-search tables and figures go under <results_root>/<dataset>/<name>
     resume: bool = False
     grace_period: int = 1
+    time_budget_s: float | None = None  # --time-budget
+    gpu_hours: float | None = None      # --gpu-hours
+    search_ends_by: float | None = None  # the demo's own budget: time.monotonic() by which the search should end
+    budget_min_trials: int = 1           # trials that start even when the budget is spent
+
+
+def _duration(text: str) -> float:
+    from mgc_ray.duration import parse_duration
+
+    return parse_duration(text, "--time-budget")
 
 
 def _check_positive(args) -> None:
@@ -115,6 +141,8 @@ def _check_positive(args) -> None:
         raise UserError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpu_hours is not None and not args.gpu_hours > 0:
+        raise UserError(f"--gpu-hours must be > 0, got {args.gpu_hours:g}")
 
 
 def _check_dashboard_host(args) -> None:
@@ -234,7 +262,19 @@ def _check_experiment(args, storage: str, name: str) -> None:
                         "or choose another --experiment-name")
 
 
+def demo_budget(args, plan: Plan, gpus: float, started: float) -> Plan:
+    """The demo's default search on a machine without a GPU gets a budget of its own: the whole
+    command ends by `started + DEMO_DEADLINE_S` (the search by DEMO_TAIL_S before that). Not when
+    the user sized the search (--num-samples, --max-epochs, a budget) or resumes it (it keeps its own)."""
+    if (plan.dataset != "demo" or gpus or args.resume or args.paper or args.time_budget or args.gpu_hours
+            or args.num_samples or args.max_epochs):
+        return plan
+    return dataclasses.replace(plan, search_ends_by=started + DEMO_DEADLINE_S - DEMO_TAIL_S,
+                               budget_min_trials=DEMO_MIN_TRIALS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     _check_positive(args)
     _check_dashboard_host(args)
@@ -258,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_epochs=args.max_epochs or (defaults["max_epochs"] if not args.paper or args.smoke
                                                or dataset.startswith("demo") else PAPER[args.arch].epochs),
                 seed=args.seed, paper_only=args.paper, mlflow_uri=args.mlflow_uri,
-                results_root=str(results_root), resume=args.resume, grace_period=args.grace_period)
+                results_root=str(results_root), resume=args.resume, grace_period=args.grace_period,
+                time_budget_s=args.time_budget, gpu_hours=args.gpu_hours)
     if args.smoke:
         fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
         space = space.shrunk(fixed)
@@ -280,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard)
     cluster.check_cluster(storage, cache, fma_root if manifest is None else None, args.shared_storage)
     res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent)
+    if args.gpu_hours and not res.gpus:
+        raise UserError("--gpu-hours counts the trials' GPU time, but they get no GPU here (no GPU in the cluster, "
+                        "or --gpus-per-trial 0): use --time-budget instead")
+    plan = demo_budget(args, plan, res.gpus, started)
     if manifest is None:
         manifest = prepared()  # Ray tasks over the cluster
         search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
