@@ -54,7 +54,7 @@ from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
 from mgc_ray.errors import run_cli
 from mgc_ray.augment import Augment
 from mgc_ray.models import build_model, input_shapes, list_models
-from mgc_ray.train import make_optimizer, prepare_model, train_epoch
+from mgc_ray.train import compiled, make_optimizer, prepare_model, train_epoch
 
 NAME = "trial"
 TARGET_DENSENET = 2000  # samples/s, DenseNet-121 at 224 x 224, one H100, bf16
@@ -66,32 +66,36 @@ GPU_TRACKS_PER_GENRE = 250  # 1,600 training clips: 50 batches per epoch (FMA sm
 
 
 def step_rate(arch: str, device: torch.device, *, amp: bool, channels_last: bool, steps: int, warmup: int,
-              n_samples: int, batch: int, overrides: dict, cudnn_benchmark: bool = False) -> dict:
+              n_samples: int, batch: int, overrides: dict, cudnn_benchmark: bool = False, fused: bool = True,
+              compile: bool = False) -> dict:
     """Samples/s of `train_epoch` on one fixed random batch (fresh model and Adam).
 
     `cudnn_benchmark` (CUDA only): let cuDNN time its conv algorithms for these fixed shapes
-    (`torch.backends.cudnn.benchmark`; train.py leaves it off)."""
+    (`torch.backends.cudnn.benchmark`; the trial turns it on); `fused`: fused Adam (the trial's);
+    `compile`: torch.compile the model (the trial's --compile; compiled in the warm-up steps)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
     preset = PAPER[arch]
     kw = {"window": preset.window, "n_mels": preset.n_mels, "sample_rate": CACHE_SAMPLE_RATE, **overrides}
     torch.manual_seed(0)
     model = build_model(arch, **kw)
     model = prepare_model(model, device) if channels_last else model.to(device)  # prepare_model: channels_last on CUDA
-    opt = make_optimizer(model, preset.train_config())
+    opt = make_optimizer(model, preset.train_config(), fused=fused)
+    net = compiled(model, compile)
     wave = (0.3 * torch.randn(batch, n_samples)).clamp(-1, 1).to(device)  # (B, N) at the cache rate
     label = torch.randint(0, 8, (batch,), device=device)  # (B,)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if warmup:
-        train_epoch(model, itertools.repeat((wave, label), warmup), opt, device=device, amp=amp)
+        train_epoch(net, itertools.repeat((wave, label), warmup), opt, device=device, amp=amp)
     C.sync(device)
     with C.timed(device) as t:
-        r = train_epoch(model, itertools.repeat((wave, label), steps), opt, device=device, amp=amp)
+        r = train_epoch(net, itertools.repeat((wave, label), steps), opt, device=device, amp=amp)
     out = {"arch": arch, "label": preset.label, "window": kw["window"], "n_mels": kw["n_mels"],
            "input_shapes": [list(s) for s in input_shapes(model, n_samples)], "batch": batch, "steps": steps,
            "warmup": warmup, "amp_bf16": amp and device.type == "cuda",
            "channels_last": channels_last and device.type == "cuda",
-           "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_threads": torch.get_num_threads(),
+           "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_adam": fused, "compiled": compile,
+           "torch_threads": torch.get_num_threads(),
            "samples_per_s": r["samples_per_s"],
            "step_s": r["seconds"] / steps, **t.as_dict()}
     if device.type == "cuda":
@@ -301,19 +305,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         archs = []
     speed = []
     # (bf16 autocast, channels_last, cudnn.benchmark): the trainer's setting first, then each one off,
-    # then cuDNN's autotuner on top (not used by train.py: measured to see whether it should be)
-    combos = ([(True, True, False), (True, False, False), (False, True, False), (False, False, False),
-               (True, True, True)] if cuda else [(False, False, False)])
+    # then cuDNN's autotuner on top (the trial turns it on: `trainable._train`)
+    # then fused Adam off (the trial's is fused), then the compiled model (--compile), each with the autotuner
+    combos = ([(True, True, False, True, False), (True, False, False, True, False), (False, True, False, True, False),
+               (False, False, False, True, False), (True, True, True, True, False), (True, True, True, False, False),
+               (True, True, True, True, True)] if cuda else [(False, False, False, True, False)])
     threads = contextlib.ExitStack()
     threads.enter_context(C.torch_threads(C.trial_cpus(device)))  # a trial's threads (see the module doc)
     for arch in archs:
         batch = 2 if args.smoke else PAPER[arch].batch_size
-        for amp, cl, bench in combos:
+        for amp, cl, bench, fused, comp in combos:
             r = step_rate(arch, device, amp=amp, channels_last=cl, steps=steps, warmup=warmup, n_samples=n_samples,
-                          batch=batch, overrides=overrides, cudnn_benchmark=bench)
+                          batch=batch, overrides=overrides, cudnn_benchmark=bench, fused=fused, compile=comp)
             speed.append(r)
             print(f"{arch:14s} bf16={'on ' if r['amp_bf16'] else 'off'} channels_last={'on ' if r['channels_last'] else 'off'}"
-                  f"{' cudnn.benchmark' if r['cudnn_benchmark'] else ''} {r['samples_per_s']:8.1f} samples/s "
+                  f"{' cudnn.benchmark' if r['cudnn_benchmark'] else ''}{'' if r['fused_adam'] else ' foreach-Adam'}"
+                  f"{' compiled' if r['compiled'] else ''} {r['samples_per_s']:8.1f} samples/s "
                   f"({r['step_s']:.3f} s/step)", flush=True)
     aug = [] if args.ops_only else augment_cost(device, batch=2 if args.smoke else 32, n_samples=n_samples,
                                                 repeats=3 if args.smoke else (50 if cuda else 10))
@@ -382,14 +389,17 @@ def to_markdown(report: dict) -> list[str]:
              f"paper's batch size; {s['steps']} timed steps after {s['warmup']} warm-up; torch on "
              f"{report['speed'][0]['torch_threads'] if report['speed'] else torch.get_num_threads()} thread(s), as Ray "
              "gives a trial holding that many CPUs.", ""]
-    lines += C.md_table(["arch", "paper row", "window / mels", "network input", "batch", "bf16 autocast",
+    if not report["speed"]:  # --ops-only
+        lines = lines[:2]
+    lines += [] if not report["speed"] else C.md_table(["arch", "paper row", "window / mels", "network input", "batch", "bf16 autocast",
                          "channels_last" + (" (+ cudnn.benchmark)" if dev.startswith("cuda") else ""), "s / step",
                          "samples/s", "load 1-min"] +
                         (["peak GPU GB"] if dev.startswith("cuda") else []),
                         [[r["arch"], r["label"], f"{r['window']} / {r['n_mels']}",
                           " + ".join(" x ".join(map(str, sh[1:])) for sh in r["input_shapes"]), r["batch"],
                           "on" if r["amp_bf16"] else "off",
-                          ("on" if r["channels_last"] else "off") + (" + cudnn.benchmark" if r["cudnn_benchmark"] else ""),
+                          ("on" if r["channels_last"] else "off") + (" + cudnn.benchmark" if r["cudnn_benchmark"] else "")
+                          + ("" if r.get("fused_adam", True) else ", for-each Adam") + (", compiled" if r.get("compiled") else ""),
                           f"{r['step_s']:.3f}", f"**{C.fmt(r['samples_per_s'])}**", f"{r['load_start']} -> {r['load_end']}"]
                          + ([f"{r['peak_memory_gb']:.1f}"] if dev.startswith("cuda") else [])
                          for r in report["speed"]], "llllrllrrl" + ("r" if dev.startswith("cuda") else ""))

@@ -180,3 +180,29 @@ def test_cpu_nodes_and_explicit_flags_keep_their_meaning():
 def test_more_than_one_gpu_per_trial_is_refused():
     with pytest.raises(UserError, match="trains on one GPU"):
         plan_resources([_node(16, 4)], 2, None, None)
+
+
+# --- the one GPU check, in its CPU smoke mode ------------------------------------------
+def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    monkeypatch.setenv("MGC_HOME", str(tmp_path / "home"))
+    gpu_check = importlib.import_module("gpu_check")
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 0
+    report = json.loads((tmp_path / "out" / "gpu_check_cpu.json").read_text())
+    md = (tmp_path / "out" / "gpu_check_cpu.md").read_text()
+    assert {r["way"] for r in report["speed"]["rows"] if "samples_per_s" in r} == {"eager", "channels_last"}
+    trial = report["trial"]
+    assert trial["rc"] == 0, trial["log_tail"]
+    assert trial["epochs"] and all(e["device"] == "cpu" for e in trial["epochs"])  # a 0-GPU trial: the CPU
+    packs = [r for r in report["packing"]["rows"] if "aggregate_samples_per_s" in r]
+    assert [r["trials"] for r in packs] == [1, 2] and all(g["device"] == "cpu" for r in packs for g in r["per_trial"])
+    assert report["frontend"]["librosa_clips_per_s_one_core"] > 0
+    assert {t["status"] for t in report["targets"]} == {"not measured here"}  # no GPU: no GPU figure claimed
+    assert "SMOKE RUN" in md and "no GPU on this machine" in md
+    sys.modules.pop("gpu_check", None)
