@@ -16,7 +16,8 @@
    nested ones included) of DenseNet-121 at paper settings, before and after
    the sync-free step: before = `Augment` stretching example by example with
    `torchaudio.functional.resample` (its kernel rebuilt on every call),
-   for-each Adam and a per-step `float(loss)`; after = one resampling per
+   torch's default Adam (per parameter on the CPU, for-each on CUDA) and a
+   per-step `float(loss)`; after = one resampling per
    distinct factor with cached kernels, fused Adam, the loss summed on the
    device. The augmentation is counted at batch 32; the network step at batch 2
    (its op count does not depend on the batch size).
@@ -407,7 +408,8 @@ def to_markdown(report: dict) -> list[str]:
     if ops:
         lines += ["", "ATen ops per DenseNet-121 training step on the CPU (`torch.profiler`, every `aten::` event, "
                   "nested ones included; part 2 of the module doc): before = per-example torchaudio resample, "
-                  "for-each Adam, a per-step loss read; after = one resampling per distinct factor with cached "
+                  "torch's default Adam (one parameter at a time on the CPU, for-each on CUDA), a per-step loss read; "
+                  "after = one resampling per distinct factor with cached "
                   "kernels, fused Adam, the loss read once per epoch.", ""]
         top = "augment_top_level_ops" in ops[0]
         lines += C.md_table(["way", "Augment ops (batch)", "step ops (batch)", "total"]
