@@ -19,7 +19,9 @@ this batch size, a bug) recurs. So such an error leaves a note in the trial's
 folder, and a retry that finds the note fails again at once with the same
 message instead of re-running its epochs. Errors from Ray itself (a lost object,
 a dead node under Ray Data) and from the filesystem or network (OSError: a full
-disk, a storage hiccup) are retried for real. The note sits in the trial's
+disk, a storage hiccup) are retried for real, and so is a CUDA out-of-memory
+error well below the trial's memory cap (`device.GpuBusyError`: the GPU was full
+with work outside the trials). The note sits in the trial's
 working folder (`tune.get_context().get_trial_dir()`, under the node's Ray
 session folder): a retry placed on another node runs once more before it stops.
 """
