@@ -74,7 +74,7 @@ class Mp3Crops(torch.utils.data.Dataset):
         seed = (torch.initial_seed() + i) % 2**63  # the DataLoader re-seeds each worker every epoch
         x = torch.from_numpy(random_crop(y, self.crop_len, np.random.default_rng(seed)))[None]  # (1, crop)
         if self.augment:
-            x = Augment()(x, torch.Generator().manual_seed(seed))  # (1, crop)
+            x = Augment()(x, np.random.default_rng(seed))  # (1, crop)
         return x[0].float(), label
 
 
@@ -111,7 +111,7 @@ def ours_epochs(datasets, *, crop: int, batch: int, device: torch.device, augmen
     from mgc_ray.augment import Augment
 
     aug = Augment().to(device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    gen = np.random.default_rng(0)  # Augment draws on the host
 
     def make_iter(epoch):
         return train_batches(datasets.train, crop_len=crop, batch_size=batch, seed=0, epoch=epoch,

@@ -4,7 +4,7 @@
     python benchmarks/summary.py --results DIR         # another folder of reports (the test's smoke runs)
 
 Reads `<name>_<device>.json` written by features.py, pipeline.py, trial.py,
-search.py and scale.py and writes one table of every target: what was asked,
+search.py, scale.py and gpu_check.py and writes one table of every target: what was asked,
 what was measured, on which machine, and met / not met / not measured here. A
 GPU session adds its `*_cuda.json` beside the CPU ones and runs this again.
 """
@@ -17,7 +17,7 @@ from typing import Sequence
 import _common as C
 from mgc_ray.errors import Parser, UserError, run_cli
 
-SCRIPTS = ("features", "pipeline", "trial", "search", "scale")
+SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check")
 
 GPU_COMMANDS = """\
 The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and
@@ -28,8 +28,16 @@ the repository root:
     mkdir -p /tmp/site && tar -xJf .offline/site.tar.xz -C /tmp/site
     export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 
-All but scale.py are sized for a 10-minute limit per command (not timed on a GPU yet); `--work` keeps the demo
-data between them:
+First, the one GPU check (issue 13; per-part time budgets that add up to under 8 minutes, not timed on a GPU
+yet; installs nothing): DenseNet-121
+samples/s at batch 32-256 eager / channels_last / compiled, the GPU's wait in a real Ray Tune trial on an
+FMA-sized synthetic cache, 1/2/4/8 packed trials, the front end against the paper's CPU way. No GPU was lent
+to the session that wrote it, so its figures are not measured yet:
+
+    python benchmarks/gpu_check.py          # writes gpu_check_cuda.json and .md here
+
+The other scripts, all but scale.py sized for a 10-minute limit per command (not timed on a GPU yet);
+`--work` keeps the demo data between them:
 
     python benchmarks/trial.py --device cuda --work /tmp/mgcb      # bf16 x channels_last (+ cudnn.benchmark), DenseNet >= 2,000 samples/s?,
                                                                    # Augment's share of a step, GPU data wait on a 2,000-clip demo (written first)

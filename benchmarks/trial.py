@@ -12,7 +12,16 @@
    CUDA each arch runs four ways: bf16 autocast (`train.autocast`) on/off x
    channels_last (`train.prepare_model`) on/off. Both are CUDA-only in the
    trainer, so a CPU run measures fp32 contiguous only and says so.
-2. A real trial's wait for data: the loop of `trainable.py` (model from the
+2. ATen ops per training step (CPU, `torch.profiler`: every `aten::` event,
+   nested ones included) of DenseNet-121 at paper settings, before and after
+   the sync-free step: before = `Augment` stretching example by example with
+   `torchaudio.functional.resample` (its kernel rebuilt on every call),
+   torch's default Adam (per parameter on the CPU, for-each on CUDA) and a
+   per-step `float(loss)`; after = one resampling per
+   distinct factor with cached kernels, fused Adam, the loss summed on the
+   device. The augmentation is counted at batch 32; the network step at batch 2
+   (its op count does not depend on the batch size).
+3. A real trial's wait for data: the loop of `trainable.py` (model from the
    registry, `prepare_model`, Adam, `Augment` on the device, `train_batches`
    from the Ray Data cache, `train_epoch`), with the batch iterator wrapped so
    the time blocked in `next(batches)` is summed; share = that time / the epoch's
@@ -36,14 +45,16 @@ import statistics
 import time
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
+import torchaudio
 
 import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
 from mgc_ray.errors import run_cli
 from mgc_ray.augment import Augment
 from mgc_ray.models import build_model, input_shapes, list_models
-from mgc_ray.train import make_optimizer, prepare_model, train_epoch
+from mgc_ray.train import compiled, make_optimizer, prepare_model, train_epoch
 
 NAME = "trial"
 TARGET_DENSENET = 2000  # samples/s, DenseNet-121 at 224 x 224, one H100, bf16
@@ -55,32 +66,36 @@ GPU_TRACKS_PER_GENRE = 250  # 1,600 training clips: 50 batches per epoch (FMA sm
 
 
 def step_rate(arch: str, device: torch.device, *, amp: bool, channels_last: bool, steps: int, warmup: int,
-              n_samples: int, batch: int, overrides: dict, cudnn_benchmark: bool = False) -> dict:
+              n_samples: int, batch: int, overrides: dict, cudnn_benchmark: bool = False, fused: bool = True,
+              compile: bool = False) -> dict:
     """Samples/s of `train_epoch` on one fixed random batch (fresh model and Adam).
 
     `cudnn_benchmark` (CUDA only): let cuDNN time its conv algorithms for these fixed shapes
-    (`torch.backends.cudnn.benchmark`; train.py leaves it off)."""
+    (`torch.backends.cudnn.benchmark`; the trial turns it on); `fused`: fused Adam (the trial's);
+    `compile`: torch.compile the model (the trial's --compile; compiled in the warm-up steps)."""
     torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
     preset = PAPER[arch]
     kw = {"window": preset.window, "n_mels": preset.n_mels, "sample_rate": CACHE_SAMPLE_RATE, **overrides}
     torch.manual_seed(0)
     model = build_model(arch, **kw)
     model = prepare_model(model, device) if channels_last else model.to(device)  # prepare_model: channels_last on CUDA
-    opt = make_optimizer(model, preset.train_config())
+    opt = make_optimizer(model, preset.train_config(), fused=fused)
+    net = compiled(model, compile)
     wave = (0.3 * torch.randn(batch, n_samples)).clamp(-1, 1).to(device)  # (B, N) at the cache rate
     label = torch.randint(0, 8, (batch,), device=device)  # (B,)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if warmup:
-        train_epoch(model, itertools.repeat((wave, label), warmup), opt, device=device, amp=amp)
+        train_epoch(net, itertools.repeat((wave, label), warmup), opt, device=device, amp=amp)
     C.sync(device)
     with C.timed(device) as t:
-        r = train_epoch(model, itertools.repeat((wave, label), steps), opt, device=device, amp=amp)
+        r = train_epoch(net, itertools.repeat((wave, label), steps), opt, device=device, amp=amp)
     out = {"arch": arch, "label": preset.label, "window": kw["window"], "n_mels": kw["n_mels"],
            "input_shapes": [list(s) for s in input_shapes(model, n_samples)], "batch": batch, "steps": steps,
            "warmup": warmup, "amp_bf16": amp and device.type == "cuda",
            "channels_last": channels_last and device.type == "cuda",
-           "cudnn_benchmark": torch.backends.cudnn.benchmark, "torch_threads": torch.get_num_threads(),
+           "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_adam": fused, "compiled": compile,
+           "torch_threads": torch.get_num_threads(),
            "samples_per_s": r["samples_per_s"],
            "step_s": r["seconds"] / steps, **t.as_dict()}
     if device.type == "cuda":
@@ -102,6 +117,70 @@ class Augment1000(Augment):
     RATE_STEPS = 1000
 
 
+class AugmentBefore(Augment):
+    """`Augment` before the sync-free step: a host read of the factors (`tolist`), then one
+    `torchaudio.functional.resample` per stretched example, which builds its kernel each call."""
+
+    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray) -> torch.Tensor:
+        n = wave.shape[1]
+        out = wave.clone()
+        for i, r in enumerate(torch.as_tensor(rate).tolist()):
+            orig = int(round(r * self.RATE_STEPS))
+            if orig == self.RATE_STEPS:
+                continue
+            y = torchaudio.functional.resample(wave[i:i + 1], orig, self.RATE_STEPS)[:, :n]  # (1, ~N / r)
+            out[i] = torch.nn.functional.pad(y, (0, n - y.shape[1]))[0]
+        return out
+
+
+def _aten_count(fn) -> tuple[int, int]:
+    """(every aten:: event, the top-level ones: called from Python, not from inside another aten op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def nested(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("aten::"):
+                return True
+            p = p.cpu_parent
+        return False
+    return len(events), sum(1 for e in events if not nested(e))
+
+
+def aten_ops(arch: str, *, n_samples: int, aug_batch: int, step_batch: int, overrides: dict) -> list[dict]:
+    """ATen ops of one training step on the CPU, before and after the sync-free step (module doc, part 2)."""
+    preset = PAPER[arch]
+    kw = {"window": preset.window, "n_mels": preset.n_mels, "sample_rate": CACHE_SAMPLE_RATE, **overrides}
+    rows = []
+    for way, aug_cls, fused in (("before", AugmentBefore, False), ("after", Augment, True)):
+        torch.manual_seed(0)
+        model = build_model(arch, **kw)
+        opt = make_optimizer(model, preset.train_config(), fused=fused)
+        aug = aug_cls()
+        wave = (0.3 * torch.randn(aug_batch, n_samples)).clamp(-1, 1)  # (B, N)
+        aug(wave, np.random.default_rng(0))  # warm-up: cached kernels
+        aug_ops, aug_top = _aten_count(lambda: aug(wave, np.random.default_rng(1)))
+        small = wave[:step_batch]
+        label = torch.zeros(step_batch, dtype=torch.long)
+        train_epoch(model, [(small, label)], opt)  # warm-up: Adam's state
+
+        def step():
+            if way == "before":  # the old loop's per-step read of the loss
+                r = train_epoch(model, [(small, label)], opt)
+                float(torch.tensor(r["loss"]))
+            else:
+                train_epoch(model, [(small, label)], opt)
+        step_ops, step_top = _aten_count(step)
+        rows.append({"arch": arch, "way": way, "augment_batch": aug_batch, "augment_ops": aug_ops,
+                     "augment_top_level_ops": aug_top, "step_batch": step_batch, "step_ops": step_ops,
+                     "step_top_level_ops": step_top, "fused_adam": fused})
+    return rows
+
+
 def augment_cost(device: torch.device, *, batch: int, n_samples: int, repeats: int) -> list[dict]:
     """Seconds per training batch of `Augment` on `device`: now (1/100 grid) and before the fix (1/1000).
 
@@ -112,7 +191,7 @@ def augment_cost(device: torch.device, *, batch: int, n_samples: int, repeats: i
     wave = (0.3 * torch.randn(batch, n_samples)).clamp(-1, 1).to(device)  # (B, N)
     ways = [("before the fix: factors on a 1/1000 grid", Augment1000), ("now: factors on a 1/100 grid", Augment)]
     augs = [cls().to(device) for _, cls in ways]
-    gens = [torch.Generator(device=device).manual_seed(0) for _ in ways]
+    gens = [np.random.default_rng(0) for _ in ways]
     for aug, gen in zip(augs, gens):
         aug(wave, gen)  # warm-up
     times: list[list[float]] = [[] for _ in ways]
@@ -153,7 +232,9 @@ def _timed_epoch(model, optimizer, augment, generator, datasets, cfg, mcfg, epoc
     """One training epoch of trainable._train with the time blocked in next(batches) summed."""
     from mgc_ray.data import train_batches
 
-    generator.manual_seed(cfg.seed * 100_003 + epoch)  # as trainable.py
+    from mgc_ray.config import epoch_seed
+
+    generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # as trainable.py
     batches = WaitTimer(train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
                                       seed=cfg.seed, epoch=epoch, device=str(device)))
     with C.timed(device) as t:
@@ -173,7 +254,7 @@ def trial_wait(datasets, manifest, arch: str, device: torch.device, *, epochs: i
     model = prepare_model(build_model(mcfg), device)
     optimizer = make_optimizer(model, cfg)
     augment = Augment().to(device)
-    generator = torch.Generator(device=device)
+    generator = None  # drawn per epoch in _timed_epoch, as trainable.py
     rows = []
     with C.torch_threads(C.trial_cpus(device)):  # what Ray gives a trial (OMP_NUM_THREADS = its CPUs)
         for epoch in range(epochs):
@@ -196,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="demo tracks per genre for part 2 (default 20 on CPU: 4 batches per epoch; 250 on CUDA: "
                         "50 batches per epoch, so that an epoch's start-up weighs about as on FMA)")
     p.add_argument("--seconds", type=float, default=30.0, help="demo clip length (FMA's 30 s)")
-    p.add_argument("--skip-wait", action="store_true", help="part 1 only")
+    p.add_argument("--skip-wait", action="store_true", help="parts 1 and 2 only")
+    p.add_argument("--ops-only", action="store_true", help="part 2 only: ATen ops per DenseNet step, before/after")
     args = p.parse_args(argv)
     device = C.resolve_device(args.device)
     m = C.machine(device)
@@ -213,29 +295,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_archs = ("baseline_a_2d",)
     n_samples = int(round(crop_s * overrides.get("sample_rate", CACHE_SAMPLE_RATE)))
 
+    ops = aten_ops("densenet", n_samples=n_samples, aug_batch=2 if args.smoke else 32, step_batch=2,
+                   overrides=overrides)
+    for o in ops:
+        print(f"densenet ATen ops (top-level), {o['way']:6s}: Augment {o['augment_ops']} ({o['augment_top_level_ops']}) "
+              f"per batch of {o['augment_batch']}, step {o['step_ops']} ({o['step_top_level_ops']}) "
+              "(forward, loss, backward, Adam)", flush=True)
+    if args.ops_only:
+        archs = []
     speed = []
     # (bf16 autocast, channels_last, cudnn.benchmark): the trainer's setting first, then each one off,
-    # then cuDNN's autotuner on top (not used by train.py: measured to see whether it should be)
-    combos = ([(True, True, False), (True, False, False), (False, True, False), (False, False, False),
-               (True, True, True)] if cuda else [(False, False, False)])
+    # then cuDNN's autotuner on top (the trial turns it on: `trainable._train`)
+    # then fused Adam off (the trial's is fused), then the compiled model (--compile), each with the autotuner
+    combos = ([(True, True, False, True, False), (True, False, False, True, False), (False, True, False, True, False),
+               (False, False, False, True, False), (True, True, True, True, False), (True, True, True, False, False),
+               (True, True, True, True, True)] if cuda else [(False, False, False, True, False)])
     threads = contextlib.ExitStack()
     threads.enter_context(C.torch_threads(C.trial_cpus(device)))  # a trial's threads (see the module doc)
     for arch in archs:
         batch = 2 if args.smoke else PAPER[arch].batch_size
-        for amp, cl, bench in combos:
+        for amp, cl, bench, fused, comp in combos:
             r = step_rate(arch, device, amp=amp, channels_last=cl, steps=steps, warmup=warmup, n_samples=n_samples,
-                          batch=batch, overrides=overrides, cudnn_benchmark=bench)
+                          batch=batch, overrides=overrides, cudnn_benchmark=bench, fused=fused, compile=comp)
             speed.append(r)
             print(f"{arch:14s} bf16={'on ' if r['amp_bf16'] else 'off'} channels_last={'on ' if r['channels_last'] else 'off'}"
-                  f"{' cudnn.benchmark' if r['cudnn_benchmark'] else ''} {r['samples_per_s']:8.1f} samples/s "
+                  f"{' cudnn.benchmark' if r['cudnn_benchmark'] else ''}{'' if r['fused_adam'] else ' foreach-Adam'}"
+                  f"{' compiled' if r['compiled'] else ''} {r['samples_per_s']:8.1f} samples/s "
                   f"({r['step_s']:.3f} s/step)", flush=True)
-    aug = augment_cost(device, batch=2 if args.smoke else 32, n_samples=n_samples,
-                       repeats=3 if args.smoke else (50 if cuda else 10))
+    aug = [] if args.ops_only else augment_cost(device, batch=2 if args.smoke else 32, n_samples=n_samples,
+                                                repeats=3 if args.smoke else (50 if cuda else 10))
     threads.close()
     for a in aug:
         print(f"Augment, {a['augment']}: {a['seconds_median']:.3f} s per batch of {a['batch']} (median)", flush=True)
     waits = []
-    if not args.skip_wait:
+    if not (args.skip_wait or args.ops_only):
         from mgc_ray.data import CacheDatasets
 
         with C.work_dir(args.work) as work:
@@ -252,9 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "settings": {"steps": steps, "warmup": warmup, "crop_seconds": crop_s, "n_samples": n_samples,
                            "epochs": epochs, "train_tracks": n_train if waits else None, "clip_seconds": seconds,
                            "ray_cpus": max(1, C.cores_available() - 1), "joined_cluster": bool(args.address)},
-              "speed": speed, "augment": aug, "wait": waits}
+              "speed": speed, "augment": aug, "wait": waits, "aten_ops": ops}
     report["targets"] = _targets(report)
-    C.write_report(C.out_dir(args), NAME, report, to_markdown(report))
+    # --ops-only writes trial_ops_<device>.*, beside (not over) a full run's report
+    C.write_report(C.out_dir(args), NAME + ("_ops" if args.ops_only else ""), report, to_markdown(report))
     return 0
 
 
@@ -293,18 +387,41 @@ def to_markdown(report: dict) -> list[str]:
              f"Written by `benchmarks/trial.py` on {dev}. Part 1: `train.train_epoch` (forward with the front end, "
              f"cross-entropy, backward, Adam step) on one random batch of {s['crop_seconds']:g}-s crops at the "
              f"paper's batch size; {s['steps']} timed steps after {s['warmup']} warm-up; torch on "
-             f"{report['speed'][0]['torch_threads']} thread(s), as Ray gives a trial holding that many CPUs.", ""]
-    lines += C.md_table(["arch", "paper row", "window / mels", "network input", "batch", "bf16 autocast",
+             f"{report['speed'][0]['torch_threads'] if report['speed'] else torch.get_num_threads()} thread(s), as Ray "
+             "gives a trial holding that many CPUs.", ""]
+    if not report["speed"]:  # --ops-only
+        lines = lines[:2]
+    lines += [] if not report["speed"] else C.md_table(["arch", "paper row", "window / mels", "network input", "batch", "bf16 autocast",
                          "channels_last" + (" (+ cudnn.benchmark)" if dev.startswith("cuda") else ""), "s / step",
                          "samples/s", "load 1-min"] +
                         (["peak GPU GB"] if dev.startswith("cuda") else []),
                         [[r["arch"], r["label"], f"{r['window']} / {r['n_mels']}",
                           " + ".join(" x ".join(map(str, sh[1:])) for sh in r["input_shapes"]), r["batch"],
                           "on" if r["amp_bf16"] else "off",
-                          ("on" if r["channels_last"] else "off") + (" + cudnn.benchmark" if r["cudnn_benchmark"] else ""),
+                          ("on" if r["channels_last"] else "off") + (" + cudnn.benchmark" if r["cudnn_benchmark"] else "")
+                          + ("" if r.get("fused_adam", True) else ", for-each Adam") + (", compiled" if r.get("compiled") else ""),
                           f"{r['step_s']:.3f}", f"**{C.fmt(r['samples_per_s'])}**", f"{r['load_start']} -> {r['load_end']}"]
                          + ([f"{r['peak_memory_gb']:.1f}"] if dev.startswith("cuda") else [])
                          for r in report["speed"]], "llllrllrrl" + ("r" if dev.startswith("cuda") else ""))
+    ops = report.get("aten_ops") or []
+    if ops:
+        lines += ["", "ATen ops per DenseNet-121 training step on the CPU (`torch.profiler`, every `aten::` event, "
+                  "nested ones included; part 2 of the module doc): before = per-example torchaudio resample, "
+                  "torch's default Adam (one parameter at a time on the CPU, for-each on CUDA), a per-step loss read; "
+                  "after = one resampling per distinct factor with cached "
+                  "kernels, fused Adam, the loss read once per epoch.", ""]
+        top = "augment_top_level_ops" in ops[0]
+        lines += C.md_table(["way", "Augment ops (batch)", "step ops (batch)", "total"]
+                            + (["top-level: Augment", "step", "total"] if top else []),
+                            [[o["way"], f"{o['augment_ops']:,} ({o['augment_batch']})",
+                              f"{o['step_ops']:,} ({o['step_batch']})", f"**{o['augment_ops'] + o['step_ops']:,}**"]
+                             + ([f"{o['augment_top_level_ops']:,}", f"{o['step_top_level_ops']:,}",
+                                 f"**{o['augment_top_level_ops'] + o['step_top_level_ops']:,}**"] if top else [])
+                             for o in ops], "lrrr" + ("rrr" if top else ""))
+        lines += ["", "Top-level: called from Python, not from inside another ATen op (what a host-side "
+                  "dispatcher pays for per op)."] if top else []
+    if not report["speed"]:
+        return lines
     dn = [r for r in report["speed"] if r["arch"] == "densenet"]
     lines += ["", f"`features.Augment` (the trial's augmentation: time stretch and noise, each p = 0.5) on {dev}, per "
               f"batch of {report['augment'][0]['batch']} crops, median of {report['augment'][0]['repeats']} calls "

@@ -1,19 +1,30 @@
 """The paper's training augmentation: Gaussian noise and time stretch, on the trial's device.
 
 `Augment` runs in the trial on a whole training batch (B, N) after the batch
-reached the trial's device: it is cheap tensor work next to a training step, it
-needs no numpy, and it is seedable with a `torch.Generator`. Evaluation and
-prediction never call it.
+reached the trial's device: it is cheap tensor work next to a training step.
+Its random parameters are drawn on the host with a seeded numpy Generator, so
+nothing is read back from the device and the CPU can run ahead of the GPU
+(the trial's step has no host sync). Evaluation and prediction never call it.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
 
 from mgc_ray.config import NOISE_MAX_REL, NOISE_P, STRETCH_P, STRETCH_RANGE
+from mgc_ray.models.frontend import apply_sinc_kernel
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on `device` without waiting for the device (pinned, non-blocking copy)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _pad_end(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -30,12 +41,13 @@ class Augment(nn.Module):
        position j * r, so r > 1 plays faster and higher). The output keeps the
        crop length: r < 1 drops the end of the stretched crop, r > 1 runs past
        the end and is zero-padded at the end (as short tracks are).
-       `stretch_method="sinc"` (default) resamples each stretched example with
-       torchaudio's band-limited windowed-sinc resampler (rate round(100 r) /
-       100); `"linear"` does the whole batch in one gather by linear
-       interpolation. Measured on 2 CPU cores (results/model_table.md): the
-       per-example sinc loop is no slower than the batched gather (about 0.1 s
-       each for a batch of 32 x 220,500 samples), and linear interpolation
+       `stretch_method="sinc"` (default) resamples with torchaudio's
+       band-limited windowed-sinc kernel (rate round(100 r) / 100): one
+       convolution per distinct factor over the examples that drew it, each
+       factor's kernel built once; `"linear"` does the stretched examples in
+       one gather by linear interpolation. Measured on 2 CPU cores
+       (results/model_table.md): sinc is no slower than the batched gather
+       (about 0.1 s each for a batch of 32 x 220,500 samples), and linear interpolation
        attenuates and images the top of the spectrum (2-3 dB median log-mel
        error in the top 20 of 224 bands against sinc, < 0.1 dB below), so sinc
        is the default; "linear" stays for devices where a loop of small
@@ -46,15 +58,19 @@ class Augment(nn.Module):
        stays below 3 % of the example's maximum amplitude, the paper's bound.
 
     Noise is added after the stretch so the added noise is white with exactly
-    that std. No numpy: runs on whatever device `wave` is on; the same
-    generator seed gives the same output on the same device.
+    that std. `noise_gain` scales it for a network that sees the waveform
+    through a low-pass resampler (the 1D branch: 22,050 -> 16,000 Hz keeps
+    0.82 of white noise's std, so the trial passes 1 / 0.82 and the noise
+    reaches the network at the paper's level). Runs on whatever device `wave`
+    is on; the same generator seed gives the same output on the same device.
 
     Args:
         noise_p: probability of adding noise to an example.
         noise_max_rel: upper bound of the noise std relative to the example's max |x|.
         stretch_p: probability of stretching an example.
         stretch_range: (low, high) of the uniform stretch factor.
-        stretch_method: "sinc" (torchaudio, per example) or "linear" (batched gather).
+        stretch_method: "sinc" (torchaudio's kernel, per distinct factor) or "linear" (batched gather).
+        noise_gain: factor on the drawn noise std (1: the paper's level at the cache rate).
     """
 
     # Stretch factors are multiples of 1/100: the sinc resampler needs a rational rate, and builds one
@@ -65,7 +81,7 @@ class Augment(nn.Module):
 
     def __init__(self, noise_p: float = NOISE_P, noise_max_rel: float = NOISE_MAX_REL,
                  stretch_p: float = STRETCH_P, stretch_range: Sequence[float] = STRETCH_RANGE,
-                 stretch_method: str = "sinc") -> None:
+                 stretch_method: str = "sinc", noise_gain: float = 1.0) -> None:
         super().__init__()
         lo, hi = (float(v) for v in stretch_range)
         if not (0 <= noise_p <= 1 and 0 <= stretch_p <= 1 and noise_max_rel >= 0 and 0 < lo <= hi):
@@ -75,31 +91,31 @@ class Augment(nn.Module):
         self.noise_p, self.noise_max_rel, self.stretch_p = float(noise_p), float(noise_max_rel), float(stretch_p)
         self.stretch_range = (lo, hi)
         self.stretch_method = stretch_method
+        self.noise_gain = float(noise_gain)
+        self._kernels: dict[tuple, tuple[torch.Tensor, int, int, int]] = {}  # per (factor, device, dtype)
+        self._generators: dict[str, torch.Generator] = {}  # the noise's, per device
 
-    def sample_params(self, batch: int, device: torch.device | str,
-                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Draw each example's augmentation.
+    def sample_params(self, batch: int, generator: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Draw each example's augmentation on the host, so applying it reads nothing back from the device.
 
         Args:
             batch: number of examples.
-            device: where to draw (the generator's device when one is given).
-            generator: torch.Generator for reproducible draws (None: torch's global RNG).
+            generator: numpy Generator for reproducible draws (None: a fresh unseeded one).
 
         Returns:
-            dict of (B,) tensors: `stretch` (bool), `rate` (factor, a multiple of
+            dict of (B,) arrays: `stretch` (bool), `rate` (factor, a multiple of
             1/100; 1 where not stretched), `noise` (bool), `noise_rel` (noise
             std / max|x|, 0 where no noise).
         """
-        if generator is not None:
-            device = generator.device
-        u = torch.rand(4, batch, generator=generator, device=device, dtype=torch.float64)  # (4, B): all draws at once
+        rng = generator if generator is not None else np.random.default_rng()
+        u = rng.random((4, batch))  # (4, B): all draws at once
         lo, hi = self.stretch_range
         stretch = u[0] < self.stretch_p  # (B,)
         noise = u[2] < self.noise_p  # (B,)
-        rate = torch.round((lo + (hi - lo) * u[1]) * self.RATE_STEPS) / self.RATE_STEPS  # (B,)
-        rate = torch.where(stretch, rate, torch.ones_like(rate))  # (B,)
-        noise_rel = torch.where(noise, self.noise_max_rel * u[3], torch.zeros_like(u[3]))  # (B,)
-        return {"stretch": stretch, "rate": rate, "noise": noise, "noise_rel": noise_rel.float()}
+        rate = np.round((lo + (hi - lo) * u[1]) * self.RATE_STEPS) / self.RATE_STEPS  # (B,)
+        rate = np.where(stretch, rate, 1.0)  # (B,)
+        noise_rel = np.where(noise, self.noise_max_rel * u[3], 0.0).astype(np.float32)  # (B,)
+        return {"stretch": stretch, "rate": rate, "noise": noise, "noise_rel": noise_rel}
 
     @staticmethod
     def stretch_linear(wave: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -122,60 +138,89 @@ class Augment(nn.Module):
         x1 = padded.gather(1, i0 + 1)  # (B, N)
         return x0 + frac * (x1 - x0)  # (B, N)
 
-    @classmethod
-    def stretch_sinc(cls, wave: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    def _kernel(self, steps: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, int, int, int]:
+        """(kernel, width, orig, new) resampling by steps / RATE_STEPS, built once per factor and device."""
+        key = (steps, str(device), dtype)
+        if key not in self._kernels:
+            t = torchaudio.transforms.Resample(steps, self.RATE_STEPS)
+            self._kernels[key] = (t.kernel.to(device, dtype), t.width, steps // t.gcd, self.RATE_STEPS // t.gcd)
+        return self._kernels[key]
+
+    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray) -> torch.Tensor:
         """Band-limited resampling of each example by its own factor, keeping the length.
+
+        One convolution per distinct factor, over the examples that drew it (at most 21 on the
+        1/100 grid), with each factor's kernel built once.
 
         Args:
             wave: (B, N) float.
-            rate: (B,) factors, multiples of 1/RATE_STEPS; 1 leaves an example as is.
+            rate: (B,) factors on the host, multiples of 1/RATE_STEPS; 1 leaves an example as is.
 
         Returns:
             (B, N) float.
         """
         n = wave.shape[1]
+        steps = np.rint(np.asarray(rate) * self.RATE_STEPS).astype(np.int64)  # (B,)
         out = wave.clone()
-        for i, r in enumerate(rate.tolist()):
-            orig = int(round(r * cls.RATE_STEPS))
-            if orig == cls.RATE_STEPS:
-                continue
-            y = torchaudio.functional.resample(wave[i:i + 1], orig, cls.RATE_STEPS)  # (1, ~N / r)
-            y = _pad_end(y[:, :n], n)  # (1, N): cut or zero-pad at the end
-            out[i] = y[0]
+        for s in np.unique(steps[steps != self.RATE_STEPS]):
+            idx = _to_device(np.flatnonzero(steps == s), wave.device)  # (k,)
+            kernel, width, orig, new = self._kernel(int(s), wave.device, wave.dtype)
+            y = apply_sinc_kernel(wave.index_select(0, idx), kernel, width, orig, new, out_len=n)  # (k, <= N)
+            out.index_copy_(0, idx, _pad_end(y, n))  # (B, N): cut or zero-padded at the end
         return out
 
-    def apply(self, wave: torch.Tensor, params: dict[str, torch.Tensor],
+    def apply(self, wave: torch.Tensor, params: dict[str, np.ndarray],
               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, N) float32."""
+        """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, N) float32.
+
+        Reads nothing back from the device: which examples to stretch is known on the host,
+        and the noise is added to every example (std 0 where none was drawn).
+
+        Args:
+            generator: torch.Generator on `wave`'s device for the noise (None: torch's global RNG).
+        """
         out = wave.float()
-        if bool(params["stretch"].any()):
+        stretch = np.asarray(params["stretch"], dtype=bool)
+        if stretch.any():
             if self.stretch_method == "sinc":
                 out = self.stretch_sinc(out, params["rate"])  # (B, N)
             else:
-                stretched = self.stretch_linear(out, params["rate"])  # (B, N)
-                out = torch.where(params["stretch"][:, None], stretched, out)  # (B, N)
-        if bool(params["noise"].any()):
-            peak = out.abs().amax(dim=1)  # (B,)
-            std = params["noise_rel"] * peak  # (B,)
+                idx = _to_device(np.flatnonzero(stretch), out.device)  # (k,)
+                rate = _to_device(np.asarray(params["rate"], dtype=np.float64)[stretch], out.device)  # (k,)
+                out = out.index_copy(0, idx, self.stretch_linear(out.index_select(0, idx), rate))  # (B, N)
+        if np.asarray(params["noise"], dtype=bool).any():
+            rel = _to_device(np.asarray(params["noise_rel"], dtype=np.float32) * self.noise_gain, out.device)  # (B,)
+            std = rel * out.abs().amax(dim=1)  # (B,)
             noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)  # (B, N)
             out = out + std[:, None] * noise  # (B, N); std is 0 where no noise was drawn
         return out
 
-    def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, generator: np.random.Generator | None = None) -> torch.Tensor:
         """Augment a training batch.
 
         Args:
             wave: (B, N) float waveforms on the trial's device.
-            generator: torch.Generator on the same device (None: global RNG).
+            generator: numpy Generator on the host: it draws the parameters and seeds the
+                device's noise (None: unseeded).
 
         Returns:
             (B, N) float32 augmented waveforms.
         """
         if wave.dim() != 2:
             raise ValueError(f"Augment expects (B, N) waveforms, got shape {tuple(wave.shape)}")
-        params = self.sample_params(wave.shape[0], wave.device, generator)
-        return self.apply(wave, params, generator)
+        rng = generator if generator is not None else np.random.default_rng()
+        params = self.sample_params(wave.shape[0], rng)
+        noise_gen = self._noise_generator(wave.device)
+        noise_gen.manual_seed(int(rng.integers(2**62)))  # no host read: the seed comes from the host
+        return self.apply(wave, params, noise_gen)
+
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device)
+        return self._generators[key]
 
     def extra_repr(self) -> str:
         return (f"noise_p={self.noise_p}, noise_max_rel={self.noise_max_rel}, stretch_p={self.stretch_p}, "
-                f"stretch_range={self.stretch_range}, stretch_method={self.stretch_method!r}")
+                f"stretch_range={self.stretch_range}, stretch_method={self.stretch_method!r}, "
+                f"noise_gain={self.noise_gain:g}")

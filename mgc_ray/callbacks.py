@@ -16,7 +16,8 @@ class TrialLogger(Callback):
 
     Each epoch is logged once (step = epoch): a trial restarted from a checkpoint, or
     resumed by `--resume` after its driver died, re-reports nothing older than what its
-    run already holds. Tags: mgc.node_ids (the Ray nodes the trial ran on), mgc.restarts
+    run already holds. Tags: mgc.node_ids (the Ray nodes the trial ran on), mgc.device
+    (what it trained on: "cpu" or the GPU's name), mgc.restarts
     and mgc.last_failure (worker deaths and errors it was retried after), mgc.error (why
     it failed in the end).
     """
@@ -27,6 +28,7 @@ class TrialLogger(Callback):
         self._last_step: dict[str, int] = {}
         self._nodes: dict[str, list[str]] = {}
         self._restarts: dict[str, int] = {}
+        self._devices: dict[str, str] = {}
         self._c = None
 
     @property
@@ -41,7 +43,7 @@ class TrialLogger(Callback):
         return set(self._runs)
 
     def __getstate__(self):  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_c": None, "_runs": {}, "_last_step": {}, "_nodes": {}, "_restarts": {}}
+        return {**self.__dict__, "_c": None, "_runs": {}, "_last_step": {}, "_nodes": {}, "_restarts": {}, "_devices": {}}
 
     def run_id(self, trial) -> str:
         rid = self._runs.get(trial.trial_id)
@@ -73,6 +75,9 @@ class TrialLogger(Callback):
         if node and node not in nodes:
             nodes.append(str(node))
             self.c.set_tag(rid, Tag.NODE_IDS, ",".join(nodes))
+        if result.get("device") and self._devices.get(trial.trial_id) != result["device"]:
+            self._devices[trial.trial_id] = str(result["device"])
+            self.c.set_tag(rid, Tag.DEVICE, str(result["device"]))
         if step <= self._last_step.get(trial.trial_id, -1):
             return  # this epoch is logged already (re-run after a restart from an older checkpoint)
         self._last_step[trial.trial_id] = step

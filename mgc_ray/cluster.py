@@ -5,6 +5,7 @@ off and never joins a cluster someone else left running by accident.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -112,27 +113,105 @@ def free_port(host: str, first: int) -> int:
                     "stop an old search or `ray stop`, or pass --no-dashboard")
 
 
-def resources(gpus_per_trial: float | None, cpus_per_trial: float | None,
-              max_concurrent: int | None) -> TrialResources:
-    """(cpus per trial, gpus per trial, max concurrent) from the cluster and the flags (None: default)."""
-    import ray
+# Activation memory one training example saves for backward (GiB), at the default search space's
+# largest input (its smallest window, most mels, 15-s crops), measured on the CPU in float32 with
+# saved-tensor hooks (benchmarks/gpu_check.py measures the real peak on a GPU): bf16 autocast keeps
+# most of these in half the bytes, so trials sized by these figures have room to spare.
+ACTIVATION_GIB = {"densenet": 0.375, "fusion": 0.38, "baseline_a_2d": 0.004, "baseline_b": 0.005,
+                  "baseline_a_1d": 0.005}
+FIXED_GIB = 1.5           # weights, gradients and Adam's moments (< 0.15 GiB for every arch), cuDNN workspaces
+SHARE_STEPS = 8           # shares are multiples of 1/8 of a GPU: at most 8 trials on one
+DATA_CPU_PART = 4         # a quarter of a node's cores (at least one) stay for Ray Data
+MEMORY_PROBE_S = 120      # the probe of a GPU node's memory waits this long for a free slot
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+def trial_memory_gib(arch: str, max_batch: int) -> float:
+    """What one trial of `arch` needs on a GPU at its space's largest batch (see ACTIVATION_GIB)."""
+    return ACTIVATION_GIB.get(arch, max(ACTIVATION_GIB.values())) * max_batch + FIXED_GIB
+
+
+def default_gpu_share(need_gib: float, gpu_gib: float | None) -> float:
+    """The share of a GPU a trial needing `need_gib` takes by default: the smallest multiple of
+    1/SHARE_STEPS whose memory cap (`device.memory_fraction`) holds it; a whole GPU when the GPU's
+    memory is unknown."""
+    from mgc_ray.device import GPU_HEADROOM
+
+    if not gpu_gib:
+        return 1.0
+    steps = math.ceil(need_gib / (gpu_gib * GPU_HEADROOM) * SHARE_STEPS)
+    return min(1.0, max(1, steps) / SHARE_STEPS)
+
+
+def plan_resources(nodes: list[dict], gpus_per_trial: float | None, cpus_per_trial: float | None,
+                   max_concurrent: int | None, need_gib: float | None = None,
+                   gpu_gib: float | None = None) -> TrialResources:
+    """Per-trial resources from the alive nodes (`ray.nodes()` records) and the flags (None: default).
+
+    Defaults: on GPU nodes several trials share each GPU (`default_gpu_share` of `need_gib` on a GPU
+    of `gpu_gib`), and each trial takes an equal part of its node's cores after a quarter (at least
+    one) is kept for Ray Data; on CPU nodes a trial takes one CPU. More than one GPU per trial is
+    refused: a trial trains on one GPU.
+    """
     node_gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-    total = ray.cluster_resources()
-    gpus = gpus_per_trial if gpus_per_trial is not None else (1.0 if node_gpus else 0.0)
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    total_gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    if gpus_per_trial is not None and gpus_per_trial > 1:
+        raise UserError(f"--gpus-per-trial {gpus_per_trial:g}: a trial trains on one GPU (no data parallelism), "
+                        "so the others would idle: ask for 1, or a fraction to share a GPU")
+    if gpus_per_trial is not None:
+        gpus = gpus_per_trial
+    else:
+        gpus = default_gpu_share(need_gib or 0.0, gpu_gib) if node_gpus else 0.0
     if gpus > node_gpus:
         raise UserError(f"--gpus-per-trial {gpus:g} is more than any node has ({node_gpus:g} GPUs): "
                         "ask for at most that, or a fraction to share a GPU")
-    cpus = cpus_per_trial or (2.0 if gpus else 1.0)
-    node_cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    data_cpus = max(1, int(node_cpus) // DATA_CPU_PART) if gpus else 1
+    if cpus_per_trial:
+        cpus = cpus_per_trial
+    elif gpus:
+        per_node = max(1, int(node_gpus / gpus + 1e-9))
+        cpus = float(max(1, int(node_cpus - data_cpus) // per_node))
+    else:
+        cpus = 1.0
     if cpus > node_cpus - 1:
         raise UserError(f"--cpus-per-trial {cpus:g} leaves no CPU for Ray Data on the largest node "
                         f"({node_cpus:g} CPUs): ask for at most {max(node_cpus - 1, 0):g}")
-    # One CPU per node stays free for Ray Data (trials holding every CPU hang Ray Data).
-    by_cpu = max(1, sum(int((n["Resources"].get("CPU", 0) - 1) // cpus) for n in nodes))
-    by_gpu = int(total.get("GPU", 0) // gpus) if gpus else by_cpu
+    # Some CPUs per node stay free for Ray Data (trials holding every CPU hang Ray Data).
+    keep = data_cpus if cpus_per_trial is None else 1
+    by_cpu = max(1, sum(int((n["Resources"].get("CPU", 0) - keep) // cpus) for n in nodes))
+    by_gpu = int(total_gpus / gpus + 1e-9) if gpus else by_cpu
     return TrialResources(cpus, gpus, max_concurrent or max(1, min(by_cpu, by_gpu)))
+
+
+def gpu_memory_gib() -> float | None:
+    """A GPU node's memory (GiB), from a tiny task on one of its GPUs; None when it cannot tell."""
+    import ray
+
+    @ray.remote(num_gpus=0.001, num_cpus=0, max_retries=0)
+    def probe() -> float | None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+    try:
+        return ray.get(probe.remote(), timeout=MEMORY_PROBE_S)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+        return None
+
+
+def resources(gpus_per_trial: float | None, cpus_per_trial: float | None,
+              max_concurrent: int | None, arch: str | None = None, max_batch: int | None = None) -> TrialResources:
+    """(cpus per trial, gpus per trial, max concurrent) from the cluster and the flags (None: default);
+    `arch` and `max_batch` (the search space's largest batch) size the default GPU share."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    need = gpu = None
+    if gpus_per_trial is None and any(n["Resources"].get("GPU", 0) for n in nodes) and arch:
+        need, gpu = trial_memory_gib(arch, max_batch or 1), gpu_memory_gib()
+    return plan_resources(nodes, gpus_per_trial, cpus_per_trial, max_concurrent, need, gpu)
 
 
 def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage: bool) -> None:

@@ -112,6 +112,7 @@ class TrainConfig:
     max_epochs: int = PAPER_EPOCHS
     seed: int = 0
     augment: bool = True
+    compile: bool = False       # torch.compile the model (tune.py --compile); not searched
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

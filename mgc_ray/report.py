@@ -85,6 +85,7 @@ def leaderboard_rows(grid) -> list[dict]:
                      "epochs": m.get("training_iteration", 0),
                      "best_val_loss": m.get("best/val_loss"), "best_epoch": m.get("best/epoch"),
                      "best_val_paper_f1": m.get("best/val_paper_f1"), "best_val_macro_f1": m.get("best/val_macro_f1"),
+                     "device": m.get("device"),
                      **{k: cfg.get(k) for k in SEARCHED}})
     return sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0))
 

@@ -6,6 +6,7 @@ takes nothing but the plan, the search space, the manifest and the trial resourc
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ KEEP_CHECKPOINTS = 2
 # Tune retries any error; trainable.py makes an error the trial raised itself fail again
 # at once on a retry (it would recur), so retries cost seconds, not epochs.
 MAX_FAILURES = 2
+# A stopped trial (ASHA) gets this long to end before Tune kills its actor and frees its GPU
+# share for the next trial (Tune's default: 600 s). Our trial reports once per epoch and holds
+# nothing to flush: its checkpoint is written before it reports.
+TRIAL_CLEANUP_S = 5
 
 
 class _BenignSyncRace(logging.Filter):
@@ -104,10 +109,11 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     from mgc_ray.trainable import train_trial
 
     cpus, gpus, concurrent = resources.cpus, resources.gpus, resources.max_concurrent
+    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))  # read by Tune's controller
     datasets = CacheDatasets.build(manifest)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest),
-                                    {"cpu": cpus, "gpu": gpus})
-    fixed = {"arch": plan.arch, "max_epochs": plan.max_epochs, "seed": plan.seed}
+    trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest,
+                                                         gpu_share=gpus), {"cpu": cpus, "gpu": gpus})
+    fixed = {"arch": plan.arch, "max_epochs": plan.max_epochs, "seed": plan.seed, "compile": plan.compile}
     if plan.paper_only:
         param_space = {**fixed, **space.paper_point()}
     else:

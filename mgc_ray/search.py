@@ -169,12 +169,17 @@ def _check_entry(path: Path, name: str, spec: Any, first: Any, whose: str) -> No
         raise UserError(f"search space {path}: {name} has type {kind!r}; use loguniform, uniform or choice")
 
 
-def check_batches(space: SearchSpace, n_train: int, paper_only: bool) -> None:
-    """Refuse batch sizes larger than the cache's training split (a trial would get no batch)."""
+def largest_batch(space: SearchSpace, paper_only: bool) -> int:
+    """The largest batch size a trial of this search may draw."""
     spec = space.space.get("batch_size")
     sizes = [space.start["batch_size"]] + ([] if paper_only or spec is None else list(spec.get("values", [])))
-    if max(sizes) > n_train:
-        raise UserError(f"batch size {max(sizes)} is larger than the training split ({n_train} tracks): "
+    return int(max(sizes))
+
+
+def check_batches(space: SearchSpace, n_train: int, paper_only: bool) -> None:
+    """Refuse batch sizes larger than the cache's training split (a trial would get no batch)."""
+    if largest_batch(space, paper_only) > n_train:
+        raise UserError(f"batch size {largest_batch(space, paper_only)} is larger than the training split ({n_train} tracks): "
                         "use more data or smaller batch sizes in the search space")
 
 

@@ -46,6 +46,7 @@ class Tag:
     PAPER_TRIAL = "mgc.paper_trial"    # on a search run: the trial id at the paper's settings
     LOST = "mgc.lost"
     NODE_IDS = "mgc.node_ids"
+    DEVICE = "mgc.device"              # a trial run's device: "cpu" or the GPU's name
     RESTARTS = "mgc.restarts"
     LAST_FAILURE = "mgc.last_failure"
     EPOCHS_RUN = "mgc.epochs_run"

@@ -22,12 +22,20 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to `device`; on CUDA use channels_last (the conv kernels' fast layout)."""
+def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
+    """Move to `device`; on CUDA use channels_last (the conv kernels' fast layout) unless switched off."""
     model = model.to(device)
-    if device.type == "cuda":
+    if channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def compiled(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """`torch.compile(model)` when enabled (the trial's --compile), else the model itself.
+
+    The compiled wrapper shares the model's parameters: train and predict with it, save
+    the model (its state dict has no `_orig_mod.` prefix)."""
+    return torch.compile(model) if enabled else model
 
 
 def autocast(device: torch.device, enabled: bool = True):
@@ -37,26 +45,56 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam with L2 weight decay, the paper's optimiser (lr 1e-4, wd 1e-4 at paper settings)."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay, the paper's optimiser (lr 1e-4, wd 1e-4 at paper settings).
+
+    `fused` (default): one kernel for every parameter's update, on CUDA and the CPU, with the
+    step counts on the device (the for-each Adam reads each step count on the host); the
+    same update up to float rounding. `fused=False` is torch's default for comparison.
+    """
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=True if fused else None)
 
 
 def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                optimizer: torch.optim.Optimizer, *, augment=None, generator: torch.Generator | None = None,
+                optimizer: torch.optim.Optimizer, *, augment=None, generator=None,
                 device: torch.device | None = None, amp: bool = True) -> dict[str, float]:
     """One pass over `batches` with unweighted cross-entropy (the paper's loss).
 
     Args:
         batches: (wave (B, N) float in [-1, 1], label (B,)) pairs, already on the device.
         augment: optional callable (wave, generator) -> wave, run on the device.
+        generator: what `augment` draws from (a numpy Generator for `augment.Augment`).
+    Nothing is read back from the device inside the loop (the loss is summed on the device
+    and read once, at the end), so the host queues the next steps while the GPU runs.
+
+    On CUDA a pair of events brackets each step on the GPU's timeline, so the epoch also tells
+    how long the GPU sat idle outside the steps (waiting for data, or for the host).
+
     Returns:
-        {"loss": mean training loss, "samples": n, "seconds": wall time, "samples_per_s"}.
+        {"loss": mean training loss, "samples": n, "seconds": wall time, "samples_per_s",
+        "data_wait_s": host time blocked waiting for the next batch, and on CUDA
+        "gpu_wait_share": the part of the epoch the GPU spent outside the steps}.
     """
     device = device or next(model.parameters()).device
     model.train()
-    total, n, t0 = 0.0, 0, time.perf_counter()
-    for wave, label in batches:
+    timing = device.type == "cuda"
+    marks: list = []  # CUDA events: epoch start, then (step start, step end) per step
+    if timing:
+        marks.append(torch.cuda.Event(enable_timing=True))
+        marks[0].record()
+    total, n, wait, t0 = torch.zeros((), device=device), 0, 0.0, time.perf_counter()
+    batches = iter(batches)
+    while True:
+        t_wait = time.perf_counter()
+        item = next(batches, None)
+        wait += time.perf_counter() - t_wait
+        if item is None:
+            break
+        wave, label = item
+        if timing:
+            marks.append(torch.cuda.Event(enable_timing=True))
+            marks[-1].record()
         if augment is not None:
             wave = augment(wave, generator)  # (B, N), noise + stretch on the device
         with autocast(device, amp):
@@ -65,12 +103,22 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * len(label)
+        total += loss.detach() * len(label)  # on the device: no host sync per step
         n += len(label)
-    seconds = time.perf_counter() - t0
+        if timing:
+            marks.append(torch.cuda.Event(enable_timing=True))
+            marks[-1].record()
     if n == 0:
         raise RuntimeError("the training split gave no batch: is it smaller than one batch?")
-    return {"loss": total / n, "samples": n, "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9)}
+    mean = float(total) / n  # the epoch's one host read; it waits for the last step
+    seconds = time.perf_counter() - t0
+    out = {"loss": mean, "samples": n, "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9),
+           "data_wait_s": wait}
+    if timing:  # every event has completed: float(total) waited for the last step
+        busy = sum(a.elapsed_time(b) for a, b in zip(marks[1::2], marks[2::2]))  # ms inside steps
+        span = marks[0].elapsed_time(marks[-1])  # ms from the epoch's start to its last step's end
+        out["gpu_wait_share"] = max(0.0, 1.0 - busy / span) if span > 0 else 0.0
+    return out
 
 
 @torch.no_grad()

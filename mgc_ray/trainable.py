@@ -3,9 +3,14 @@
 Each epoch reports the validation metrics (every name of `mgc_ray.metrics`,
 prefixed `val/`) and a checkpoint; `best/*` carry the epoch with the lowest
 validation loss so far (the paper's rule), so a trial's last result names its
-best epoch. Every result also names the Ray node the trial runs on (`node_id`)
-and how many epochs it took from a checkpoint (`restored_epochs`, 0 for a fresh
-start).
+best epoch. Every result also names the Ray node the trial runs on (`node_id`),
+its device (`device`: "cpu" or the GPU's name) and how many epochs it took from a
+checkpoint (`restored_epochs`, 0 for a fresh start).
+
+Device: exactly the GPU Ray assigned, or the CPU for a trial without one
+(`device.trial_device`: never CUDA for a zero-GPU trial); on a GPU the cuDNN
+autotuner is on, the allocator is capped at the trial's share, and a CUDA
+out-of-memory error becomes one line naming the batch size and the share.
 
 Failures: Tune retries a failed trial (runner.MAX_FAILURES) from
 `ray.tune.get_checkpoint()`, whatever the cause. A dead worker or node deserves
@@ -14,7 +19,9 @@ this batch size, a bug) recurs. So such an error leaves a note in the trial's
 folder, and a retry that finds the note fails again at once with the same
 message instead of re-running its epochs. Errors from Ray itself (a lost object,
 a dead node under Ray Data) and from the filesystem or network (OSError: a full
-disk, a storage hiccup) are retried for real. The note sits in the trial's
+disk, a storage hiccup) are retried for real, and so is a CUDA out-of-memory
+error well below the trial's memory cap (`device.GpuBusyError`: the GPU was full
+with work outside the trials). The note sits in the trial's
 working folder (`tune.get_context().get_trial_dir()`, under the node's Ray
 session folder): a retry placed on another node runs once more before it stops.
 """
@@ -25,6 +32,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mgc_ray import checkpoint as ckpt
@@ -32,9 +40,11 @@ from mgc_ray.augment import Augment
 from mgc_ray.cache import Manifest
 from mgc_ray.config import TrainConfig, epoch_seed
 from mgc_ray.data import CacheDatasets, eval_batches, train_batches
+from mgc_ray.device import GpuBusyError, TrialDevice, cap_bytes, oom_error, trial_device
 from mgc_ray.metrics import prefixed
 from mgc_ray.models import build_model
-from mgc_ray.train import make_optimizer, pick_device, predict_logits, prepare_model, score, train_epoch
+from mgc_ray.models.frontend import SpectrogramFrontEnd, WaveformFrontEnd
+from mgc_ray.train import compiled, make_optimizer, predict_logits, prepare_model, score, train_epoch
 
 # Validation batches carry no gradients, so twice the training batch fits as well.
 EVAL_BATCH_FACTOR = 2
@@ -52,8 +62,21 @@ def _best(history: list[dict]) -> dict:
             "best/val_top1_accuracy": best["val/top1_accuracy"]}
 
 
-def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest) -> None:
+def augment_for(model: torch.nn.Module) -> Augment:
+    """The paper's augmentation for this model: for a waveform-only (1D) model the noise is raised
+    by the 1D front end's resampling loss (1 / 0.82 at 22,050 -> 16,000 Hz), so it reaches the
+    network at the paper's level. Fusion keeps the cache-rate level (its 2D branch's)."""
+    waves = [m for m in model.modules() if isinstance(m, WaveformFrontEnd)]
+    spectra = [m for m in model.modules() if isinstance(m, SpectrogramFrontEnd)]
+    gain = waves[0].resample.noise_gain() if waves and not spectra else 1.0
+    return Augment(noise_gain=1.0 / gain)
+
+
+def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest, gpu_share: float = 0.0) -> None:
     """Run one trial: train up to `max_epochs`, reporting and checkpointing every epoch.
+
+    Args:
+        gpu_share: the GPUs Tune gave each trial (`--gpus-per-trial`): the memory cap on a shared GPU.
 
     Raises:
         RecurringTrialError: a retry of a trial that raised an error itself (see the module doc).
@@ -66,22 +89,33 @@ def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest) ->
         raise RecurringTrialError(f"{note.read_text().strip()} (raised by this trial before; "
                                   "an error of its own recurs, so the retry stops here)")
     try:
-        _train(config, datasets, manifest)
+        _train(config, datasets, manifest, gpu_share)
     except Exception as exc:
-        if not isinstance(exc, (ray.exceptions.RayError, OSError)):
+        if not isinstance(exc, (ray.exceptions.RayError, OSError, GpuBusyError)):
             text = str(exc).strip().splitlines()
             note.parent.mkdir(parents=True, exist_ok=True)
             note.write_text(f"{type(exc).__name__}: {text[0] if text else ''}\n")
         raise
 
 
-def _train(config: dict, datasets: CacheDatasets, manifest: Manifest) -> None:
+def _train(config: dict, datasets: CacheDatasets, manifest: Manifest, gpu_share: float) -> None:
+    cfg = TrainConfig.from_dict(config)
+    td = trial_device(gpu_share)
+    if td.device == "cpu":
+        return _epochs(cfg, datasets, manifest, td)
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its algorithms once
+    try:
+        return _epochs(cfg, datasets, manifest, td)
+    except torch.cuda.OutOfMemoryError:
+        raise oom_error(cfg.batch_size, td.share, cap_bytes(td), torch.cuda.memory_reserved(td.device)) from None
+
+
+def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: TrialDevice) -> None:
     import ray
     from ray import tune
 
-    cfg = TrainConfig.from_dict(config)
     node_id = ray.get_runtime_context().get_node_id()
-    device = pick_device()
+    device = torch.device(td.device)
     label_names = list(manifest.label_names)
     mcfg = cfg.model_config(manifest.sample_rate, manifest.wave_mean, manifest.wave_std, n_classes=len(label_names))
     torch.manual_seed(cfg.seed)
@@ -97,25 +131,26 @@ def _train(config: dict, datasets: CacheDatasets, manifest: Manifest) -> None:
         model.load_state_dict(payload.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
-    augment = Augment().to(device) if cfg.augment else None
-    generator = torch.Generator(device=device)
+    augment = augment_for(model).to(device) if cfg.augment else None
+    net = compiled(model, cfg.compile)  # trains and predicts; `model` (the same parameters) is saved
     for epoch in range(start, cfg.max_epochs):
-        generator.manual_seed(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
+        generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
         batches = train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
-        tr = train_epoch(model, batches, optimizer, augment=augment, generator=generator, device=device)
+        tr = train_epoch(net, batches, optimizer, augment=augment, generator=generator, device=device)
         if not math.isfinite(tr["loss"]):
             raise FloatingPointError(f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
                                      "the model diverged; lower the learning rate (search space lr)")
-        logits, labels, _ = predict_logits(model, eval_batches(
+        logits, labels, _ = predict_logits(net, eval_batches(
             datasets.val, crop_len=mcfg.crop_samples, batch_size=EVAL_BATCH_FACTOR * cfg.batch_size,
             device=str(device)), device=device)
-        row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"],
+        timing = {f"train/{k}": tr[k] for k in ("data_wait_s", "gpu_wait_share") if k in tr}
+        row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"], **timing,
                **prefixed("val", score(logits, labels, label_names))}
         history.append(row)
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(d, model, mcfg, label_names, train_config=dataclasses.asdict(cfg), epoch=epoch,
                       metrics=row, train_state={"optimizer": optimizer.state_dict(), "epoch": epoch,
                                                 "history": history})
-            tune.report({**row, **_best(history), "node_id": node_id, "restored_epochs": start},
+            tune.report({**row, **_best(history), "node_id": node_id, "device": td.name, "restored_epochs": start},
                         checkpoint=tune.Checkpoint.from_directory(d))

@@ -78,8 +78,12 @@ def build_parser() -> Parser:
     p.add_argument("--gpu-hours", type=float, metavar="H",
                    help="GPU budget of the search (GPUs per trial x trial wall time, summed), stopping it the same way")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
-    p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU (default: 1 if the cluster has GPUs)")
-    p.add_argument("--cpus-per-trial", type=float, help="default 1 (CPU only) or 2 (with a GPU)")
+    p.add_argument("--gpus-per-trial", type=float, help="at most 1; fractions share a GPU (default on GPU nodes: "
+                   "the share that holds the arch at the space's largest batch, e.g. 1/4 of an H200 for densenet)")
+    p.add_argument("--cpus-per-trial", type=float, help="default 1 on CPU nodes; with GPUs, an equal part of the "
+                   "node's cores after a quarter is kept for Ray Data")
+    p.add_argument("--compile", action="store_true", help="torch.compile each trial's model (GPU trials: "
+                   "faster steps after a compile of about a minute)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or HOST:6379; default "
                                       "$RAY_ADDRESS, else a local Ray of this command's own)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="bind the Ray dashboard here (local Ray only)")
@@ -124,6 +128,7 @@ class Plan:
     gpu_hours: float | None = None      # --gpu-hours
     search_ends_by: float | None = None  # the demo's own budget: time.monotonic() by which the search should end
     budget_min_trials: int = 1           # trials that start even when the budget is spent
+    compile: bool = False     # torch.compile each trial's model
 
 
 def _duration(text: str) -> float:
@@ -137,8 +142,8 @@ def _check_positive(args) -> None:
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UserError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial <= 1:
+        raise UserError(f"--gpus-per-trial must be in [0, 1] (a trial trains on one GPU), got {args.gpus_per_trial:g}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
     if args.gpu_hours is not None and not args.gpu_hours > 0:
@@ -299,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                or dataset.startswith("demo") else PAPER[args.arch].epochs),
                 seed=args.seed, paper_only=args.paper, mlflow_uri=args.mlflow_uri,
                 results_root=str(results_root), resume=args.resume, grace_period=args.grace_period,
-                time_budget_s=args.time_budget, gpu_hours=args.gpu_hours)
+                time_budget_s=args.time_budget, gpu_hours=args.gpu_hours, compile=args.compile)
     if args.smoke:
         fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
         space = space.shrunk(fixed)
@@ -320,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     address = ray_address(args.address)
     cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard)
     cluster.check_cluster(storage, cache, fma_root if manifest is None else None, args.shared_storage)
-    res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent)
+    res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent, arch=args.arch,
+                            max_batch=search.largest_batch(space, plan.paper_only))
     if args.gpu_hours and not res.gpus:
         raise UserError("--gpu-hours counts the trials' GPU time, but they get no GPU here (no GPU in the cluster, "
                         "or --gpus-per-trial 0): use --time-budget instead")

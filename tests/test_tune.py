@@ -65,6 +65,7 @@ def check_search(workdir: Path, arch: str, out: str, n_trials: int, max_epochs: 
         assert "val/macro_f1" in child.data.metrics and "val/paper_f1" in child.data.metrics
         assert any(k.startswith("val/f1/") for k in child.data.metrics), "per-class F1 per epoch"
         assert child.data.params["arch"] == arch
+        assert child.data.tags["mgc.device"] == "cpu", "no GPU here: every trial names the CPU"
     best_id = parent.data.tags["mgc.best_trial"]
     best = [r for r in children if r.data.tags["mgc.trial_id"] == best_id][0]
     for run in (parent, best):
@@ -79,7 +80,10 @@ def check_search(workdir: Path, arch: str, out: str, n_trials: int, max_epochs: 
         assert (results / name).is_file(), name
     for png in ("confusion_matrix.png", "per_class_f1.png"):
         assert (results / png).read_bytes()[:8] == PNG_MAGIC
-    assert len((results / "leaderboard.csv").read_text().strip().splitlines()) == 1 + n_trials
+    board = (results / "leaderboard.csv").read_text().strip().splitlines()
+    assert len(board) == 1 + n_trials
+    device_col = board[0].split(",").index("device")
+    assert {row.split(",")[device_col] for row in board[1:]} == {"cpu"}
     summary = (results / "summary.md").read_text()
     assert f"paper Table 1 ({PAPER[arch].label})" in summary and "top1_accuracy" in summary
     assert f"paper Table 1 ({PAPER[arch].label})" in out, "the comparison table is printed"

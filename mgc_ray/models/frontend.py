@@ -161,8 +161,51 @@ class Resample(torchaudio.transforms.Resample):
             self.register_buffer("kernel", kernel, persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (..., N). Returns: (..., ceil(N * new / orig))."""
-        return super().forward(wave.float())
+        """Args: wave (..., N). Returns: (..., ceil(N * new / orig)), float32 even under autocast."""
+        if self.orig_freq == self.new_freq:
+            return wave.float()
+        with torch.autocast(device_type=wave.device.type, enabled=False):  # fp32, like the 2D front end
+            return apply_sinc_kernel(wave.float(), self.kernel, self.width, self.orig_freq // self.gcd,
+                                     self.new_freq // self.gcd)
+
+    def noise_gain(self) -> float:
+        """The factor by which this resampling scales white noise's standard deviation.
+
+        A white input of variance s^2 leaves output phase p with variance s^2 * sum(kernel[p]^2);
+        the phases are equally frequent. 22,050 -> 16,000 Hz keeps the band below ~7.9 kHz of
+        the 11 kHz one: about 0.85 (so noise added at the cache rate reaches the 1D network weaker).
+        """
+        if self.orig_freq == self.new_freq:
+            return 1.0
+        return float(self.kernel.double().square().sum(dim=(1, 2)).mean().sqrt())
+
+
+def apply_sinc_kernel(wave: torch.Tensor, kernel: torch.Tensor, width: int, orig: int, new: int,
+                      out_len: int | None = None) -> torch.Tensor:
+    """torchaudio's windowed-sinc resampling with a prebuilt kernel, without host reads.
+
+    torchaudio's own `_apply_sinc_resample_kernel` slices with a 0-d tensor (a host read per
+    call); here every length is a Python int. Same output as `torchaudio.functional.resample`.
+
+    Args:
+        wave: (B, N) float.
+        kernel: (new, 1, K) from `torchaudio.transforms.Resample(orig, new).kernel` (reduced rates).
+        width: that transform's `width`.
+        orig, new: the rates divided by their gcd.
+        out_len: keep only the first `out_len` outputs (input past what they read is not convolved).
+
+    Returns:
+        (B, min(ceil(N * new / orig), out_len)) float.
+    """
+    b, n = wave.shape
+    target = -(-n * new // orig)  # ceil(n * new / orig), exact in integers
+    if out_len is not None and out_len < target:
+        target = out_len
+        keep = -(-target * orig // new) + width + orig  # the last input sample the kept outputs read
+        wave = wave[:, :min(n, keep)]
+    x = torch.nn.functional.pad(wave, (width, width + orig))  # (B, N' + 2 width + orig)
+    y = torch.nn.functional.conv1d(x[:, None], kernel, stride=orig)  # (B, new, frames)
+    return y.transpose(1, 2).reshape(b, -1)[:, :target]  # (B, target)
 
 
 def n_frames(n_samples: int, window: int) -> int:
@@ -228,8 +271,9 @@ class WaveformFrontEnd(FrontEnd):
         self.norm = WaveZScore(config.wave_mean, config.wave_std)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        x = self.resample(wave)  # (B, N16)
-        x = self.norm(x)  # (B, N16)
+        with torch.autocast(device_type=wave.device.type, enabled=False):  # fp32 under autocast, like LogMel
+            x = self.resample(wave)  # (B, N16)
+            x = self.norm(x)  # (B, N16)
         return x.unsqueeze(1)  # (B, 1, N16)
 
     def output_shape(self, n_samples: int) -> tuple[int, ...]:
