@@ -103,6 +103,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     from mgc_ray.trainable import train_trial
 
     cpus, gpus, concurrent = resources.cpus, resources.gpus, resources.max_concurrent
+    _verify_cache(manifest)
     datasets = CacheDatasets.build(manifest)
     trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest),
                                     {"cpu": cpus, "gpu": gpus})
@@ -153,6 +154,15 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         tracking.close_children(c, exp_id, parent, "KILLED")
         tracking.mark_lost(c, [rid for tid, rid in stale if tid not in logger.seen])
         c.set_terminated(parent, status)
+
+
+def _verify_cache(manifest: Manifest) -> None:
+    """Every shard's bytes against the manifest's SHA-256, before any trial trains on them."""
+    from mgc_ray.cache import verify_shards
+
+    size, seconds = verify_shards(manifest)
+    print(f"mgc_ray: cache checked: {sum(len(v) for v in manifest.shards.values())} shards, {size / 1e6:.1f} MB "
+          f"match their SHA-256 ({seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.0f} MB/s)", flush=True)
 
 
 def _paper_result(grid, space: search.SearchSpace):
