@@ -17,6 +17,10 @@ from mgc_ray.errors import UserError
 
 DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
 DASHBOARD_PORTS_TRIED = 100
+# Searches started at the same instant see the same free port and race for it: the loser's
+# ray.init fails to bind, shuts its Ray down and starts again on another port, this many times.
+RAY_START_ATTEMPTS = 8
+_BIND_ERRORS = ("already occupied", "address already in use", "failed to bind")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -92,12 +96,33 @@ def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", das
     if dashboard and dashboard_host not in LOCAL_HOSTS:
         print(f"warning: the Ray dashboard will listen on {dashboard_host}: it has no authentication "
               "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
-    ctx = init(None, dashboard=dashboard, dashboard_host=dashboard_host,
-               dashboard_port=free_port(dashboard_host, DASHBOARD_PORT) if dashboard else None)
+    ctx = _init_local(dashboard, dashboard_host)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
         print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
+
+
+def _init_local(dashboard: bool, host: str):
+    """A local Ray with its dashboard on a free port; a port another search took between the check
+    and Ray's bind (or any other port Ray's processes lost the same way) means: shut down, try again
+    on another port (spread at random, so that racing searches stop meeting)."""
+    import random
+
+    import ray
+
+    first = DASHBOARD_PORT
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        port = free_port(host, first) if dashboard else None
+        try:
+            return init(None, dashboard=dashboard, dashboard_host=host, dashboard_port=port)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, RuntimeError or Exception for a lost bind
+            if not any(e in str(exc).lower() for e in _BIND_ERRORS) or attempt == RAY_START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            print(f"mgc_ray: Ray could not bind a port another search took at the same moment ({exc}); "
+                  "starting it again", file=sys.stderr, flush=True)
+            first = (port or first) + 1 + random.randrange(DASHBOARD_PORTS_TRIED // 4)
 
 
 def free_port(host: str, first: int) -> int:

@@ -8,6 +8,7 @@ only a `.tmp-` file, which `clean_temporaries` removes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -156,3 +157,63 @@ def read_sealed_json(path: str | os.PathLike) -> dict:
         raise Damaged("its bytes do not match its checksum")
     del doc[SEAL_KEY]
     return doc
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Hold an exclusive lock on `path` (a lock file, made if missing) for the block: commands
+    started side by side on one machine (or nodes of a shared POSIX filesystem) take turns.
+    The lock goes with the process, so a killed holder never leaves it held."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- full disks ----------------------------------------------------------------------
+# A folder with less free space than this is refused before a command starts: a search's
+# checkpoints, Tune state and MLflow rows need some room, and a disk that fills midway costs
+# a restart (--resume) instead of a clean refusal.
+MIN_FREE_BYTES = 64 * 2**20
+_FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes (for an unprivileged writer) on the filesystem of `path` or its nearest existing parent."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
+
+
+def check_free(path: str | os.PathLike, what: str, need: int = MIN_FREE_BYTES) -> None:
+    """Refuse a folder whose filesystem has less than `need` bytes free.
+
+    Raises:
+        UserError: naming the folder, what it has and what to do.
+    """
+    free = free_bytes(path)
+    if free < need:
+        raise UserError(f"{what} {path} has {free / 2**20:.1f} MiB free, less than the {need / 2**20:.0f} MiB "
+                        "a search needs: free space there or choose another folder")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error (or what caused it) is a full disk: ENOSPC or EDQUOT, or sqlite's and Ray's
+    words for them (Ray wraps a worker's OSError in its own exceptions, with the text kept)."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(exc).lower() for t in _FULL_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
