@@ -56,11 +56,53 @@ def init(address: str | None = None, *, dashboard: bool = False, dashboard_host:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        return ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
-    extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
-    return ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus,
-                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                    logging_level=logging_level, **extra, **kwargs)
+        ctx = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
+    else:
+        extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
+        ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host,
+                       num_cpus=num_cpus, object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+                       logging_level=logging_level, **extra, **kwargs)
+    if log_to_driver:
+        _quiet_worker_exits()
+    return ctx
+
+
+def without_exit_tracebacks(lines: list[str]) -> list[str]:
+    """A worker's log lines without the tracebacks that end in SystemExit: Ray stops idle and finished
+    workers with SIGTERM, which it turns into SystemExit; one caught inside a garbage-collector callback
+    prints `Exception ignored in: ...` and a traceback, noise in a search that went well."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in lines:
+        if block is None:
+            if line.startswith(("Exception ignored in", "Traceback (most recent call last)")):
+                block = [line]
+            else:
+                out.append(line)
+            continue
+        block.append(line)
+        if line and not line[0].isspace() and not line.startswith("Traceback (most recent call last)"):
+            if not line.startswith("SystemExit"):  # the closing exception line: keep any other error
+                out.extend(block)
+            block = None
+    return out + (block or [])
+
+
+def _quiet_worker_exits() -> None:
+    """Filter what Ray forwards from workers to this process's output through `without_exit_tracebacks`.
+    Ray 2.60 has no public hook: its dispatcher's "ray_print_logs" handler is wrapped (if absent,
+    nothing changes)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for name, handler in list(getattr(dispatcher, "handlers", [])):
+        if name == "ray_print_logs" and not getattr(handler, "mgc_quiet", False):
+            def quiet(data, handler=handler):
+                lines = without_exit_tracebacks(list(data.get("lines", [])))
+                if lines:
+                    handler({**data, "lines": lines})
+            quiet.mgc_quiet = True
+            dispatcher.remove_handler(name)
+            dispatcher.add_handler(name, quiet)
 
 
 def is_uri(path: str) -> bool:
@@ -107,22 +149,31 @@ def _init_local(dashboard: bool, host: str):
     """A local Ray with its dashboard on a free port; a port another search took between the check
     and Ray's bind (or any other port Ray's processes lost the same way) means: shut down, try again
     on another port (spread at random, so that racing searches stop meeting)."""
+    import logging
     import random
 
     import ray
 
+    services = logging.getLogger("ray._private.services")  # "Failed to start the dashboard" + its log's tail
+    level = services.level
     first = DASHBOARD_PORT
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         port = free_port(host, first) if dashboard else None
+        if attempt < RAY_START_ATTEMPTS:
+            services.setLevel(logging.CRITICAL)  # a lost race is retried: its error log is noise
         try:
             return init(None, dashboard=dashboard, dashboard_host=host, dashboard_port=port)
         except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, RuntimeError or Exception for a lost bind
-            if not any(e in str(exc).lower() for e in _BIND_ERRORS) or attempt == RAY_START_ATTEMPTS:
+            why = next((ln.strip() for ln in reversed(str(exc).splitlines())
+                        if any(e in ln.lower() for e in _BIND_ERRORS)), None)
+            if why is None or attempt == RAY_START_ATTEMPTS:
                 raise
             ray.shutdown()
-            print(f"mgc_ray: Ray could not bind a port another search took at the same moment ({exc}); "
-                  "starting it again", file=sys.stderr, flush=True)
+            print(f"mgc_ray: another search took port {port} at the same moment ({why[-160:]}); "
+                  "starting Ray again on another port", file=sys.stderr, flush=True)
             first = (port or first) + 1 + random.randrange(DASHBOARD_PORTS_TRIED // 4)
+        finally:
+            services.setLevel(level)
 
 
 def free_port(host: str, first: int) -> int:

@@ -168,14 +168,15 @@ def _check_refused(proc: subprocess.CompletedProcess, needle: str) -> str:
 
 
 @pytest.mark.parametrize("argv, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, argv, needle):
+def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, argv, needle, faults, request):
     before = _snapshot(bad / "work")
     proc = _run(argv(bad), home=tmp_path / "home")
     _check_refused(proc, needle)
     assert _snapshot(bad / "work") == before, "an earlier run's files are untouched"
+    faults.record(f"bad input: {request.node.callspec.id}", 1, "exit 2, one line naming it; earlier results untouched")
 
 
-def test_existing_cache_of_other_settings_is_kept(demo_root, tmp_path):
+def test_existing_cache_of_other_settings_is_kept(demo_root, tmp_path, faults):
     """prepare into a cache made at another sample rate: refused, the cache as it was."""
     out = tmp_path / "cache"
     (out / "shards").mkdir(parents=True)
@@ -186,6 +187,7 @@ def test_existing_cache_of_other_settings_is_kept(demo_root, tmp_path):
     proc = _run(["mgc_ray.prepare", "--fma-root", demo_root, "--out", str(out)], home=tmp_path / "home")
     _check_refused(proc, "other settings")
     assert _snapshot(out) == before
+    faults.record("bad input: prepare into a cache of other settings", 1, "exit 2, one line; the cache untouched")
 
 
 def test_more_gpus_than_any_node_is_refused_before_prepare(demo_root, tmp_path):

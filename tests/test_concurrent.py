@@ -38,7 +38,7 @@ def test_searches_started_at_once_each_finish_and_lose_nothing(tmp_path, cli_run
     runs_all = c.search_runs([exp.experiment_id], max_results=1000)
     assert len([r for r in runs_all if r.data.tags.get("mgc.source") == "paper"]) == 1, "one reference run"
     assert len(runs_all) == 1 + 2 * SEARCHES and not [r for r in runs_all if r.info.status == "RUNNING"]
-    retried = sum("starting it again" in out for out in outs)
+    retried = sum("starting Ray again" in out for out in outs)
     assert all(not run.leftovers() for run in runs), "each command's local Ray ends with it"
     faults.record(f"{SEARCHES} searches started at the same instant (one MGC_HOME, MLflow store, results "
                   f"and storage path; {retried} lost the dashboard port race and restarted Ray)", 1,
