@@ -148,7 +148,8 @@ def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", das
 def _init_local(dashboard: bool, host: str):
     """A local Ray with its dashboard on a free port; a port another search took between the check
     and Ray's bind (or any other port Ray's processes lost the same way) means: shut down, try again
-    on another port (spread at random, so that racing searches stop meeting)."""
+    on another port (spread at random, so that racing searches stop meeting). So does a raylet that
+    missed Ray's fixed 30-s start-up wait on a machine busy with other searches."""
     import logging
     import random
 
@@ -166,11 +167,16 @@ def _init_local(dashboard: bool, host: str):
         except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, RuntimeError or Exception for a lost bind
             why = next((ln.strip() for ln in reversed(str(exc).splitlines())
                         if any(e in ln.lower() for e in _BIND_ERRORS)), None)
-            if why is None or attempt == RAY_START_ATTEMPTS:
+            slow = "timed out during startup" in str(exc)  # Ray waits 30 s for its raylet: a busy machine
+            if (why is None and not slow) or attempt == RAY_START_ATTEMPTS:
                 raise
             ray.shutdown()
-            print(f"mgc_ray: another search took port {port} at the same moment ({why[-160:]}); "
-                  "starting Ray again on another port", file=sys.stderr, flush=True)
+            if why is not None:
+                print(f"mgc_ray: another search took port {port} at the same moment ({why[-160:]}); "
+                      "starting Ray again on another port", file=sys.stderr, flush=True)
+            else:
+                print("mgc_ray: Ray's processes did not start within Ray's 30 s (a busy machine); "
+                      "starting Ray again", file=sys.stderr, flush=True)
             first = (port or first) + 1 + random.randrange(DASHBOARD_PORTS_TRIED // 4)
         finally:
             services.setLevel(level)
