@@ -54,7 +54,10 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1)
     if plan.resume:
         tuner = tune.Tuner.restore(experiment_path(plan.storage_path, plan.name), trainable=trainable, param_space=param_space,
-                                   resume_unfinished=True, resume_errored=False)
+                                   resume_unfinished=True,
+                                   # a trial that failed on a full disk or a lost node continues from its
+                                   # checkpoint; one that raised itself stops again at once (trainable.py)
+                                   resume_errored=True)
         _use_callbacks(tuner, callbacks)
         return tuner
     if plan.paper_only:
