@@ -163,10 +163,18 @@ def read_sealed_json(path: str | os.PathLike) -> dict:
 def locked(path: str | os.PathLike):
     """Hold an exclusive lock on `path` (a lock file, made if missing) for the block: commands
     started side by side on one machine (or nodes of a shared POSIX filesystem) take turns.
-    The lock goes with the process, so a killed holder never leaves it held."""
+    The lock goes with the process, so a killed holder never leaves it held. In a folder where
+    no lock file can be made (read-only), nobody writes either: the block runs unlocked."""
     import fcntl
 
-    with open(path, "a") as f:
+    try:
+        f = open(path, "a")
+    except OSError:
+        f = None
+    if f is None:
+        yield
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
