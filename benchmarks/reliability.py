@@ -60,6 +60,9 @@ def render(records: list[dict], outcome: str) -> str:
               "| input | runs | outcome | test |", "|---|---:|---|---|"]
     lines += [f"| {k[len('bad input: '):]} | {v['times']} | {v['survived']} | {', '.join(v['tests'])} |"
               for k, v in sorted(bad.items())]
+    missing = [t for t in TESTS if not any(r["test"].startswith(t) for r in records)]
+    if missing:
+        lines += ["", f"Not in this ledger (their faults are not counted above): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -67,9 +70,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--log", help="render this ledger instead of running the tests")
     p.add_argument("--tests", nargs="*", default=list(TESTS), help="test files to run")
+    p.add_argument("--outcome", help="with --log: pytest's summary line of the run that wrote it")
     args = p.parse_args(argv)
     if args.log:
-        log, outcome = Path(args.log), "from an earlier run's ledger"
+        log, outcome = Path(args.log), args.outcome or "an earlier run's ledger"
     else:
         log = Path(tempfile.mkdtemp(prefix="mgc-ledger-")) / "ledger.jsonl"
         log.touch()
