@@ -11,10 +11,11 @@ from pathlib import Path
 
 from mgc_ray import report, search, tracking
 from mgc_ray.cache import Manifest
-from mgc_ray.callbacks import Progress, TrialLogger
+from mgc_ray.callbacks import DiskGuard, Progress, TrialLogger
 from mgc_ray.cluster import TrialResources
 from mgc_ray.config import TrainConfig, experiment_path
 from mgc_ray.errors import UserError
+from mgc_ray.files import LOW_FREE_BYTES
 from mgc_ray.metrics import prefixed
 from mgc_ray.tracking import Tag
 
@@ -75,7 +76,7 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    ours = (TrialLogger, Progress)
+    ours = (TrialLogger, Progress, DiskGuard)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
@@ -129,6 +130,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes})
     logger, progress = TrialLogger(uri, exp_id, parent), Progress()
+    guard = DiskGuard(watched_folders(plan), LOW_FREE_BYTES)
     status, stale = "FAILED", []
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
@@ -140,7 +142,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
-        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress]).fit()
+        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress, guard]).fit()
         if progress.interrupted(plan.num_samples):
             raise KeyboardInterrupt
         _report_errors(grid)
@@ -149,6 +151,11 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         return summary
     except KeyboardInterrupt:
         status = "KILLED"
+        if guard.full is not None:
+            path, what, free = guard.full
+            raise UserError(f"{what} {path} is nearly full ({free / 2**20:.1f} MiB free): the search stopped as with "
+                            f"Ctrl+C; free space there, then finish it with the same command and --resume "
+                            f"--experiment-name {plan.name} --storage-path {plan.storage_path}") from None
         print(f"mgc_ray: search {plan.name} interrupted; finish it with the same command and "
               f"--resume --experiment-name {plan.name} --storage-path {plan.storage_path}", file=sys.stderr,
               flush=True)
@@ -166,6 +173,18 @@ def _verify_cache(manifest: Manifest) -> None:
     size, seconds = verify_shards(manifest)
     print(f"mgc_ray: cache checked: {sum(len(v) for v in manifest.shards.values())} shards, {size / 1e6:.1f} MB "
           f"match their SHA-256 ({seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.0f} MB/s)", flush=True)
+
+
+def watched_folders(plan) -> list[tuple[str, str]]:
+    """(folder, how the user names it) for each local folder the search writes to while it runs."""
+    from mgc_ray.cluster import is_uri
+
+    folders = [] if is_uri(plan.storage_path) else [(plan.storage_path, "--storage-path")]
+    folders.append((plan.results_root, "--results-dir"))
+    if plan.mlflow_uri.startswith("sqlite:///"):
+        folders.append((str(Path(plan.mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent),
+                        "the --mlflow-uri folder"))
+    return folders
 
 
 def _paper_result(grid, space: search.SearchSpace):

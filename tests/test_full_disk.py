@@ -1,7 +1,7 @@
 """Full disks: a search whose storage path, cache folder, results folder or MLflow store sits
 on a full filesystem is refused in one line naming the folder; one whose storage path fills
-midway stops in one line naming it, with every MLflow run ended, and --resume finishes it once
-there is room. Each test mounts a small tmpfs of its own (and unmounts it); where mounting is
+midway stops (as Ctrl+C does, before the disk is quite full) in one line naming it, with every
+MLflow run ended, and --resume finishes it once there is room. Each test mounts a small tmpfs of its own (and unmounts it); where mounting is
 not allowed (not root, no CAP_SYS_ADMIN) they skip."""
 import contextlib
 import os
@@ -85,12 +85,13 @@ def test_storage_that_fills_midway_stops_in_one_line_and_resumes(tmp_path, smoke
         args[args.index("--storage-path") + 1] = str(storage)
         run = cli_runs("mgc_ray.tune", *args, cwd=tmp_path, env=rel.env(smoke_home))
         run.wait_until(lambda: any(rel.trial_results(storage / "filling").values()), 600, "the first epoch")
-        filler = fill(disk)
+        filler = fill(disk, leave=6 * 2**20)  # below LOW_FREE_BYTES: the search stops, with room for Tune's state
         code = run.wait(900)
         out = run.output
         assert code == 2, run.tail()
         line = _one_error_line(out)
         assert "--storage-path" in line and str(storage) in line and "--resume" in line, line
+        assert "No space left" not in out, "stopped before the disk was full: no trial failed on it"
         c, parent, children = rel.mlflow_search(tmp_path, name="filling")
         assert parent.info.status != "RUNNING" and not [r for r in children if r.info.status == "RUNNING"]
         assert not run.leftovers(), "the command's local Ray ends with it"
