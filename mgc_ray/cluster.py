@@ -172,7 +172,8 @@ def _init_local(dashboard: bool, host: str):
                 raise
             ray.shutdown()
             if why is not None:
-                print(f"mgc_ray: another search took port {port} at the same moment ({why[-160:]}); "
+                why = why[why.find("[Errno"):] if "[Errno" in why else why[-160:]
+                print(f"mgc_ray: another search took port {port} at the same moment ({why.rstrip(')')}); "
                       "starting Ray again on another port", file=sys.stderr, flush=True)
             else:
                 print("mgc_ray: Ray's processes did not start within Ray's 30 s (a busy machine); "
