@@ -37,12 +37,6 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def _rate(fn, path: str, size: int) -> float:
-    start = time.perf_counter()
-    fn(path)
-    return size / (time.perf_counter() - start) / 1e6
-
-
 def _hash_file(name: str):
     def run(path: str) -> None:
         h = hashlib.new(name)

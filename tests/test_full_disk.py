@@ -5,7 +5,6 @@ MLflow run ended, and --resume finishes it once there is room. Each test mounts 
 not allowed (not root, no CAP_SYS_ADMIN) they skip."""
 import contextlib
 import os
-import re
 import subprocess
 import uuid
 
