@@ -5,18 +5,26 @@ Layout (written by `mgc_ray.prepare`):
     CACHE/manifest.json                  written last: its presence means "complete"
     CACHE/shards/<split>-<NNNNN>.parquet track_id int64, label int32, split string,
                                          num_samples int64, samples list<int16>
-    CACHE/shards/<split>-<NNNNN>.json    per-shard sidecar (bad tracks, sums), written after the parquet
+    CACHE/shards/<split>-<NNNNN>.json    per-shard sidecar (bad tracks, sums, the parquet's SHA-256),
+                                         written after the parquet
 
 Samples are the decoded mono clip at the manifest's `sample_rate`, clipped to
 [-1, 1] and stored as round(x * 32768) clipped to the int16 range; divide by
 `INT16_SCALE` to get the float waveform back (what `wave_mean` / `wave_std` describe).
 The manifest is read once into a frozen `Manifest` and checked.
+
+Integrity: the manifest and every sidecar carry a SHA-256 of their own bytes
+(`files.write_sealed_json`), and the manifest the SHA-256 of every shard it lists.
+`read_manifest` refuses a manifest whose bytes changed; `verify_shards` hashes the
+shards (in threads, at disk speed) before anything trains or scores on them, so a
+bad disk or a partial copy is one line naming the shard, never silent damage;
+`prepare` re-run on the same folder rebuilds exactly the damaged shards.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -24,6 +32,7 @@ import numpy as np
 
 from mgc_ray.config import CACHE_SCHEMA_VERSION, home
 from mgc_ray.errors import UserError
+from mgc_ray.files import Damaged, file_sha256, read_json, read_sealed_json
 
 INT16_SCALE = 32768.0  # int16 full scale: float = int16 / 32768, in [-1, 1)
 MANIFEST = "manifest.json"
@@ -64,6 +73,7 @@ class Manifest:
         wave_mean, wave_std: the training split's float waveform statistics (the 1D z-score).
         bad_tracks: [{track_id, path, reason}] left out.
         shards: {split: [shard paths relative to the cache folder]}.
+        shard_sha256: {shard path relative to the cache folder: SHA-256 of its bytes}.
         min_track_seconds, silence_peak, tracks_per_shard, track_list_sha1: prepare's settings.
         root: the cache folder it was read from (not stored in the file).
     """
@@ -85,6 +95,7 @@ class Manifest:
     silence_peak: float
     tracks_per_shard: int
     track_list_sha1: str
+    shard_sha256: Mapping[str, str]
     root: str = field(default="", compare=False)
 
     @classmethod
@@ -113,7 +124,8 @@ class Manifest:
                     bad_tracks=tuple(dict(b) for b in d["bad_tracks"]),
                     shards={s: tuple(str(x) for x in v) for s, v in d["shards"].items()},
                     min_track_seconds=float(d["min_track_seconds"]), silence_peak=float(d["silence_peak"]),
-                    tracks_per_shard=int(d["tracks_per_shard"]), track_list_sha1=str(d["track_list_sha1"]), root=root)
+                    tracks_per_shard=int(d["tracks_per_shard"]), track_list_sha1=str(d["track_list_sha1"]),
+                    shard_sha256={str(k): str(v) for k, v in d["shard_sha256"].items()}, root=root)
         except (TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{where} has a malformed field ({exc}); prepare the cache again into another --out") from None
         if len(m.label_names) < 2 or not m.wave_std > 0:
@@ -129,6 +141,7 @@ class Manifest:
         d["shards"] = {s: list(v) for s, v in self.shards.items()}
         d["counts"] = {s: dict(c) for s, c in self.counts.items()}
         d["num_tracks"] = dict(self.num_tracks)
+        d["shard_sha256"] = dict(self.shard_sha256)
         return d
 
     @property
@@ -153,11 +166,52 @@ def read_manifest(cache: str | os.PathLike) -> Manifest:
         raise UserError(f"{cache} is not a prepared cache (no {MANIFEST}); run "
                         f"python -m mgc_ray.prepare --fma-root DIR --out {cache}")
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} ({exc}); prepare the cache again into another --out") from None
+        doc = read_sealed_json(path)
+    except Damaged as exc:
+        old = read_json(path)
+        if isinstance(old, Mapping) and old.get("schema_version") != CACHE_SCHEMA_VERSION:
+            Manifest.from_dict(old, root)  # another schema's (unsealed) manifest: that is the message
+        raise UserError(f"{path} is damaged ({exc}): {_REPAIR.format(cache=root)}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}); prepare the cache again into another --out") from None
     return Manifest.from_dict(doc, root)
+
+
+_REPAIR = ("run the prepare that made it again on the same folder (python -m mgc_ray.prepare --fma-root DIR "
+           "--out {cache}, or the same tune command with --fma-root): it rebuilds only what is damaged")
+HASH_THREADS = 8  # hashing is I/O then C code that releases the GIL: a few threads keep a disk busy
+
+
+def verify_shards(manifest: Manifest, splits=None) -> tuple[int, float]:
+    """Hash every shard of `splits` (default all) against the manifest, before anything reads it.
+
+    Returns:
+        (bytes hashed, seconds taken).
+
+    Raises:
+        UserError: a shard is missing, truncated or changed: one line naming it and the fix.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    rels = [rel for s in (splits or manifest.shards) for rel in manifest.shards.get(s, ())]
+    start = time.perf_counter()
+
+    def check(rel: str) -> int:
+        path = os.path.join(manifest.root, rel)
+        want = manifest.shard_sha256.get(rel)
+        try:
+            got = file_sha256(path)
+        except OSError as exc:
+            raise UserError(f"shard {path} cannot be read ({exc.strerror}): {_REPAIR.format(cache=manifest.root)}") \
+                from None
+        if got != want:
+            raise UserError(f"shard {path} is damaged (its SHA-256 differs from the manifest's: changed or "
+                            f"truncated since prepare wrote it): {_REPAIR.format(cache=manifest.root)}")
+        return os.path.getsize(path)
+
+    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, max(1, len(rels)))) as pool:
+        size = sum(pool.map(check, rels))
+    return size, time.perf_counter() - start
 
 
 def check_cache(cache: str | os.PathLike, sample_rate: int | None = None, split_scheme: str | None = None) -> Manifest:

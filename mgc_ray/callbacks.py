@@ -132,3 +132,35 @@ class Progress(Callback):
     def interrupted(self, num_samples: int, budget_ended: bool = False) -> bool:
         return ((len(self.status) < num_samples and not budget_ended)
                 or any(s not in ("TERMINATED", "ERROR") for s in self.status.values()))
+
+
+class DiskGuard(Callback):
+    """Tune callback: stop the search as Ctrl+C does when a folder it writes to runs low on space.
+
+    Checked at every step of Tune's loop (a statvfs per folder, a microsecond each). Tune then
+    saves its state while there is still room for it and the unfinished trials keep their last
+    checkpoints, so `--resume` continues once space is freed; waiting for the disk to fill would
+    instead fail every trial's next checkpoint with Ray's tracebacks.
+
+    Attributes:
+        low: the free bytes under which it stops the search (files.LOW_FREE_BYTES).
+        full: (folder, how the user names it, free bytes) once it stopped the search, else None.
+    """
+
+    def __init__(self, folders: list[tuple[str, str]], low: int):
+        self.folders, self.low = list(folders), int(low)
+        self.full: tuple[str, str, int] | None = None
+
+    def on_step_begin(self, iteration, trials, **info):
+        import signal
+
+        from mgc_ray.files import free_bytes
+
+        if self.full is not None:
+            return
+        for path, what in self.folders:
+            free = free_bytes(path)
+            if free < self.low:
+                self.full = (path, what, free)
+                signal.raise_signal(signal.SIGINT)  # Tune's own graceful stop (this runs in the driver's main thread)
+                return

@@ -18,6 +18,10 @@ from mgc_ray.errors import UserError
 
 DASHBOARD_PORT = 8265  # Ray's default; the next free one when another search or `ray start` holds it
 DASHBOARD_PORTS_TRIED = 100
+# Searches started at the same instant see the same free port and race for it: the loser's
+# ray.init fails to bind, shuts its Ray down and starts again on another port, this many times.
+RAY_START_ATTEMPTS = 8
+_BIND_ERRORS = ("already occupied", "address already in use", "failed to bind")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -53,11 +57,53 @@ def init(address: str | None = None, *, dashboard: bool = False, dashboard_host:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        return ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
-    extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
-    return ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=num_cpus,
-                    object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                    logging_level=logging_level, **extra, **kwargs)
+        ctx = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
+    else:
+        extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
+        ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host,
+                       num_cpus=num_cpus, object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+                       logging_level=logging_level, **extra, **kwargs)
+    if log_to_driver:
+        _quiet_worker_exits()
+    return ctx
+
+
+def without_exit_tracebacks(lines: list[str]) -> list[str]:
+    """A worker's log lines without the tracebacks that end in SystemExit: Ray stops idle and finished
+    workers with SIGTERM, which it turns into SystemExit; one caught inside a garbage-collector callback
+    prints `Exception ignored in: ...` and a traceback, noise in a search that went well."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in lines:
+        if block is None:
+            if line.startswith(("Exception ignored in", "Traceback (most recent call last)")):
+                block = [line]
+            else:
+                out.append(line)
+            continue
+        block.append(line)
+        if line and not line[0].isspace() and not line.startswith("Traceback (most recent call last)"):
+            if not line.startswith("SystemExit"):  # the closing exception line: keep any other error
+                out.extend(block)
+            block = None
+    return out + (block or [])
+
+
+def _quiet_worker_exits() -> None:
+    """Filter what Ray forwards from workers to this process's output through `without_exit_tracebacks`.
+    Ray 2.60 has no public hook: its dispatcher's "ray_print_logs" handler is wrapped (if absent,
+    nothing changes)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for name, handler in list(getattr(dispatcher, "handlers", [])):
+        if name == "ray_print_logs" and not getattr(handler, "mgc_quiet", False):
+            def quiet(data, handler=handler):
+                lines = without_exit_tracebacks(list(data.get("lines", [])))
+                if lines:
+                    handler({**data, "lines": lines})
+            quiet.mgc_quiet = True
+            dispatcher.remove_handler(name)
+            dispatcher.add_handler(name, quiet)
 
 
 def is_uri(path: str) -> bool:
@@ -91,12 +137,49 @@ def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", das
     if dashboard and dashboard_host not in LOCAL_HOSTS:
         print(f"warning: the Ray dashboard will listen on {dashboard_host}: it has no authentication "
               "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
-    ctx = init(None, dashboard=dashboard, dashboard_host=dashboard_host,
-               dashboard_port=free_port(dashboard_host, DASHBOARD_PORT) if dashboard else None)
+    ctx = _init_local(dashboard, dashboard_host)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
         print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
+
+
+def _init_local(dashboard: bool, host: str):
+    """A local Ray with its dashboard on a free port; a port another search took between the check
+    and Ray's bind (or any other port Ray's processes lost the same way) means: shut down, try again
+    on another port (spread at random, so that racing searches stop meeting). So does a raylet that
+    missed Ray's fixed 30-s start-up wait on a machine busy with other searches."""
+    import logging
+    import random
+
+    import ray
+
+    services = logging.getLogger("ray._private.services")  # "Failed to start the dashboard" + its log's tail
+    level = services.level
+    first = DASHBOARD_PORT
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        port = free_port(host, first) if dashboard else None
+        if attempt < RAY_START_ATTEMPTS:
+            services.setLevel(logging.CRITICAL)  # a lost race is retried: its error log is noise
+        try:
+            return init(None, dashboard=dashboard, dashboard_host=host, dashboard_port=port)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, RuntimeError or Exception for a lost bind
+            why = next((ln.strip() for ln in reversed(str(exc).splitlines())
+                        if any(e in ln.lower() for e in _BIND_ERRORS)), None)
+            slow = "timed out during startup" in str(exc)  # Ray waits 30 s for its raylet: a busy machine
+            if (why is None and not slow) or attempt == RAY_START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            if why is not None:
+                why = why[why.find("[Errno"):] if "[Errno" in why else why[-160:]
+                print(f"mgc_ray: another search took port {port} at the same moment ({why.rstrip(')')}); "
+                      "starting Ray again on another port", file=sys.stderr, flush=True)
+            else:
+                print("mgc_ray: Ray's processes did not start within Ray's 30 s (a busy machine); "
+                      "starting Ray again", file=sys.stderr, flush=True)
+            first = (port or first) + 1 + random.randrange(DASHBOARD_PORTS_TRIED // 4)
+        finally:
+            services.setLevel(level)
 
 
 def free_port(host: str, first: int) -> int:

@@ -71,8 +71,10 @@ def _scores(model, payload, manifest, split: str):
     import ray
 
     from mgc_ray import cluster
+    from mgc_ray.cache import verify_shards
     from mgc_ray.scoring import score_split
 
+    verify_shards(manifest, [split])  # a damaged shard is one line, never scores from altered audio
     started = not ray.is_initialized()
     if started:
         cluster.init(None, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)

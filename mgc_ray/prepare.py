@@ -8,10 +8,11 @@ order), so a cluster shares the decoding; the driver only plans, tallies and
 writes the manifest. Layout: see `mgc_ray.cache`.
 
 Idempotent and atomic: each task writes its parquet, then a JSON sidecar (bad
-tracks, sample sums), both under temporary names renamed into place; a shard
-counts as done only when both are there and agree with the settings, so a
-re-run redoes exactly what a killed run left unfinished. manifest.json is
-written last. A cache made with other settings is refused, never mixed.
+tracks, sample sums, the parquet's SHA-256), both under temporary names renamed
+into place; a shard counts as done only when both are there, the sidecar's own
+checksum holds, the parquet's bytes match its SHA-256 and the settings agree, so
+a re-run redoes exactly what a killed run left unfinished or a bad disk damaged.
+manifest.json (sealed with its own checksum, see `mgc_ray.cache`) is written last. A cache made with other settings is refused, never mixed.
 
 Decoding: `mgc_ray.audio.decode_audio`. Bad tracks (missing, empty, undecodable,
 shorter than MIN_TRACK_SECONDS, silent) are reported and skipped.
@@ -32,7 +33,8 @@ from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, Manifest, default_ca
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
                             SPLITS, TRACKS_PER_SHARD, ray_address)
 from mgc_ray.errors import Parser, UserError, run_cli
-from mgc_ray.files import atomic_write, clean_temporaries, read_json, write_json
+from mgc_ray.files import (Damaged, atomic_write, clean_temporaries, file_sha256, read_json, read_sealed_json,
+                           write_sealed_json)
 from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 
 # Tasks return small dicts and write their shards to disk: the object store barely
@@ -118,7 +120,7 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
     Returns:
         The sidecar: name, split, settings, track_ids (planned), good_track_ids, bad
         ([{track_id, path, reason}]), and exact integer sums of the int16 samples
-        (sum, sumsq, count) for the training-set mean and std.
+        (sum, sumsq, count) for the training-set mean and std, parquet_sha256.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -152,8 +154,8 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
     v = values.astype(np.int64)
     info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
             "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),
-            "node_id": _node_id()}
-    write_json(sidecar, info)
+            "node_id": _node_id(), "parquet_sha256": file_sha256(parquet)}
+    write_sealed_json(sidecar, info)
     return info
 
 
@@ -165,26 +167,36 @@ def _node_id() -> str | None:
 
 
 def finished_shard(out: str, plan: ShardPlan, settings: dict) -> dict | None:
-    """The sidecar of a shard a previous run finished with these settings, else None.
+    """The sidecar of a shard a previous run finished with these settings, else None
+    (never written, unfinished, or damaged since: its sidecar's or parquet's checksum fails).
 
     Raises:
         UserError: the shard was made with other settings (the cache must not mix them).
     """
     parquet, sidecar = _shard_files(out, plan.name)
-    info = read_json(sidecar)
-    if info is None:
+    try:
+        info = read_sealed_json(sidecar)
+    except FileNotFoundError:
         return None
+    except (OSError, Damaged) as exc:
+        return _damaged(sidecar, exc)
     if info.get("settings") != settings or info.get("track_ids") != list(plan.track_ids):
         why = _diff(info.get("settings"), settings)
         raise UserError(f"{out} holds shards made with other settings or tracks ({why}); "
                         "use another --out (or delete that folder to rebuild it)")
     try:
-        import pyarrow.parquet as pq
+        digest = file_sha256(parquet)
+    except FileNotFoundError:  # the sidecar of a shard whose parquet went missing
+        return _damaged(parquet, "missing")
+    except OSError as exc:
+        return _damaged(parquet, exc.strerror)
+    return info if digest == info.get("parquet_sha256") else _damaged(parquet, "its SHA-256 differs from its sidecar's")
 
-        rows = pq.ParquetFile(parquet).metadata.num_rows
-    except Exception:  # noqa: BLE001 - missing or unreadable: redo the shard
-        return None
-    return info if rows == len(info.get("good_track_ids", ())) else None
+
+def _damaged(path: str, why) -> None:
+    """Say that a finished shard's file is damaged and will be rebuilt (returns None: redo it)."""
+    print(f"prepare: {path} is damaged ({why}): rebuilding that shard", file=sys.stderr)
+    return None
 
 
 def _diff(old: dict | None, new: dict) -> str:
@@ -294,9 +306,8 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
                 "split_scheme": split, "data_seed": int(data_seed), "label_names": ds.label_names,
                 "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
                 "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
-    old = read_json(os.path.join(out, MANIFEST))
-    if os.path.exists(os.path.join(out, MANIFEST)) and (
-            old is None or any(old.get(k) != v for k, v in settings.items())):
+    old = _old_manifest(out)
+    if old is not None and any(old.get(k) != v for k, v in settings.items()):
         raise UserError(f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
                         "use another --out (or delete that folder to rebuild it)")
     try:
@@ -321,16 +332,33 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     empty = [s for s in SPLITS if n[s] == 0]
     if empty:
         raise UserError(f"no good track left in {', '.join(empty)} (see above); use more tracks or another --split")
-    write_json(os.path.join(out, MANIFEST), manifest.to_dict())
+    write_sealed_json(os.path.join(out, MANIFEST), manifest.to_dict())
     print(f"prepare: {sum(n.values())} tracks cached in {out} "
           f"({', '.join(f'{s} {n[s]}' for s in SPLITS)}; {len(manifest.bad_tracks)} bad)", file=sys.stderr)
     return manifest
+
+
+def _old_manifest(out: str) -> dict | None:
+    """The manifest an earlier run wrote in `out`, None if none; a damaged one (its own checksum fails)
+    is rebuilt from the shards' sidecars, so it counts as none."""
+    path = os.path.join(out, MANIFEST)
+    try:
+        return read_sealed_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, Damaged) as exc:
+        old = read_json(path)
+        if isinstance(old, dict) and old.get("schema_version") != CACHE_SCHEMA_VERSION:
+            return old  # another schema's (unsealed) manifest: refused as other settings
+        print(f"prepare: {path} is damaged ({exc}): rebuilding it from the shards", file=sys.stderr)
+        return None
 
 
 def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str, out: str) -> Manifest:
     genre_of = ds.tracks["genre"]
     counts = {s: {g: 0 for g in ds.label_names} for s in SPLITS}
     shards: dict[str, list[str]] = {s: [] for s in SPLITS}
+    digests: dict[str, str] = {}
     bad, total, sumsq, count = [], 0, 0, 0
     for p in plans:
         info = infos[p.name]
@@ -339,6 +367,7 @@ def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root:
         bad.extend(info["bad"])
         if info["good_track_ids"]:
             shards[p.split].append(f"{SHARD_DIR}/{p.name}.parquet")
+            digests[f"{SHARD_DIR}/{p.name}.parquet"] = info["parquet_sha256"]
         if p.split == SPLITS[0]:
             total, sumsq, count = total + info["sum"], sumsq + info["sumsq"], count + info["count"]
     mean = total / count / INT16_SCALE if count else 0.0
@@ -351,7 +380,8 @@ def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root:
         wave_mean=float(mean), wave_std=float(np.sqrt(max(var, 0.0))),
         bad_tracks=tuple(sorted(bad, key=lambda b: b["track_id"])), shards={s: tuple(v) for s, v in shards.items()},
         min_track_seconds=MIN_TRACK_SECONDS, silence_peak=SILENCE_PEAK,
-        tracks_per_shard=settings["tracks_per_shard"], track_list_sha1=settings["track_list_sha1"], root=out)
+        tracks_per_shard=settings["tracks_per_shard"], track_list_sha1=settings["track_list_sha1"],
+        shard_sha256=digests, root=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

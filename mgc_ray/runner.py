@@ -13,10 +13,11 @@ from pathlib import Path
 
 from mgc_ray import budget, report, search, tracking
 from mgc_ray.cache import Manifest
-from mgc_ray.callbacks import Progress, TrialLogger
+from mgc_ray.callbacks import DiskGuard, Progress, TrialLogger
 from mgc_ray.cluster import TrialResources
 from mgc_ray.config import TrainConfig, experiment_path
 from mgc_ray.errors import UserError
+from mgc_ray.files import LOW_FREE_BYTES
 from mgc_ray.metrics import prefixed
 from mgc_ray.tracking import Tag
 
@@ -60,7 +61,10 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1)
     if plan.resume:
         tuner = tune.Tuner.restore(experiment_path(plan.storage_path, plan.name), trainable=trainable, param_space=param_space,
-                                   resume_unfinished=True, resume_errored=False)
+                                   resume_unfinished=True,
+                                   # a trial that failed on a full disk or a lost node continues from its
+                                   # checkpoint; one that raised itself stops again at once (trainable.py)
+                                   resume_errored=True)
         _use_callbacks(tuner, callbacks)
         return tuner
     if plan.paper_only:
@@ -78,7 +82,7 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    ours = (TrialLogger, Progress, budget.Budget)
+    ours = (TrialLogger, Progress, budget.Budget, DiskGuard)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
@@ -110,6 +114,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
 
     cpus, gpus, concurrent = resources.cpus, resources.gpus, resources.max_concurrent
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))  # read by Tune's controller
+    _verify_cache(manifest)
     datasets = CacheDatasets.build(manifest)
     trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest,
                                                          gpu_share=gpus), {"cpu": cpus, "gpu": gpus})
@@ -132,6 +137,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes})
     logger, progress = TrialLogger(uri, exp_id, parent), Progress()
+    guard = DiskGuard(watched_folders(plan), LOW_FREE_BYTES)
     status, stale, ledger = "FAILED", [], None
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
@@ -144,7 +150,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
         ledger = _budget(plan)  # last, so that its clock starts with the search
-        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress, ledger]).fit()
+        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress, guard, ledger]).fit()
         if progress.interrupted(plan.num_samples, budget_ended=ledger.ended is not None):
             raise KeyboardInterrupt
         _report_errors(grid)
@@ -154,6 +160,11 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         return summary
     except KeyboardInterrupt:
         status = "KILLED"
+        if guard.full is not None:
+            path, what, free = guard.full
+            raise UserError(f"{what} {path} is nearly full ({free / 2**20:.1f} MiB free): the search stopped as with "
+                            f"Ctrl+C; free space there, then finish it with the same command and --resume "
+                            f"--experiment-name {plan.name} --storage-path {plan.storage_path}") from None
         print(f"mgc_ray: search {plan.name} interrupted; finish it with the same command and "
               f"--resume --experiment-name {plan.name} --storage-path {plan.storage_path}", file=sys.stderr,
               flush=True)
@@ -190,6 +201,25 @@ def _log_budget(c, parent: str, ledger: budget.Budget, n_trials: int, num_sample
     print(f"mgc_ray: {note}", flush=True)
     c.set_tag(parent, Tag.BUDGET_ENDED, note)
     return note
+def _verify_cache(manifest: Manifest) -> None:
+    """Every shard's bytes against the manifest's SHA-256, before any trial trains on them."""
+    from mgc_ray.cache import verify_shards
+
+    size, seconds = verify_shards(manifest)
+    print(f"mgc_ray: cache checked: {sum(len(v) for v in manifest.shards.values())} shards, {size / 1e6:.1f} MB "
+          f"match their SHA-256 ({seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.0f} MB/s)", flush=True)
+
+
+def watched_folders(plan) -> list[tuple[str, str]]:
+    """(folder, how the user names it) for each local folder the search writes to while it runs."""
+    from mgc_ray.cluster import is_uri
+
+    folders = [] if is_uri(plan.storage_path) else [(plan.storage_path, "--storage-path")]
+    folders.append((plan.results_root, "--results-dir"))
+    if plan.mlflow_uri.startswith("sqlite:///"):
+        folders.append((str(Path(plan.mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent),
+                        "the --mlflow-uri folder"))
+    return folders
 
 
 def _paper_result(grid, space: search.SearchSpace):

@@ -18,11 +18,17 @@ paper-settings trial's run and the parent search run (which carries the best tri
 The search run's `cache` param names the waveform cache the trials trained on.
 `evaluate`, `predict` and `compare` read them back through `resolve_run` and `open_store`.
 
+Several searches (and evaluate, compare) may share one sqlite store at once: the first to
+open a new store creates its tables under a lock beside it (two creating them together
+fail), and a write that meets "database is locked" (another process's transaction) waits
+and tries again (`_Retrying`).
+
 No Ray here; MLflow is imported only when called.
 """
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +75,45 @@ def experiment_name(arch: str, dataset: str) -> str:
 TRIAL_PARAMS = ("arch", *SEARCHED, "max_epochs", "seed")
 
 
+LOCKED_RETRIES = 12  # ~1 min of waits at most: a sqlite writer holds its lock for milliseconds
+
+
+class _Retrying:
+    """An MlflowClient whose calls wait and retry while another process holds the sqlite store's lock."""
+
+    def __init__(self, c):
+        self._c = c
+
+    def __getattr__(self, name: str):
+        if name == "_c":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        attr = getattr(self._c, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            for attempt in range(LOCKED_RETRIES):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - MlflowException or SQLAlchemy's OperationalError
+                    if "database is locked" not in str(exc) or attempt == LOCKED_RETRIES - 1:
+                        raise
+                    time.sleep(min(0.1 * 2 ** attempt, 5.0) * (0.5 + random.random()))
+        return call
+
+
 def client(uri: str):
+    """An MlflowClient for `uri` (writes included); a sqlite store is created once, under a lock."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    c = MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:///"):
+        from mgc_ray.files import locked
+
+        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        with locked(db.parent / f".{db.name}.lock"):
+            c.search_experiments(max_results=1)  # opens the store: makes and migrates its tables if new
+    return _Retrying(c)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -167,9 +208,7 @@ def open_store(uri: str):
         if not path.is_file():
             raise UserError(f"no MLflow store at {path} (--mlflow-uri {uri}): give the URI the search printed, "
                             "or run a search first (python -m mgc_ray.tune --arch ...)")
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
+    return client(uri)
 
 
 def get_run(c, run_id: str, uri: str):

@@ -23,6 +23,7 @@ Searches on the same data with different --seed share one cache and one test set
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -34,7 +35,7 @@ from mgc_ray import cluster
 from mgc_ray.cluster import is_uri
 from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, HOME_ENV, PAPER, experiment_path, home, ray_address
 from mgc_ray.errors import Parser, UserError, run_cli
-from mgc_ray.files import writable_dir
+from mgc_ray.files import check_free, free_bytes, is_disk_full, locked, writable_dir
 
 # The built-in demo of this command: small enough that a DenseNet epoch is short on a CPU
 # (77 training tracks: ~40 s of training on a core that trains DenseNet-121 at 1.9 samples/s,
@@ -199,11 +200,16 @@ def resolve_data(args) -> tuple[str, str | None, str]:
 
 def ensure_demo(args, fma_root: str) -> None:
     """Write the built-in demo dataset on first use (no data given)."""
+    size = SMOKE_DEMO if args.smoke else DEMO
+    fma = Path(fma_root)
+    with locked(fma.parent / ".demo.lock"):  # searches started side by side write it once
+        _write_demo(fma, size)
+
+
+def _write_demo(fma: Path, size: dict) -> None:
     from mgc_ray.demo import write_demo
     from mgc_ray.demo_synth import GENRES
 
-    size = SMOKE_DEMO if args.smoke else DEMO
-    fma = Path(fma_root)
     if not (fma / "fma_metadata" / "tracks.csv").is_file():
         print(f"mgc_ray: no data given: writing the built-in demo dataset to {fma} "
               f"({size['tracks_per_genre']} tracks x {len(GENRES)} genres x {size['seconds']:g} s)", flush=True)
@@ -253,6 +259,21 @@ def _search_name(args, dataset: str, storage: str) -> str:
     return prefix + time.strftime("%Y%m%d-%H%M%S")
 
 
+def claim_name(storage: str, name: str) -> str:
+    """Make the search's Tune folder now, so that searches started in the same second never
+    share one: `name`, else `name-2`, `name-3`, ... (a URI storage: `name` as it is)."""
+    if is_uri(storage):
+        return name
+    for n in range(1, 1000):
+        candidate = name if n == 1 else f"{name}-{n}"
+        try:
+            os.mkdir(experiment_path(storage, candidate))
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"{storage} holds searches {name} to {name}-999: give --experiment-name")
+
+
 def _check_experiment(args, storage: str, name: str) -> None:
     """--resume needs Tune's state; a new search never writes over an earlier one."""
     path = experiment_path(storage, name)
@@ -292,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mlflow_uri.startswith("sqlite:///"):
         writable_dir(Path(args.mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent, "--mlflow-uri folder")
     cache, fma_root, dataset = resolve_data(args)
+    folders = _folders(args, storage, results_root, cache, fma_root)
+    for path, what in folders:
+        check_free(path, what)
     name = _search_name(args, dataset, storage)
     _check_experiment(args, storage, name)
     if dataset.startswith("demo"):
@@ -312,8 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mgc_ray.prepare import prepare
 
     def prepared():
-        prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", data_seed=args.data_seed,
-                dataset=fma_dataset)
+        with locked(f"{cache}.lock"):  # searches started side by side prepare it once, in turn
+            prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", data_seed=args.data_seed,
+                    dataset=fma_dataset)
         return check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
 
     if manifest is not None:
@@ -322,6 +347,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
 
     # 2. Ray, then what needs the cluster, still before any expensive work.
+    if not args.experiment_name and not args.resume:
+        plan = dataclasses.replace(plan, name=claim_name(storage, name))
+    try:
+        try:
+            _search(args, plan, space, storage, cache, fma_root, manifest, prepared)
+        except Exception as exc:
+            _refuse_if_full(exc, folders, plan)
+            raise
+    except BaseException:
+        if not is_uri(storage):
+            with contextlib.suppress(OSError):  # only while Tune has written nothing there
+                os.rmdir(experiment_path(storage, plan.name))
+        raise
+    return 0
+
+
+def _folders(args, storage: str, results_root: Path, cache: str, fma_root: str | None) -> list[tuple[str, str]]:
+    """(folder, how the user names it) for every local folder the search writes to."""
+    from mgc_ray.cache import MANIFEST
+
+    folders = [] if is_uri(storage) else [(storage, "--storage-path")]
+    folders.append((str(results_root), "--results-dir"))
+    if args.mlflow_uri.startswith("sqlite:///"):
+        folders.append((str(Path(args.mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent),
+                        "the --mlflow-uri folder"))
+    if fma_root is not None and not Path(cache, MANIFEST).is_file():  # to be prepared (and the demo written)
+        folders.append((str(Path(cache).parent), "the cache folder"))
+    return folders
+
+
+def _refuse_if_full(exc: Exception, folders: list[tuple[str, str]], plan: Plan) -> None:
+    """A disk that filled during the search (Ray may report it as another error, e.g. a truncated
+    pickle's EOFError): one line naming the fullest folder and how to go on, instead of a traceback."""
+    if not folders:
+        return
+    free = {path: free_bytes(path) for path, _ in folders}
+    path, what = min(folders, key=lambda f: free[f[0]])
+    if not (is_disk_full(exc) or free[path] < MIN_FULL_BYTES):
+        return
+    raise UserError(f"{what} {path} is full ({free[path] / 2**20:.1f} MiB free; {type(exc).__name__}): free space "
+                    f"there, then finish the search with the same command and --resume --experiment-name "
+                    f"{plan.name}") from None
+
+
+MIN_FULL_BYTES = 2**20  # a folder this close to full explains any error Ray reports
+
+
+def _search(args, plan: Plan, space, storage: str, cache: str, fma_root: str | None, manifest, prepared) -> None:
+    from mgc_ray import search
+
     address = ray_address(args.address)
     cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard)
     cluster.check_cluster(storage, cache, fma_root if manifest is None else None, args.shared_storage)
@@ -337,7 +412,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mgc_ray.runner import run_search
 
     run_search(plan, space, manifest, res)
-    return 0
 
 
 if __name__ == "__main__":

@@ -363,3 +363,29 @@ def rel():
         args=tune_args, experiment_dir=experiment_dir, trial_results=trial_results, tune_state=tune_state,
         searcher_study=searcher_study, mlflow_search=mlflow_search, cmdline=_cmdline, alive=_alive)
 # ---- end of the reliability fixtures ----
+
+
+# ---- the reliability ledger: every fault and bad input a test injects (owner: reliability) ----
+# `faults.record(fault, times, survived)` appends one line to $MGC_RELIABILITY_LOG (JSON lines) when
+# set; benchmarks/reliability.py runs the tests with it and renders results/reliability.md.
+RELIABILITY_LOG_ENV = "MGC_RELIABILITY_LOG"
+
+
+class _Ledger:
+    def __init__(self, test: str):
+        self.test = test
+
+    def record(self, fault: str, times: int, survived: str) -> None:
+        """One kind of fault injected `times` times; `survived`: what held every time (checked by the test)."""
+        path = _os.environ.get(RELIABILITY_LOG_ENV)
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(_json.dumps({"test": self.test, "fault": fault, "times": int(times),
+                                     "survived": survived}) + "\n")
+
+
+@_pytest.fixture
+def faults(request) -> _Ledger:
+    """The reliability ledger for this test (records nothing unless $MGC_RELIABILITY_LOG is set)."""
+    return _Ledger(request.node.nodeid)
+# ---- end of the reliability ledger ----

@@ -2,7 +2,6 @@
 one line on stderr naming the problem and the fix, exit status 2, no traceback, and
 nothing an earlier run wrote is touched. Most of it is refused before Ray starts
 (a second each); the cases that need the cluster come last."""
-import json
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 
 from mgc_ray.config import CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, PAPER
+from mgc_ray.files import sealed_json
 
 SPACE_HEAD = ("start: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, "
               "crop_seconds: 2.0}\n")
@@ -31,7 +31,7 @@ def _manifest(**over) -> dict:
             "split_scheme": "paper", "data_seed": 0, "fma_root": "/nowhere", "label_names": ["a", "b"],
             "counts": {}, "num_tracks": {"train": 26, "val": 3, "test": 3}, "wave_mean": 0.0, "wave_std": 0.1,
             "bad_tracks": [], "shards": {}, "min_track_seconds": 2.0, "silence_peak": 1e-4, "tracks_per_shard": 64,
-            "track_list_sha1": "0" * 40, **over}
+            "track_list_sha1": "0" * 40, "shard_sha256": {}, **over}
 
 
 def _fma_root(base: Path, demo_root: str, name: str, edit) -> Path:
@@ -55,7 +55,7 @@ def bad(tmp_path_factory, demo_root):
     for name, manifest in caches.items():
         (base / "caches" / name).mkdir(parents=True)
         if manifest:
-            (base / "caches" / name / "manifest.json").write_text(json.dumps(manifest))
+            (base / "caches" / name / "manifest.json").write_text(sealed_json(manifest))
     genre = ("track", "genre_top")
     _fma_root(base, demo_root, "no_genre_column", lambda t: t.drop(columns=[genre]))
     _fma_root(base, demo_root, "one_genre", lambda t: t[t[genre] == t[genre].iloc[0]])
@@ -170,24 +170,26 @@ def _check_refused(proc: subprocess.CompletedProcess, needle: str) -> str:
 
 
 @pytest.mark.parametrize("argv, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, argv, needle):
+def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, argv, needle, faults, request):
     before = _snapshot(bad / "work")
     proc = _run(argv(bad), home=tmp_path / "home")
     _check_refused(proc, needle)
     assert _snapshot(bad / "work") == before, "an earlier run's files are untouched"
+    faults.record(f"bad input: {request.node.callspec.id}", 1, "exit 2, one line naming it; earlier results untouched")
 
 
-def test_existing_cache_of_other_settings_is_kept(demo_root, tmp_path):
+def test_existing_cache_of_other_settings_is_kept(demo_root, tmp_path, faults):
     """prepare into a cache made at another sample rate: refused, the cache as it was."""
     out = tmp_path / "cache"
     (out / "shards").mkdir(parents=True)
     manifest = _manifest(sample_rate=16_000, subset="small", data_seed=0)
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "manifest.json").write_text(sealed_json(manifest))
     (out / "shards" / "train-00000.parquet").write_bytes(b"earlier shard")
     before = _snapshot(out)
     proc = _run(["mgc_ray.prepare", "--fma-root", demo_root, "--out", str(out)], home=tmp_path / "home")
     _check_refused(proc, "other settings")
     assert _snapshot(out) == before
+    faults.record("bad input: prepare into a cache of other settings", 1, "exit 2, one line; the cache untouched")
 
 
 def test_more_gpus_than_any_node_is_refused_before_prepare(demo_root, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from mgc_ray import checkpoint
 from mgc_ray.errors import UserError
 from mgc_ray.evaluate import main as evaluate_main
+from mgc_ray.files import read_sealed_json, write_sealed_json
 from mgc_ray.metrics import METRIC_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,9 +74,9 @@ def test_cache_at_another_sample_rate_is_refused(smoke_search, tmp_path):
 
     cache = tmp_path / "cache16k"
     shutil.copytree(smoke_search.cache, cache)
-    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest = read_sealed_json(cache / "manifest.json")
     manifest["sample_rate"] = 16000
-    (cache / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed_json(cache / "manifest.json", manifest)
     with pytest.raises(UserError, match=r"16000 Hz audio but checkpoint .* takes 22050 Hz"):
         evaluate_main(["--checkpoint", smoke_search.checkpoint, "--cache", str(cache), "--out", str(tmp_path / "o")])
 

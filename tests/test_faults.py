@@ -33,7 +33,7 @@ def _trial_workers(run, rel) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alone(
-        tmp_path, smoke_home, cli_runs, rel):
+        tmp_path, smoke_home, cli_runs, rel, faults):
     space = tmp_path / "space.yaml"
     space.write_text(rel.DIVERGING_SPACE)
     # seed 0: Optuna draws lr 1e8 for the second trial (checked below), the paper's lr first and third
@@ -101,3 +101,7 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
     board = next((tmp_path / "results" / "demo-smoke").glob("*/leaderboard.csv")).read_text().splitlines()
     assert len(board) == 1 + 3 and sum(",ERROR," in row for row in board) == 1
     assert not run.leftovers(), "the command's local Ray ends with it"
+    faults.record("a trial's worker SIGKILLed mid-trial", 1,
+                  "the trial resumed from its checkpoint; each epoch ran and was logged once")
+    faults.record("a trial that raises (diverged loss)", 1 + MAX_FAILURES,
+                  "it alone failed; its retries stopped at once; the search finished")

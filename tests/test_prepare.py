@@ -1,5 +1,4 @@
 """prepare: mp3 -> int16 Parquet shards + manifest, as Ray tasks; bad tracks reported; idempotent and atomic."""
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ from mgc_ray import fma
 from mgc_ray.cache import INT16_SCALE, check_cache, read_manifest, to_int16
 from mgc_ray.config import CACHE_SCHEMA_VERSION, MIN_TRACK_SECONDS, SPLITS
 from mgc_ray.errors import UserError
+from mgc_ray.files import sealed_json
 from mgc_ray.audio import decode_audio
 from mgc_ray.prepare import check_track, prepare
 
@@ -24,7 +24,7 @@ SR = 22050
 PER_SHARD = 4  # small shards: several per split even on the tiny demo
 MANIFEST_KEYS = {"schema_version", "sample_rate", "subset", "split_scheme", "data_seed", "fma_root", "label_names",
                  "counts", "num_tracks", "wave_mean", "wave_std", "bad_tracks", "shards", "min_track_seconds",
-                 "silence_peak", "tracks_per_shard", "track_list_sha1"}
+                 "silence_peak", "tracks_per_shard", "track_list_sha1", "shard_sha256"}
 SCHEMA = pa.schema([("track_id", pa.int64()), ("label", pa.int32()), ("split", pa.string()),
                     ("num_samples", pa.int64()), ("samples", pa.list_(pa.int16()))])
 
@@ -140,7 +140,7 @@ def test_check_cache_errors(clean, tmp_path):
                           (dict(split_scheme="official"), "official split")):
         d = tmp_path / match.replace(" ", "_")
         d.mkdir()
-        (d / "manifest.json").write_text(json.dumps({**m, **change}))
+        (d / "manifest.json").write_text(sealed_json({**m, **change}))
         with pytest.raises(UserError, match=match):
             check_cache(d, sample_rate=SR, split_scheme="paper")
 

@@ -22,7 +22,7 @@ def _study_points(study) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, cli_runs, rel):
+def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, cli_runs, rel, faults):
     space = tmp_path / "space.yaml"
     space.write_text(rel.CALM_SPACE)
     args = rel.args(tmp_path, "--smoke", "--no-dashboard", "--space", str(space), "--num-samples", str(N_TRIALS),
@@ -114,3 +114,7 @@ def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, c
     lost = set(by_trial) - set(state)  # started after Tune's last save before the SIGKILL
     for trial in lost:
         assert by_trial[trial][0].info.status == "KILLED" and "mgc.lost" in by_trial[trial][0].data.tags
+    faults.record("a search interrupted with SIGINT (Ctrl+C), then --resume", 1,
+                  "runs ended KILLED; finished trials not re-run; the interrupted one continued from its checkpoint")
+    faults.record("a search's driver SIGKILLed, then --resume", 1,
+                  "no run left RUNNING; one MLflow run per trial; each epoch logged once; the sampler's history kept")

@@ -162,3 +162,21 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     with pytest.raises(OSError):
         atomic_write(path, broken)
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_worker_exit_tracebacks_stay_out_of_the_output():
+    """Ray's SIGTERM of a finished worker, caught in a GC callback (seen in a trial worker's log), is dropped;
+    any other error a worker prints is kept."""
+    from mgc_ray.cluster import without_exit_tracebacks
+
+    noise = ["Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f6dcaaca520>",
+             "Traceback (most recent call last):",
+             '  File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove',
+             "    def _remove(item, selfref=ref(self)):", "",
+             '  File ".../ray/_private/worker.py", line 1063, in sigterm_handler',
+             "    raise_sys_exit_with_custom_error_message(",
+             '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.raise_sys_exit_with_custom_error_message',
+             "SystemExit: 1"]
+    real = ["Traceback (most recent call last):", '  File "x.py", line 1, in f', "ValueError: bad"]
+    assert without_exit_tracebacks(["epoch 1"] + noise + ["epoch 2"]) == ["epoch 1", "epoch 2"]
+    assert without_exit_tracebacks(real + noise) == real
