@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = dataclasses.replace(plan, name=claim_name(storage, name))
     try:
         try:
-            _search(args, plan, space, storage, cache, fma_root, manifest, prepared)
+            _search(args, plan, space, storage, cache, fma_root, manifest, prepared, started)
         except Exception as exc:
             _refuse_if_full(exc, folders, plan)
             raise
@@ -394,7 +394,13 @@ def _refuse_if_full(exc: Exception, folders: list[tuple[str, str]], plan: Plan) 
 MIN_FULL_BYTES = 2**20  # a folder this close to full explains any error Ray reports
 
 
-def _search(args, plan: Plan, space, storage: str, cache: str, fma_root: str | None, manifest, prepared) -> None:
+def _search(args, plan: Plan, space, storage: str, cache: str, fma_root: str | None, manifest, prepared,
+            started: float) -> None:
+    """Ray, the cluster's checks and resources, the cache if it is still to prepare, the search.
+
+    Args:
+        started: time.monotonic() when the command started (the demo's budget counts from it).
+    """
     from mgc_ray import search
 
     address = ray_address(args.address)
