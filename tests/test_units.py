@@ -138,6 +138,7 @@ def _doc(**over):
             "counts": {"train": {"a": 1, "b": 1, "c": 1}}, "num_tracks": {"train": 3, "val": 0, "test": 0},
             "wave_mean": 0.0, "wave_std": 0.2, "bad_tracks": [], "shards": {"train": ["shards/train-00000.parquet"]},
             "min_track_seconds": 2.0, "silence_peak": 1e-4, "tracks_per_shard": 64, "track_list_sha1": "f" * 40,
+            "shard_sha256": {"shards/train-00000.parquet": "0" * 64},
             **over}
 
 
