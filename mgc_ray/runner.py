@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mgc_ray import report, search, tracking
+from mgc_ray import report, search, study, tracking
 from mgc_ray.cache import Manifest
 from mgc_ray.callbacks import Progress, TrialLogger
 from mgc_ray.cluster import TrialResources
@@ -62,9 +62,17 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
     else:
         tune_config = tune.TuneConfig(
             metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
-            search_alg=search.make_searcher(space, plan.seed), max_concurrent_trials=concurrent,
+            search_alg=make_study_searcher(plan, space), max_concurrent_trials=concurrent,
             scheduler=search.make_scheduler(plan.max_epochs, plan.grace_period))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def make_study_searcher(plan, space):
+    """The search's Optuna study (`mgc_ray.study`): PRUNED feedback, RDB storage, warm starts."""
+    from mgc_ray.searcher import StudySearcher
+
+    return StudySearcher(plan.optuna_storage, plan.name, [space], plan.seed, plan.max_epochs,
+                         metric=search.METRIC, mode=search.MODE, resume=plan.resume, warm_start=plan.warm_start)
 
 
 def _use_callbacks(tuner, callbacks: list) -> None:
@@ -110,7 +118,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     if plan.paper_only:
         param_space = {**fixed, **space.paper_point()}
     else:
-        param_space = search.param_space(space, fixed)
+        param_space = fixed  # the study draws the searched hyperparameters (searcher.StudySearcher)
 
     uri = plan.mlflow_uri
     c = tracking.client(uri)
@@ -121,6 +129,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         "arch": plan.arch, "dataset": plan.dataset, "cache": plan.cache, "num_samples": plan.num_samples,
         "max_epochs": plan.max_epochs, "seed": plan.seed, "data_seed": manifest.data_seed,
         "paper_only": plan.paper_only, "first_trial_is_paper": space.starts_at_paper,
+        "optuna_storage": None if plan.paper_only else plan.optuna_storage,
         "cpus_per_trial": cpus, "gpus_per_trial": gpus, "max_concurrent": concurrent,
         "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes})
@@ -135,6 +144,9 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
+        if not plan.paper_only:
+            print(f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
+                  f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
         grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress]).fit()
         if progress.interrupted(plan.num_samples):

@@ -81,6 +81,10 @@ def build_parser() -> Parser:
     p.add_argument("--data-seed", type=int, default=0, help="the paper split's seed (default 0): which tracks "
                    "are train, val and test; it names the cache, so it changes the test set")
     p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--optuna-storage", help="the search's Optuna study: an Optuna RDB URL such as "
+                   "sqlite:///optuna.db (default: optuna.db beside a sqlite --mlflow-uri, else in $MGC_HOME)")
+    p.add_argument("--warm-start", help="NAME[,NAME...]: earlier searches (studies in the same Optuna storage) "
+                   "whose finished trials this search starts from")
     p.add_argument("--results-dir", default="results", help="per-search tables and figures go under here")
     p.add_argument("--space", help="a search space YAML (default: search_spaces/<arch>.yaml)")
     p.add_argument("--smoke", action="store_true", help="tiny data, tiny inputs, 2 trials x 2 epochs (tests)")
@@ -104,6 +108,8 @@ class Plan:
     results_root: str         # per-search tables and figures go under <results_root>/<dataset>/<name>
     resume: bool = False
     grace_period: int = 1
+    optuna_storage: str = ""  # the study's RDB URL (study.default_storage unless --optuna-storage)
+    warm_start: tuple[str, ...] = ()  # earlier studies whose finished trials the study starts from
 
 
 def _check_positive(args) -> None:
@@ -234,6 +240,29 @@ def _check_experiment(args, storage: str, name: str) -> None:
                         "or choose another --experiment-name")
 
 
+def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
+    """(the Optuna storage URL, the warm-start study names), checked before Ray starts."""
+    from mgc_ray import study
+
+    storage = args.optuna_storage or study.default_storage(args.mlflow_uri, home())
+    if not storage.startswith(("sqlite:///", "postgresql", "mysql")):
+        raise UserError(f"--optuna-storage {storage!r} is not an Optuna RDB URL: use sqlite:///PATH "
+                        "(or a postgresql:// or mysql:// URL)")
+    if storage.startswith("sqlite:///"):
+        writable_dir(Path(storage[len("sqlite:///"):]).expanduser().resolve().parent, "--optuna-storage folder")
+    warm = tuple(n.strip() for n in (args.warm_start or "").split(",") if n.strip())
+    if warm and (args.paper or args.resume):
+        raise UserError("--warm-start starts a new search: it cannot go with --paper or --resume")
+    if args.paper:
+        return storage, ()
+    if not args.resume and study.study_exists(storage, name):
+        raise UserError(f"an Optuna study named {name} already exists in {storage}: add --resume to continue it, "
+                        "or choose another --experiment-name")
+    for n in warm:
+        study.open_study(storage, n)  # refuses an unknown name, listing the known ones
+    return storage, warm
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_positive(args)
@@ -249,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache, fma_root, dataset = resolve_data(args)
     name = _search_name(args, dataset, storage)
     _check_experiment(args, storage, name)
+    optuna_storage, warm = resolve_study(args, name)
     if dataset.startswith("demo"):
         ensure_demo(args, fma_root)
     manifest, fma_dataset = check_data(args, cache, fma_root)
@@ -258,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_epochs=args.max_epochs or (defaults["max_epochs"] if not args.paper or args.smoke
                                                or dataset.startswith("demo") else PAPER[args.arch].epochs),
                 seed=args.seed, paper_only=args.paper, mlflow_uri=args.mlflow_uri,
-                results_root=str(results_root), resume=args.resume, grace_period=args.grace_period)
+                results_root=str(results_root), resume=args.resume, grace_period=args.grace_period,
+                optuna_storage=optuna_storage, warm_start=warm)
     if args.smoke:
         fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
         space = space.shrunk(fixed)
