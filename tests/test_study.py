@@ -39,7 +39,7 @@ def _search(tmp_path, name, n, **kw):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = StudySearcher(storage, name, [SPACE], 0, MAX_T, metric=search.METRIC, mode=search.MODE, **kw)
     grid = tune.Tuner(_curve, param_space={"max_epochs": MAX_T}, tune_config=tune.TuneConfig(
-        metric=search.METRIC, mode=search.MODE, num_samples=n, search_alg=searcher, max_concurrent_trials=2,
+        metric=search.METRIC, mode=search.MODE, num_samples=n, search_alg=searcher, max_concurrent_trials=2, reuse_actors=True,
         scheduler=search.make_scheduler(MAX_T, 1)),
         run_config=tune.RunConfig(name=name, storage_path=str(tmp_path / "ray"), verbose=0)).fit()
     return storage, grid
