@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import statistics
 import sys
@@ -52,10 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _common as C  # noqa: E402
-
-# No per-trial CSV/JSON/TensorBoard files: the values are recomputed from the surrogate, and on a
-# loaded 2-core machine Tune's per-result file writes are most of a search's time.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 CHANCE = math.log(10)
 MAX_T = 16
@@ -161,8 +156,13 @@ def main(argv=None) -> int:
     p = C.parser("python benchmarks/search_quality.py", __doc__, device=False, ray=False)
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--budget", type=int, default=32)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--time-limit", type=float, default=3000, help="seconds: stop starting searches after this")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="combine the reports of runs over other seeds (same budget) into one report in --out")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, C.out_dir(args))
     seeds, budget = (2, 8) if args.smoke else (args.seeds, args.budget)
     out = C.out_dir(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     report = {"machine": C.machine(torch.device("cpu")), "max_t": MAX_T, "budget": budget, "seeds": [],
               "surrogate": "analytic (see the script's doc)"}
     with C.work_dir(args.work) as work, C.ray_session(num_cpus=2):
-        for s in range(seeds):
+        for s in range(args.first_seed, args.first_seed + seeds):
             if time.time() - t0 > args.time_limit:
                 print(f"time limit reached after {s} seeds", flush=True)
                 break
@@ -195,12 +195,30 @@ def main(argv=None) -> int:
     return 0 if report["seeds"] else 1
 
 
-def write(out: Path, report: dict, curves: dict, searches: dict, budget: int, t0: float) -> None:
+def merge(paths: list[Path], out: Path) -> int:
+    """One report from several runs over disjoint seeds (run side by side to use the machine's time)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    budget = parts[0]["budget"]
+    if any(r["budget"] != budget for r in parts):
+        raise SystemExit("the reports to merge have different budgets")
+    report = dict(parts[0])
+    report["seeds"] = [s for r in parts for s in r["seeds"]]
+    report["merged_from"] = [str(p) for p in paths]
+    report["machine"] = dict(parts[0]["machine"], load_avg_1min_at_start=max(
+        r["machine"]["load_avg_1min_at_start"] or 0 for r in parts))
+    curves = {m: [c for r in parts for c in r["curves"][m]] for m in METHODS}
+    wall = max(r["wall_s"] for r in parts)
+    searches = {m: [r["seconds_per_search"][m] for r in parts if r["seconds_per_search"][m]] for m in METHODS}
+    write(out, report, curves, searches, budget, time.time() - wall, f"{len(parts)} runs side by side")
+    return 0
+
+
+def write(out: Path, report: dict, curves: dict, searches: dict, budget: int, t0: float, how: str = "") -> None:
     n = len(report["seeds"])
     medians = {m: [statistics.median(c[b] for c in curves[m]) for b in range(budget)] for m in METHODS}
     target = medians["stock"][-1]
     needed = {m: next((b + 1 for b in range(budget) if medians[m][b] <= target), None) for m in METHODS}
-    report.update(medians=medians, stock_final_best=target, budget_to_reach_stock=needed,
+    report.update(curves=curves, medians=medians, stock_final_best=target, budget_to_reach_stock=needed,
                   per_seed_best={m: [c[-1] for c in curves[m]] for m in METHODS},
                   seconds_per_search={m: statistics.median(v) if v else None for m, v in searches.items()},
                   wall_s=time.time() - t0)
@@ -222,7 +240,8 @@ def write(out: Path, report: dict, curves: dict, searches: dict, budget: int, t0
               "warm has also seen an earlier search of half the budget on the same problem.",
               "", "Median seconds per search: " + ", ".join(f"{m} {C.fmt(v)}" for m, v in
                                                            report["seconds_per_search"].items() if v),
-              "", "The surrogate and the method: see the doc of benchmarks/search_quality.py."]
+              "", "The surrogate and the method: see the doc of benchmarks/search_quality.py."
+              + (f" Seeds ran as {how}, each with its own local Ray, on a machine shared with other jobs." if how else "")]
     C.write_report(out, "search_quality", report, lines)
 
 

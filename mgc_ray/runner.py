@@ -68,10 +68,12 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
 
 
 def make_study_searcher(plan, space):
-    """The search's Optuna study (`mgc_ray.study`): PRUNED feedback, RDB storage, warm starts."""
+    """The search's Optuna study (`mgc_ray.study`): PRUNED feedback, RDB storage, warm starts.
+    `space`: one `search.SearchSpace`, or a list of them (one study over several archs)."""
     from mgc_ray.searcher import StudySearcher
 
-    return StudySearcher(plan.optuna_storage, plan.name, [space], plan.seed, plan.max_epochs,
+    spaces = list(space) if isinstance(space, (list, tuple)) else [space]
+    return StudySearcher(plan.optuna_storage, plan.name, spaces, plan.seed, plan.max_epochs,
                          metric=search.METRIC, mode=search.MODE, resume=plan.resume, warm_start=plan.warm_start)
 
 
@@ -80,7 +82,9 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    ours = (TrialLogger, Progress)
+    from mgc_ray.callbacks import ArchLoggers
+
+    ours = (TrialLogger, Progress, ArchLoggers)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
@@ -203,15 +207,16 @@ def _score_trial(result, datasets, c, exp_id, parent) -> dict:
     return dict(result=result, scores=scores, payload=payload, checkpoint=ckpt_path, run_id=run_id)
 
 
-def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent) -> dict:
-    """Evaluate the best (and the paper) trial on the test split; log and write everything."""
+def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, out: Path | None = None) -> dict:
+    """Evaluate the best (and the paper) trial on the test split; log and write everything
+    (under `out`, default <results_root>/<dataset>/<name>)."""
     ok = [r for r in grid if r.error is None and r.metrics and search.METRIC in r.metrics]
     if not ok:
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]
         raise UserError(f"every trial failed ({errors}); see {experiment_path(plan.storage_path, plan.name)}")
     best = min(ok, key=lambda r: r.metrics[search.METRIC])
     paper = _paper_result(grid, space)
-    out = Path(plan.results_root) / plan.dataset / plan.name
+    out = out or Path(plan.results_root) / plan.dataset / plan.name
     rows = {"best": _score_trial(best, datasets, c, exp_id, parent)}
     if paper is not None:
         rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, c, exp_id, parent)
@@ -227,6 +232,9 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent) -
         tracking.log_artifacts(c, target, files)
     summary = report.summary_rows(plan.arch, rows)
     print(report.summary_table(plan.arch, summary, plan.dataset), flush=True)
+    totals = report.cost_totals(grid)
+    print(report.cost_line(totals), flush=True)
+    tracking.log_metrics(c, parent, {k: v for k, v in totals.items() if k.startswith("cost/")})
     print(f"mgc_ray: results in {out}", flush=True)
     return {"rows": summary, "results_dir": str(out), "best_config": TrainConfig.from_dict(best.config),
             "best_checkpoint": rows["best"]["checkpoint"], "parent_run_id": parent}

@@ -51,6 +51,7 @@ class Tag:
     EPOCHS_RUN = "mgc.epochs_run"
     STOPPED_EARLY = "mgc.stopped_early"
     ERROR = "mgc.error"
+    BEST_OVERALL = "mgc.best_overall"  # on each search run of a search over several archs: the best arch
 
 
 EXPERIMENT_PREFIX = "mgc_ray/"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +51,16 @@ def _best(history: list[dict]) -> dict:
     return {"best/val_loss": best["val/loss"], "best/epoch": best["epoch"],
             "best/val_paper_f1": best["val/paper_f1"], "best/val_macro_f1": best["val/macro_f1"],
             "best/val_top1_accuracy": best["val/top1_accuracy"]}
+
+
+def _gpu_share() -> float:
+    """The GPUs Tune gave this trial (a fraction when trials share one); 0 on CPU."""
+    from ray import tune
+
+    try:
+        return float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0))
+    except Exception:  # noqa: BLE001 - outside Tune (or an older API): no GPU share to count
+        return 0.0
 
 
 def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest) -> None:
@@ -89,6 +100,8 @@ def _train(config: dict, datasets: CacheDatasets, manifest: Manifest) -> None:
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start = 0
+    cost = {"samples": 0, "wall_s": 0.0, "cpu_s": 0.0}  # this trial's so far (carried in its checkpoints)
+    share = _gpu_share()
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -97,9 +110,11 @@ def _train(config: dict, datasets: CacheDatasets, manifest: Manifest) -> None:
         model.load_state_dict(payload.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
+        cost = dict(state.get("cost", cost))
     augment = Augment().to(device) if cfg.augment else None
     generator = torch.Generator(device=device)
     for epoch in range(start, cfg.max_epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
         generator.manual_seed(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
         batches = train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
@@ -110,12 +125,22 @@ def _train(config: dict, datasets: CacheDatasets, manifest: Manifest) -> None:
         logits, labels, _ = predict_logits(model, eval_batches(
             datasets.val, crop_len=mcfg.crop_samples, batch_size=EVAL_BATCH_FACTOR * cfg.batch_size,
             device=str(device)), device=device)
+        cost = {"samples": cost["samples"] + tr["samples"], "wall_s": cost["wall_s"] + time.perf_counter() - t0,
+                "cpu_s": cost["cpu_s"] + time.process_time() - c0}
         row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"],
-               **prefixed("val", score(logits, labels, label_names))}
+               **prefixed("val", score(logits, labels, label_names)), **_cost(cost, share, device)}
         history.append(row)
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(d, model, mcfg, label_names, train_config=dataclasses.asdict(cfg), epoch=epoch,
                       metrics=row, train_state={"optimizer": optimizer.state_dict(), "epoch": epoch,
-                                                "history": history})
+                                                "history": history, "cost": cost})
             tune.report({**row, **_best(history), "node_id": node_id, "restored_epochs": start},
                         checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _cost(cost: dict, gpu_share: float, device) -> dict:
+    """What the trial has cost so far: training samples seen, wall, CPU (this process) and GPU
+    seconds (its GPU share x wall time), and samples per second of wall time."""
+    return {"cost/samples_seen": cost["samples"], "cost/wall_s": cost["wall_s"], "cost/cpu_s": cost["cpu_s"],
+            "cost/gpu_s": gpu_share * cost["wall_s"], "cost/samples_per_s": cost["samples"] / max(cost["wall_s"], 1e-9),
+            "device": str(device)}

@@ -51,7 +51,9 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m mgc_ray.tune", description=__doc__.split("\n")[0])
     # The registered models that have the paper's settings (each one's reference run and
     # first trial); config.PAPER needs no torch import, so bad flags are refused in 0.3 s.
-    p.add_argument("--arch", required=True, choices=sorted(PAPER))
+    p.add_argument("--arch", required=True, type=arch_list, metavar="{" + ",".join(sorted(PAPER)) + "}[,...]|all",
+                   help="one arch, several (comma-separated) or all: one study over them, each arch with "
+                        "its own space")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--fma-root", help=f"FMA root (fma_metadata/, fma_<subset>/); or set ${FMA_ROOT_ENV}")
     data.add_argument("--cache", help="a prepared cache (python -m mgc_ray.prepare)")
@@ -91,6 +93,23 @@ def build_parser() -> Parser:
     return p
 
 
+def arch_list(text: str) -> tuple[str, ...]:
+    """`--arch`: one name, several comma-separated, or `all` (every arch with the paper's settings)."""
+    import argparse
+
+    names = sorted(PAPER) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in PAPER]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"invalid choice: {', '.join(repr(n) for n in bad) or repr(text)} "
+                                         f"(choose from {', '.join(sorted(PAPER))}, or all)")
+    return tuple(dict.fromkeys(names))
+
+
+def arch_label(archs: Sequence[str]) -> str:
+    """A search's arch part of its name: the arch, `all`, or the archs joined by '+'."""
+    return "all" if len(archs) > 1 and set(archs) == set(PAPER) else "+".join(archs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What this invocation will do, resolved from the CLI and the data; all the runner reads."""
@@ -109,6 +128,7 @@ class Plan:
     resume: bool = False
     grace_period: int = 1
     optuna_storage: str = ""  # the study's RDB URL (study.default_storage unless --optuna-storage)
+    archs: tuple[str, ...] = ()  # several: one study over these archs (arch is then their label)
     warm_start: tuple[str, ...] = ()  # earlier studies whose finished trials the study starts from
 
 
@@ -265,12 +285,17 @@ def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    archs = args.arch
+    if len(archs) > 1 and (args.paper or args.space):
+        raise UserError("--paper and --space take one arch: give --arch NAME (a search over several archs "
+                        "uses each arch's own search_spaces/<arch>.yaml)")
+    args.arch = arch_label(archs)
     _check_positive(args)
     _check_dashboard_host(args)
     from mgc_ray import search
 
     # 1. Everything that needs no Ray: most bad input costs a second, not a Ray start.
-    space = search.load_space(args.arch, args.space)
+    spaces = [search.load_space(a, args.space) for a in archs]
     storage = resolve_storage(args.storage_path)
     results_root = writable_dir(Path(args.results_dir).expanduser().resolve(), "--results-dir")
     if args.mlflow_uri.startswith("sqlite:///"):
@@ -284,15 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest, fma_dataset = check_data(args, cache, fma_root)
     defaults = SMOKE_SEARCH if args.smoke else (DEMO_SEARCH if dataset.startswith("demo") else FMA_SEARCH)
     plan = Plan(arch=args.arch, cache=cache, dataset=dataset, name=name, storage_path=storage,
-                num_samples=1 if args.paper else (args.num_samples or defaults["num_samples"]),
+                num_samples=1 if args.paper else (args.num_samples or max(defaults["num_samples"], len(archs))),
                 max_epochs=args.max_epochs or (defaults["max_epochs"] if not args.paper or args.smoke
-                                               or dataset.startswith("demo") else PAPER[args.arch].epochs),
+                                               or dataset.startswith("demo") else PAPER[archs[0]].epochs),
                 seed=args.seed, paper_only=args.paper, mlflow_uri=args.mlflow_uri,
                 results_root=str(results_root), resume=args.resume, grace_period=args.grace_period,
-                optuna_storage=optuna_storage, warm_start=warm)
+                optuna_storage=optuna_storage, warm_start=warm, archs=archs if len(archs) > 1 else ())
     if args.smoke:
         fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
-        space = space.shrunk(fixed)
+        spaces = [s.shrunk(fixed) for s in spaces]
     from mgc_ray.cache import check_cache
     from mgc_ray.prepare import prepare
 
@@ -304,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if manifest is not None:
         if fma_root is not None:
             manifest = prepared()  # done already: confirms the cache holds these tracks, starts no Ray
-        search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+        for space in spaces:
+            search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
 
     # 2. Ray, then what needs the cluster, still before any expensive work.
     address = ray_address(args.address)
@@ -313,10 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent)
     if manifest is None:
         manifest = prepared()  # Ray tasks over the cluster
-        search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+        for space in spaces:
+            search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+    if plan.archs:
+        from mgc_ray.multi import run_multi_search
+
+        run_multi_search(plan, spaces, manifest, res)
+        return 0
     from mgc_ray.runner import run_search
 
-    run_search(plan, space, manifest, res)
+    run_search(plan, spaces[0], manifest, res)
     return 0
 
 
