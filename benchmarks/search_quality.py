@@ -226,7 +226,8 @@ def write(out: Path, report: dict, curves: dict, searches: dict, budget: int, t0
     met = share is not None and share <= TARGET_SHARE
     report["target"] = C.target("search quality", f"ours reaches stock's final best with <= {TARGET_SHARE:.0%} "
                                 f"of its {budget} trials", f"{needed['ours']} trials" if needed["ours"] else "never",
-                                C.MET if met else C.NOT_MET, f"{n} seeds")
+                                C.MET if met else C.NOT_MET, f"{n} seeds, budget {budget}")
+    report["name"], report["targets"] = "search_quality", [report["target"]]  # benchmarks/summary.py reads these
     marks = sorted({1, 2, 4, 8, 12, 16, 24, budget} & set(range(1, budget + 1)))
     lines = [f"# Search quality at equal trial budgets ({n} seeds, max_t {MAX_T} epochs, ASHA grace 1, rf 2)", "",
              "Median over seeds of the best full-length final value (lower is better) among the first B trials:", ""]

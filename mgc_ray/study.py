@@ -94,7 +94,7 @@ def study_exists(storage: str, name: str) -> bool:
 
     try:
         return any(s.study_name == name for s in optuna.get_all_study_summaries(storage))
-    except Exception:  # no such database yet
+    except Exception:  # noqa: BLE001 - no such database or table yet: no study either
         return False
 
 

@@ -74,7 +74,7 @@ def test_warm_start_adds_finished_trials_and_keeps_the_paper_trial_once(tmp_path
     storage, _ = _search(tmp_path, "first", 6)
     first = optuna.load_study(study_name="first", storage=storage)
     done = [t for t in first.trials if t.state.name == "COMPLETE"]
-    storage, grid = _search(tmp_path, "second", 3, warm_start=["first"])
+    storage, _ = _search(tmp_path, "second", 3, warm_start=["first"])
     second = optuna.load_study(study_name="second", storage=storage).trials
     warm = [t for t in second if "warm_start_from" in t.user_attrs]
     assert [(t.params, t.value) for t in warm] == [(t.params, t.value) for t in done]
@@ -107,3 +107,29 @@ def test_smoke_search_study_holds_every_trial(smoke_search):
     assert {t.user_attrs[study.TUNE_ID_ATTR] for t in s.trials} == {r.data.tags["mgc.trial_id"] for r in children}
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in s.trials), [t.state for t in s.trials]
     assert all(t.intermediate_values for t in s.trials)
+
+
+@pytest.mark.slow
+def test_all_archs_is_one_study_with_a_row_per_arch(tmp_path, run_module):
+    """`--arch all --smoke`: one study holding trials of all five archs (the paper's settings of each
+    first), each arch's best beside its Table 1 row in summary.md and in `compare`."""
+    from mgc_ray.config import PAPER
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_module("mgc_ray.tune", "--arch", "all", "--smoke", "--no-dashboard", "--mlflow-uri", uri,
+                      "--results-dir", str(tmp_path / "results"), "--storage-path", str(tmp_path / "ray"),
+                      "--experiment-name", "every-arch", env={"MGC_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in proc.stdout
+    s = optuna.load_study(study_name="every-arch", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.params["arch"] for t in s.trials] == sorted(PAPER), "each arch's paper trial, one each"
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in s.trials)
+    summary = (tmp_path / "results" / "demo-smoke" / "every-arch" / "summary.md").read_text()
+    for arch in PAPER:
+        assert f"| {arch} | ours, best searched |" in summary and f"| {arch} | paper Table 1" in summary
+    assert "Best overall" in summary
+    out = tmp_path / "comparison.md"
+    proc = run_module("mgc_ray.compare", "--mlflow-uri", uri, "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best_rows = [ln for ln in out.read_text().splitlines() if "ours, best searched" in ln]
+    assert len(best_rows) == len(PAPER), out.read_text()
