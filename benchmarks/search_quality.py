@@ -135,12 +135,19 @@ def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_
     for r in grid:  # the values a trial reported, recomputed (the surrogate is deterministic)
         epochs = int(r.metrics.get("training_iteration", 0))
         values = curve(prob_, prob, r.config["lr"], r.config["weight_decay"], r.config["batch_size"], epochs)
-        rows.append({"trial_id": r.metrics.get("trial_id"), "start": r.metrics.get("date"),
+        rows.append({"trial_id": r.metrics.get("trial_id"), "index": _creation_index(r),
                      "config": {k: r.config[k] for k in paper}, "epochs": len(values),
                      "final": min(values) if len(values) == MAX_T else None})
-    # Tune's trial ids count up in creation order: that is the start order with one trial at a time.
-    rows.sort(key=lambda row: row["trial_id"])
+    # The creation index is the start order with one trial at a time (Tune's trial ids are random).
+    rows.sort(key=lambda row: row["index"])
     return rows
+
+
+def _creation_index(result) -> int:
+    """Tune's experiment tag starts with the trial's creation index ("3_batch_size=..."); so does
+    the part of its folder name after the trial id."""
+    tag = str((result.metrics or {}).get("experiment_tag") or Path(str(result.path)).name.split("_", 3)[3])
+    return int(tag.split("_")[0])
 
 
 def best_by_budget(rows: list[dict], budget: int) -> list[float]:
