@@ -4,7 +4,7 @@
     python benchmarks/summary.py --results DIR         # another folder of reports (the test's smoke runs)
 
 Reads `<name>_<device>.json` written by features.py, pipeline.py, trial.py,
-search.py, scale.py and gpu_check.py and writes one table of every target: what was asked,
+search.py, scale.py, gpu_check.py and search_quality.py and writes one table of every target: what was asked,
 what was measured, on which machine, and met / not met / not measured here. A
 GPU session adds its `*_cuda.json` beside the CPU ones and runs this again.
 """
@@ -17,7 +17,7 @@ from typing import Sequence
 import _common as C
 from mgc_ray.errors import Parser, UserError, run_cli
 
-SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check")
+SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "search_quality")
 
 GPU_COMMANDS = """\
 The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and

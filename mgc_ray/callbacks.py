@@ -81,7 +81,7 @@ class TrialLogger(Callback):
         if step <= self._last_step.get(trial.trial_id, -1):
             return  # this epoch is logged already (re-run after a restart from an older checkpoint)
         self._last_step[trial.trial_id] = step
-        metrics = {k: v for k, v in result.items() if k.split("/")[0] in ("train", "val", "best")}
+        metrics = {k: v for k, v in result.items() if k.split("/")[0] in ("train", "val", "best", "cost")}
         log_metrics(self.c, rid, metrics, step=step)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -112,6 +112,38 @@ def _error_text(trial) -> str:
         text = ""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "trial failed")[:4000]
+
+
+class ArchLoggers(Callback):
+    """A search over several archs: each trial goes to its arch's `TrialLogger` (its own
+    experiment `mgc_ray/<arch>/<dataset>` and search run there)."""
+
+    def __init__(self, loggers: dict[str, TrialLogger]):
+        self.loggers = loggers
+
+    @property
+    def seen(self) -> set[str]:
+        return set().union(*(lg.seen for lg in self.loggers.values()))
+
+    def _call(self, name: str, iteration, trials, trial, **info):
+        logger = self.loggers.get(str(trial.config.get("arch")))
+        if logger is not None:
+            getattr(logger, name)(iteration, trials, trial, **info)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._call("on_trial_start", iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._call("on_trial_result", iteration, trials, trial, result=result, **info)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._call("on_trial_recover", iteration, trials, trial, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._call("on_trial_complete", iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._call("on_trial_error", iteration, trials, trial, **info)
 
 
 class Progress(Callback):

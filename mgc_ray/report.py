@@ -85,9 +85,29 @@ def leaderboard_rows(grid) -> list[dict]:
                      "epochs": m.get("training_iteration", 0),
                      "best_val_loss": m.get("best/val_loss"), "best_epoch": m.get("best/epoch"),
                      "best_val_paper_f1": m.get("best/val_paper_f1"), "best_val_macro_f1": m.get("best/val_macro_f1"),
-                     "device": m.get("device"),
-                     **{k: cfg.get(k) for k in SEARCHED}})
+                     **{k: cfg.get(k) for k in SEARCHED}, "device": m.get("device"),
+                     **{k.replace("/", "_"): m.get(k) for k in COST}})
     return sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0))
+
+
+# A trial's cost as it reports it (trainable._cost): cumulative over its epochs.
+COST = ("cost/gpu_s", "cost/cpu_s", "cost/wall_s", "cost/samples_seen", "cost/samples_per_s")
+
+
+def cost_totals(grid) -> dict:
+    """A search's cost: the sum over its trials (samples/s: samples over wall seconds)."""
+    ms = [r.metrics or {} for r in grid]
+    tot = {k: sum(float(m.get(k) or 0) for m in ms) for k in COST[:4]}
+    devices = sorted({str(m["device"]) for m in ms if m.get("device")})
+    return {"devices": devices, "trials": len(ms), **tot,
+            "cost/samples_per_s": tot["cost/samples_seen"] / max(tot["cost/wall_s"], 1e-9)}
+
+
+def cost_line(totals: dict) -> str:
+    return (f"Cost of the search's trials ({totals['trials']}, on {', '.join(totals['devices']) or 'unknown'}): "
+            f"{totals['cost/gpu_s']:.1f} GPU-s (GPU share x wall), {totals['cost/cpu_s']:.1f} CPU-s, "
+            f"{totals['cost/wall_s']:.1f} trial wall-s, {totals['cost/samples_seen']:,.0f} training samples seen, "
+            f"{totals['cost/samples_per_s']:.1f} samples/s.")
 
 
 def write_search_results(out: Path, plan, grid, rows: dict, manifest,
@@ -123,7 +143,7 @@ def write_search_results(out: Path, plan, grid, rows: dict, manifest,
           f"up to {plan.max_epochs} epochs, seed {plan.seed}, data seed {manifest.data_seed}: "
           f"{manifest.num_tracks.get('test', 0)} test tracks, {manifest.n_classes} genres). {first}", "",
           *([budget_note, ""] if budget_note else []),
-          summary_table(plan.arch, summary, plan.dataset), "",
+          summary_table(plan.arch, summary, plan.dataset), "", cost_line(cost_totals(grid)), "",
           "Track level (crops covering the whole clip, logits averaged), best trial: "
           + ", ".join(f"{k} {_fmt(best['scores'].track.get(k))}" for k in COLUMNS), "",
           definitions(manifest.n_classes), "", "Best config:", "", "```yaml",

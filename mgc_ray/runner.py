@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mgc_ray import budget, report, search, tracking
+from mgc_ray import budget, report, search, study, tracking
 from mgc_ray.cache import Manifest
 from mgc_ray.callbacks import DiskGuard, Progress, TrialLogger
 from mgc_ray.cluster import TrialResources
@@ -72,9 +72,19 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
     else:
         tune_config = tune.TuneConfig(
             metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
-            search_alg=budget.BudgetLimiter(search.make_searcher(space, plan.seed), max_concurrent=concurrent),
+            search_alg=budget.BudgetLimiter(make_study_searcher(plan, space), max_concurrent=concurrent),
             scheduler=search.make_scheduler(plan.max_epochs, plan.grace_period))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def make_study_searcher(plan, space):
+    """The search's Optuna study (`mgc_ray.study`): PRUNED feedback, RDB storage, warm starts.
+    `space`: one `search.SearchSpace`, or a list of them (one study over several archs)."""
+    from mgc_ray.searcher import StudySearcher
+
+    spaces = list(space) if isinstance(space, (list, tuple)) else [space]
+    return StudySearcher(plan.optuna_storage, plan.name, spaces, plan.seed, plan.max_epochs,
+                         metric=search.METRIC, mode=search.MODE, resume=plan.resume, warm_start=plan.warm_start)
 
 
 def _use_callbacks(tuner, callbacks: list) -> None:
@@ -82,7 +92,9 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    ours = (TrialLogger, Progress, budget.Budget, DiskGuard)
+    from mgc_ray.callbacks import ArchLoggers
+
+    ours = (TrialLogger, Progress, budget.Budget, DiskGuard, ArchLoggers)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
 
@@ -122,7 +134,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     if plan.paper_only:
         param_space = {**fixed, **space.paper_point()}
     else:
-        param_space = search.param_space(space, fixed)
+        param_space = fixed  # the study draws the searched hyperparameters (searcher.StudySearcher)
 
     uri = plan.mlflow_uri
     c = tracking.client(uri)
@@ -133,6 +145,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         "arch": plan.arch, "dataset": plan.dataset, "cache": plan.cache, "num_samples": plan.num_samples,
         "max_epochs": plan.max_epochs, "seed": plan.seed, "data_seed": manifest.data_seed,
         "paper_only": plan.paper_only, "first_trial_is_paper": space.starts_at_paper,
+        "optuna_storage": None if plan.paper_only else plan.optuna_storage,
         "cpus_per_trial": cpus, "gpus_per_trial": gpus, "max_concurrent": concurrent,
         "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes})
@@ -148,6 +161,9 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
+        if not plan.paper_only:
+            print(f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
+                  f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
         ledger = _budget(plan)  # last, so that its clock starts with the search
         grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress, guard, ledger]).fit()
@@ -258,8 +274,10 @@ def _score_trial(result, datasets, c, exp_id, parent) -> dict:
     return dict(result=result, scores=scores, payload=payload, checkpoint=ckpt_path, run_id=run_id)
 
 
-def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, budget_note: str | None = None) -> dict:
-    """Evaluate the best (and the paper) trial on the test split; log and write everything.
+def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, budget_note: str | None = None,
+           out: Path | None = None) -> dict:
+    """Evaluate the best (and the paper) trial on the test split; log and write everything
+    (under `out`, default <results_root>/<dataset>/<name>).
 
     `budget_note`: why the budget ended the search, if it did (into summary.md).
     """
@@ -269,7 +287,7 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, b
         raise UserError(f"every trial failed ({errors}); see {experiment_path(plan.storage_path, plan.name)}")
     best = min(ok, key=lambda r: r.metrics[search.METRIC])
     paper = _paper_result(grid, space)
-    out = Path(plan.results_root) / plan.dataset / plan.name
+    out = out or Path(plan.results_root) / plan.dataset / plan.name
     rows = {"best": _score_trial(best, datasets, c, exp_id, parent)}
     if paper is not None:
         rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, c, exp_id, parent)
@@ -285,6 +303,9 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, b
         tracking.log_artifacts(c, target, files)
     summary = report.summary_rows(plan.arch, rows)
     print(report.summary_table(plan.arch, summary, plan.dataset), flush=True)
+    totals = report.cost_totals(grid)
+    print(report.cost_line(totals), flush=True)
+    tracking.log_metrics(c, parent, {k: v for k, v in totals.items() if k.startswith("cost/")})
     print(f"mgc_ray: results in {out}", flush=True)
     return {"rows": summary, "results_dir": str(out), "best_config": TrainConfig.from_dict(best.config),
             "best_checkpoint": rows["best"]["checkpoint"], "parent_run_id": parent, "budget_ended": budget_note}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,7 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start = 0
+    cost = {"samples": 0, "wall_s": 0.0, "cpu_s": 0.0}  # this trial's so far (carried in its checkpoints)
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -131,9 +133,11 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
         model.load_state_dict(payload.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
+        cost = dict(state.get("cost", cost))
     augment = augment_for(model).to(device) if cfg.augment else None
     net = compiled(model, cfg.compile)  # trains and predicts; `model` (the same parameters) is saved
     for epoch in range(start, cfg.max_epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
         generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
         batches = train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
@@ -144,13 +148,22 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
         logits, labels, _ = predict_logits(net, eval_batches(
             datasets.val, crop_len=mcfg.crop_samples, batch_size=EVAL_BATCH_FACTOR * cfg.batch_size,
             device=str(device)), device=device)
+        cost = {"samples": cost["samples"] + tr["samples"], "wall_s": cost["wall_s"] + time.perf_counter() - t0,
+                "cpu_s": cost["cpu_s"] + time.process_time() - c0}
         timing = {f"train/{k}": tr[k] for k in ("data_wait_s", "gpu_wait_share") if k in tr}
         row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"], **timing,
-               **prefixed("val", score(logits, labels, label_names))}
+               **prefixed("val", score(logits, labels, label_names)), **_cost(cost, td.share)}
         history.append(row)
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(d, model, mcfg, label_names, train_config=dataclasses.asdict(cfg), epoch=epoch,
                       metrics=row, train_state={"optimizer": optimizer.state_dict(), "epoch": epoch,
-                                                "history": history})
+                                                "history": history, "cost": cost})
             tune.report({**row, **_best(history), "node_id": node_id, "device": td.name, "restored_epochs": start},
                         checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _cost(cost: dict, gpu_share: float) -> dict:
+    """What the trial has cost so far: training samples seen, wall, CPU (this process) and GPU
+    seconds (its GPU share x wall time), and samples per second of wall time."""
+    return {"cost/samples_seen": cost["samples"], "cost/wall_s": cost["wall_s"], "cost/cpu_s": cost["cpu_s"],
+            "cost/gpu_s": gpu_share * cost["wall_s"], "cost/samples_per_s": cost["samples"] / max(cost["wall_s"], 1e-9)}

@@ -61,7 +61,9 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m mgc_ray.tune", description=__doc__.split("\n")[0])
     # The registered models that have the paper's settings (each one's reference run and
     # first trial); config.PAPER needs no torch import, so bad flags are refused in 0.3 s.
-    p.add_argument("--arch", required=True, choices=sorted(PAPER))
+    p.add_argument("--arch", required=True, type=arch_list, metavar="{" + ",".join(sorted(PAPER)) + "}[,...]|all",
+                   help="one arch, several (comma-separated) or all: one study over them, each arch with "
+                        "its own space")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--fma-root", help=f"FMA root (fma_metadata/, fma_<subset>/); or set ${FMA_ROOT_ENV}")
     data.add_argument("--cache", help="a prepared cache (python -m mgc_ray.prepare)")
@@ -102,10 +104,31 @@ def build_parser() -> Parser:
     p.add_argument("--data-seed", type=int, default=0, help="the paper split's seed (default 0): which tracks "
                    "are train, val and test; it names the cache, so it changes the test set")
     p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--optuna-storage", help="the search's Optuna study: an Optuna RDB URL such as "
+                   "sqlite:///optuna.db (default: optuna.db beside a sqlite --mlflow-uri, else in $MGC_HOME)")
+    p.add_argument("--warm-start", help="NAME[,NAME...]: earlier searches (studies in the same Optuna storage) "
+                   "whose finished trials this search starts from")
     p.add_argument("--results-dir", default="results", help="per-search tables and figures go under here")
     p.add_argument("--space", help="a search space YAML (default: search_spaces/<arch>.yaml)")
     p.add_argument("--smoke", action="store_true", help="tiny data, tiny inputs, 2 trials x 2 epochs (tests)")
     return p
+
+
+def arch_list(text: str) -> tuple[str, ...]:
+    """`--arch`: one name, several comma-separated, or `all` (every arch with the paper's settings)."""
+    import argparse
+
+    names = sorted(PAPER) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in PAPER]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"invalid choice: {', '.join(repr(n) for n in bad) or repr(text)} "
+                                         f"(choose from {', '.join(sorted(PAPER))}, or all)")
+    return tuple(dict.fromkeys(names))
+
+
+def arch_label(archs: Sequence[str]) -> str:
+    """A search's arch part of its name: the arch, `all`, or the archs joined by '+'."""
+    return "all" if len(archs) > 1 and set(archs) == set(PAPER) else "+".join(archs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +153,9 @@ class Plan:
     search_ends_by: float | None = None  # the demo's own budget: time.monotonic() by which the search should end
     budget_min_trials: int = 1           # trials that start even when the budget is spent
     compile: bool = False     # torch.compile each trial's model
+    optuna_storage: str = ""  # the study's RDB URL (study.default_storage unless --optuna-storage)
+    archs: tuple[str, ...] = ()  # several: one study over these archs (arch is then their label)
+    warm_start: tuple[str, ...] = ()  # earlier studies whose finished trials the study starts from
 
 
 def _duration(text: str) -> float:
@@ -297,17 +323,43 @@ def demo_budget(args, plan: Plan, gpus: float, started: float) -> Plan:
         return plan
     return dataclasses.replace(plan, search_ends_by=started + DEMO_DEADLINE_S - DEMO_TAIL_S,
                                budget_min_trials=DEMO_MIN_TRIALS)
+def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
+    """(the Optuna storage URL, the warm-start study names), checked before Ray starts."""
+    from mgc_ray import study
+
+    storage = args.optuna_storage or study.default_storage(args.mlflow_uri, home())
+    if not storage.startswith(("sqlite:///", "postgresql", "mysql")):
+        raise UserError(f"--optuna-storage {storage!r} is not an Optuna RDB URL: use sqlite:///PATH "
+                        "(or a postgresql:// or mysql:// URL)")
+    if storage.startswith("sqlite:///"):
+        writable_dir(Path(storage[len("sqlite:///"):]).expanduser().resolve().parent, "--optuna-storage folder")
+    warm = tuple(n.strip() for n in (args.warm_start or "").split(",") if n.strip())
+    if warm and (args.paper or args.resume):
+        raise UserError("--warm-start starts a new search: it cannot go with --paper or --resume")
+    if args.paper:
+        return storage, ()
+    if not args.resume and study.study_exists(storage, name):
+        raise UserError(f"an Optuna study named {name} already exists in {storage}: add --resume to continue it, "
+                        "or choose another --experiment-name")
+    for n in warm:
+        study.open_study(storage, n)  # refuses an unknown name, listing the known ones
+    return storage, warm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     args = build_parser().parse_args(argv)
+    archs = args.arch
+    if len(archs) > 1 and (args.paper or args.space):
+        raise UserError("--paper and --space take one arch: give --arch NAME (a search over several archs "
+                        "uses each arch's own search_spaces/<arch>.yaml)")
+    args.arch = arch_label(archs)
     _check_positive(args)
     _check_dashboard_host(args)
     from mgc_ray import search
 
     # 1. Everything that needs no Ray: most bad input costs a second, not a Ray start.
-    space = search.load_space(args.arch, args.space)
+    spaces = [search.load_space(a, args.space) for a in archs]
     storage = resolve_storage(args.storage_path)
     results_root = writable_dir(Path(args.results_dir).expanduser().resolve(), "--results-dir")
     if args.mlflow_uri.startswith("sqlite:///"):
@@ -318,20 +370,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_free(path, what)
     name = _search_name(args, dataset, storage)
     _check_experiment(args, storage, name)
+    optuna_storage, warm = resolve_study(args, name)
     if dataset.startswith("demo"):
         ensure_demo(args, fma_root)
     manifest, fma_dataset = check_data(args, cache, fma_root)
     defaults = SMOKE_SEARCH if args.smoke else (DEMO_SEARCH if dataset.startswith("demo") else FMA_SEARCH)
     plan = Plan(arch=args.arch, cache=cache, dataset=dataset, name=name, storage_path=storage,
-                num_samples=1 if args.paper else (args.num_samples or defaults["num_samples"]),
+                num_samples=1 if args.paper else (args.num_samples or max(defaults["num_samples"], len(archs))),
                 max_epochs=args.max_epochs or (defaults["max_epochs"] if not args.paper or args.smoke
-                                               or dataset.startswith("demo") else PAPER[args.arch].epochs),
+                                               or dataset.startswith("demo") else PAPER[archs[0]].epochs),
                 seed=args.seed, paper_only=args.paper, mlflow_uri=args.mlflow_uri,
                 results_root=str(results_root), resume=args.resume, grace_period=args.grace_period,
-                time_budget_s=args.time_budget, gpu_hours=args.gpu_hours, compile=args.compile)
+                time_budget_s=args.time_budget, gpu_hours=args.gpu_hours, compile=args.compile,
+                optuna_storage=optuna_storage, warm_start=warm, archs=archs if len(archs) > 1 else ())
     if args.smoke:
         fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
-        space = space.shrunk(fixed)
+        spaces = [s.shrunk(fixed) for s in spaces]
     from mgc_ray.cache import check_cache
     from mgc_ray.prepare import prepare
 
@@ -344,14 +398,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if manifest is not None:
         if fma_root is not None:
             manifest = prepared()  # done already: confirms the cache holds these tracks, starts no Ray
-        search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+        for space in spaces:
+            search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
 
     # 2. Ray, then what needs the cluster, still before any expensive work.
     if not args.experiment_name and not args.resume:
         plan = dataclasses.replace(plan, name=claim_name(storage, name))
     try:
         try:
-            _search(args, plan, space, storage, cache, fma_root, manifest, prepared, started)
+            _search(args, plan, spaces, storage, cache, fma_root, manifest, prepared, started)
         except Exception as exc:
             _refuse_if_full(exc, folders, plan)
             raise
@@ -394,7 +449,7 @@ def _refuse_if_full(exc: Exception, folders: list[tuple[str, str]], plan: Plan) 
 MIN_FULL_BYTES = 2**20  # a folder this close to full explains any error Ray reports
 
 
-def _search(args, plan: Plan, space, storage: str, cache: str, fma_root: str | None, manifest, prepared,
+def _search(args, plan: Plan, spaces: list, storage: str, cache: str, fma_root: str | None, manifest, prepared,
             started: float) -> None:
     """Ray, the cluster's checks and resources, the cache if it is still to prepare, the search.
 
@@ -406,18 +461,26 @@ def _search(args, plan: Plan, space, storage: str, cache: str, fma_root: str | N
     address = ray_address(args.address)
     cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard)
     cluster.check_cluster(storage, cache, fma_root if manifest is None else None, args.shared_storage)
-    res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent, arch=args.arch,
-                            max_batch=search.largest_batch(space, plan.paper_only))
+    # the default GPU share fits the heaviest trial the search may start
+    heaviest = max(spaces, key=lambda s: cluster.trial_memory_gib(s.arch, search.largest_batch(s, plan.paper_only)))
+    res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent, arch=heaviest.arch,
+                            max_batch=search.largest_batch(heaviest, plan.paper_only))
     if args.gpu_hours and not res.gpus:
         raise UserError("--gpu-hours counts the trials' GPU time, but they get no GPU here (no GPU in the cluster, "
                         "or --gpus-per-trial 0): use --time-budget instead")
     plan = demo_budget(args, plan, res.gpus, started)
     if manifest is None:
         manifest = prepared()  # Ray tasks over the cluster
-        search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+        for space in spaces:
+            search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+    if plan.archs:
+        from mgc_ray.multi import run_multi_search
+
+        run_multi_search(plan, spaces, manifest, res)
+        return
     from mgc_ray.runner import run_search
 
-    run_search(plan, space, manifest, res)
+    run_search(plan, spaces[0], manifest, res)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,6 @@ def smoke_search(tmp_path_factory) -> SmokeSearch:
 # (owner: tune/runner/tracking/trainable) Used by tests/test_cluster.py, test_faults.py,
 # test_resume.py and test_bad_input.py.
 import json as _json
-import pickle as _pickle
 import signal as _signal
 import subprocess as _subprocess
 import sys as _sys
@@ -330,12 +329,14 @@ def tune_state(exp: _Path) -> dict[str, str]:
 
 
 def searcher_study(exp: _Path):
-    """The Optuna study in Tune's saved OptunaSearch state (None before the first save)."""
-    files = sorted(_Path(exp).glob("searcher-state-*.pkl"))
-    if not files:
+    """The search's Optuna study, from its default storage beside `work`/mlflow.db (None before it exists)."""
+    import optuna
+
+    storage = f"sqlite:///{_Path(exp).parent.parent / 'optuna.db'}"  # exp is work/ray/<name>
+    try:
+        return optuna.load_study(study_name=_Path(exp).name, storage=storage)
+    except KeyError:
         return None
-    with open(files[-1], "rb") as f:
-        return _pickle.load(f)["_ot_study"]
 
 
 def mlflow_search(work, arch: str = RELIABILITY_ARCH, dataset: str = "demo-smoke", name: str | None = None):

@@ -147,10 +147,11 @@ CASES = [
 
 def test_tune_offers_every_arch_with_paper_settings_and_a_model():
     from mgc_ray.models import list_models
-    from mgc_ray.tune import build_parser
+    from mgc_ray.tune import arch_list, build_parser
 
-    archs = next(a for a in build_parser()._actions if a.dest == "arch").choices
+    archs = arch_list("all")
     assert set(archs) == set(PAPER) and set(archs) <= set(list_models())
+    assert build_parser().parse_args(["--arch", "densenet,fusion"]).arch == ("densenet", "fusion")
 
 
 def _run(argv: list[str], home: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
