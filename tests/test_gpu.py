@@ -183,6 +183,7 @@ def test_more_than_one_gpu_per_trial_is_refused():
 
 
 # --- the one GPU check, in its CPU smoke mode ------------------------------------------
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
     import importlib
     import json
