@@ -183,6 +183,7 @@ def test_more_than_one_gpu_per_trial_is_refused():
 
 
 # --- the one GPU check, in its CPU smoke mode ------------------------------------------
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
     import importlib
     import json
@@ -205,4 +206,24 @@ def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
     assert report["frontend"]["librosa_clips_per_s_one_core"] > 0
     assert {t["status"] for t in report["targets"]} == {"not measured here"}  # no GPU: no GPU figure claimed
     assert "SMOKE RUN" in md and "no GPU on this machine" in md
+    sys.modules.pop("gpu_check", None)
+
+
+def test_gpu_check_synthetic_cache_is_a_valid_cache(tmp_path, monkeypatch):
+    """The FMA-sized cache gpu_check trains from passes the same checks a prepared cache does."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from mgc_ray.cache import check_cache
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    gpu_check = importlib.import_module("gpu_check")
+    cache = gpu_check.synthetic_cache(tmp_path / "cache", tracks=30, seconds=0.5, workers=1)
+    m = check_cache(cache, sample_rate=22_050, split_scheme="paper")
+    assert dict(m.num_tracks) == {"train": 24, "val": 3, "test": 3} and m.n_classes == 8 and m.wave_std > 0
+    table = pq.read_table(m.shard_paths("train")[0])
+    assert table.column("num_samples")[0].as_py() == 11_025 and len(table.column("samples")[0]) == 11_025
     sys.modules.pop("gpu_check", None)
