@@ -84,7 +84,7 @@ def test_storage_that_fills_midway_stops_in_one_line_and_resumes(tmp_path, smoke
         args[args.index("--storage-path") + 1] = str(storage)
         run = cli_runs("mgc_ray.tune", *args, cwd=tmp_path, env=rel.env(smoke_home))
         run.wait_until(lambda: any(rel.trial_results(storage / "filling").values()), 1200, "the first epoch")
-        filler = fill(disk, leave=6 * 2**20)  # below LOW_FREE_BYTES: the search stops, with room for Tune's state
+        filler = fill(disk, leave=24 * 2**20)  # below LOW_FREE_BYTES: the search stops, with room for Tune's state
         code = run.wait(900)
         out = run.output
         assert code == 2, run.tail()
