@@ -77,7 +77,8 @@ def test_a_full_folder_is_refused_before_anything_starts(tmp_path, smoke_home, r
 @pytest.mark.slow
 def test_storage_that_fills_midway_stops_in_one_line_and_resumes(tmp_path, smoke_home, cli_runs, rel, faults):
     epochs = 8
-    with small_fs(tmp_path, MIN_FREE_BYTES // 2**20 + 16) as disk:
+    # room for the start-up check, then (the filler removed) for the resume's check beside the checkpoints
+    with small_fs(tmp_path, 2 * MIN_FREE_BYTES // 2**20 + 32) as disk:
         storage = disk / "ray"
         args = rel.args(tmp_path, "--smoke", "--no-dashboard", "--num-samples", "2", "--max-epochs", str(epochs),
                         "--grace-period", str(epochs), "--experiment-name", "filling")
