@@ -188,8 +188,8 @@ def locked(path: str | os.PathLike):
 # a restart (--resume) instead of a clean refusal.
 MIN_FREE_BYTES = 64 * 2**20
 # A running search stops (as Ctrl+C does, ready for --resume) when a folder it writes to has less
-# than this: enough left for Tune's state and the checkpoint being written (a smoke trial's is ~1 MB).
-LOW_FREE_BYTES = 16 * 2**20
+# than this: room left for Tune's state and the checkpoints being written (a smoke trial's is 8.8 MB).
+LOW_FREE_BYTES = 32 * 2**20
 _FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
 
 

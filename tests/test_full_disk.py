@@ -77,14 +77,15 @@ def test_a_full_folder_is_refused_before_anything_starts(tmp_path, smoke_home, r
 @pytest.mark.slow
 def test_storage_that_fills_midway_stops_in_one_line_and_resumes(tmp_path, smoke_home, cli_runs, rel, faults):
     epochs = 8
-    with small_fs(tmp_path, MIN_FREE_BYTES // 2**20 + 16) as disk:
+    # room for the start-up check, then (the filler removed) for the resume's check beside the checkpoints
+    with small_fs(tmp_path, 2 * MIN_FREE_BYTES // 2**20 + 32) as disk:
         storage = disk / "ray"
         args = rel.args(tmp_path, "--smoke", "--no-dashboard", "--num-samples", "2", "--max-epochs", str(epochs),
                         "--grace-period", str(epochs), "--experiment-name", "filling")
         args[args.index("--storage-path") + 1] = str(storage)
         run = cli_runs("mgc_ray.tune", *args, cwd=tmp_path, env=rel.env(smoke_home))
         run.wait_until(lambda: any(rel.trial_results(storage / "filling").values()), 1200, "the first epoch")
-        filler = fill(disk, leave=6 * 2**20)  # below LOW_FREE_BYTES: the search stops, with room for Tune's state
+        filler = fill(disk, leave=24 * 2**20)  # below LOW_FREE_BYTES: the search stops, with room for Tune's state
         code = run.wait(900)
         out = run.output
         assert code == 2, run.tail()
