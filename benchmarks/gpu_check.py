@@ -177,6 +177,7 @@ def _write_shard(job: tuple) -> dict:
 def synthetic_cache(root: Path, tracks: int, seconds: float, workers: int) -> Path:
     """An FMA-sized cache of int16 noise (80/10/10 split, 8 genres), written by `workers` processes."""
     from mgc_ray.cache import INT16_SCALE, MANIFEST, Manifest
+    from mgc_ray.files import file_sha256, write_sealed_json
     from mgc_ray.config import CACHE_SCHEMA_VERSION, TRACKS_PER_SHARD
 
     (root / "shards").mkdir(parents=True, exist_ok=True)
@@ -208,8 +209,9 @@ def synthetic_cache(root: Path, tracks: int, seconds: float, workers: int) -> Pa
                  num_tracks={s: sum(c.values()) for s, c in counts.items()}, wave_mean=mean,
                  wave_std=float(np.sqrt(sumsq / count / INT16_SCALE ** 2 - mean ** 2)), bad_tracks=(),
                  shards={s: tuple(v) for s, v in shards.items()}, min_track_seconds=1.0, silence_peak=0.0,
-                 tracks_per_shard=TRACKS_PER_SHARD, track_list_sha1="synthetic")
-    (root / MANIFEST).write_text(json.dumps(m.to_dict(), indent=1) + "\n")
+                 tracks_per_shard=TRACKS_PER_SHARD, track_list_sha1="synthetic",
+                 shard_sha256={rel: file_sha256(root / rel) for v in shards.values() for rel in v})
+    write_sealed_json(root / MANIFEST, m.to_dict())  # as prepare seals it: check_cache reads it back
     return root
 
 

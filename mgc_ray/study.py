@@ -90,7 +90,11 @@ def open_study(storage: str, name: str):
 
 
 def study_exists(storage: str, name: str) -> bool:
+    """Whether `storage` holds a study `name`; a sqlite file that does not exist yet is not created."""
     import optuna
+
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).expanduser().is_file():
+        return False
 
     try:
         return any(s.study_name == name for s in optuna.get_all_study_summaries(storage))

@@ -48,15 +48,21 @@ PAPER_POINT = dict(lr=1e-4, weight_decay=1e-4, batch_size=32, window=3472, n_mel
 
 
 def _rows(result) -> dict:
+    from mgc_ray.scoring import Scores
+
     cm = np.eye(8, dtype=int) * 3 + 1
     crop = {k: 0.5 for k in report.COLUMNS}
-    return {"best": {"result": result, "scores": {"crop": crop, "track": crop, "confusion": cm},
-                     "checkpoint": "/tmp/ckpt", "run_id": "r1"}}
+    scores = Scores(crop=crop, track=crop, confusion=cm, track_confusion=cm, track_ids=tuple(range(32)))
+    return {"best": {"result": result, "scores": scores, "checkpoint": "/tmp/ckpt", "run_id": "r1"}}
 
 
 def _plan(**kw):
     return SimpleNamespace(**{"arch": "baseline_b", "name": "baseline_b-demo-x", "dataset": "demo",
-                              "num_samples": 4, "max_epochs": 4, "seed": 0, **kw})
+                              "num_samples": 4, "max_epochs": 4, "seed": 0, "cache": "/tmp/cache", **kw})
+
+
+# What write_search_results reads of the cache's manifest.
+MANIFEST = SimpleNamespace(label_names=tuple(GENRES), data_seed=0, num_tracks={"test": 32}, n_classes=len(GENRES))
 
 
 def test_search_figures_mark_stopped_trials_and_use_the_search_space(tmp_path, capsys):
@@ -65,7 +71,7 @@ def test_search_figures_mark_stopped_trials_and_use_the_search_space(tmp_path, c
             _result("t_cut1", {**PAPER_POINT, "lr": 2e-5, "batch_size": 16, "window": 4096}, [2.1], 4),
             _result("t_cut2", {**PAPER_POINT, "lr": 6e-4, "weight_decay": 1e-3}, [2.05, 2.0], 4),
             _result("t_fail", {**PAPER_POINT, "lr": 1e-3}, [2.2], 4, error=RuntimeError("boom"))]
-    files = report.write_search_results(tmp_path, _plan(), grid, _rows(grid[1]), GENRES)
+    files = report.write_search_results(tmp_path, _plan(), grid, _rows(grid[1]), MANIFEST)
     names = {Path(f).name for f in files}
     assert set(SEARCH_FIGURES) <= names
     for f in files:
@@ -91,7 +97,7 @@ def test_search_figures_mark_stopped_trials_and_use_the_search_space(tmp_path, c
 def test_one_trial_or_one_varying_param_skips_with_a_line_not_a_crash(tmp_path, capsys):
     one = [_result("only", PAPER_POINT, [2.0, 1.9], 2)]
     files = report.write_search_results(tmp_path / "one", _plan(max_epochs=2, num_samples=1), one, _rows(one[0]),
-                                        GENRES)
+                                        MANIFEST)
     names = {Path(f).name for f in files}
     assert {"learning_curves.png", "trial_curves.png", "per_class_f1.png"} <= names
     assert not names & {"parallel_coordinate.png", "param_importances.png"}
@@ -99,7 +105,7 @@ def test_one_trial_or_one_varying_param_skips_with_a_line_not_a_crash(tmp_path, 
     assert "figures skipped: 1 finished trial(s)" in out and len(out.strip().splitlines()) == 1
 
     lr_only = [_result("a", PAPER_POINT, [2.0, 1.9], 2), _result("b", {**PAPER_POINT, "lr": 5e-4}, [1.8, 1.7], 2)]
-    files = report.write_search_results(tmp_path / "lr", _plan(max_epochs=2), lr_only, _rows(lr_only[1]), GENRES)
+    files = report.write_search_results(tmp_path / "lr", _plan(max_epochs=2), lr_only, _rows(lr_only[1]), MANIFEST)
     names = {Path(f).name for f in files}
     assert "parallel_coordinate.png" in names and "param_importances.png" not in names
     assert "importance figure skipped: only 1 hyperparameter varies" in capsys.readouterr().out
@@ -111,7 +117,7 @@ def test_a_figure_that_fails_is_a_line_and_the_rest_are_written(tmp_path, capsys
 
     monkeypatch.setattr(plots, "trial_curves_png", broken)
     grid = [_result("a", PAPER_POINT, [2.0, 1.9], 2), _result("b", {**PAPER_POINT, "lr": 5e-4}, [1.8, 1.7], 2)]
-    files = report.write_search_results(tmp_path, _plan(max_epochs=2), grid, _rows(grid[1]), GENRES)
+    files = report.write_search_results(tmp_path, _plan(max_epochs=2), grid, _rows(grid[1]), MANIFEST)
     assert "trial curves figure skipped (ValueError: no data to draw)" in capsys.readouterr().out
     assert "learning_curves.png" in {Path(f).name for f in files}
 

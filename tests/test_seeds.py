@@ -24,7 +24,7 @@ def test_another_seed_shares_the_cache_and_the_test_set(smoke_search, run_module
                       "--storage-path", str(work / "ray-seed1"),
                       env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}, cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    caches = sorted(p.name for p in (work / "home" / "demo-smoke").iterdir() if p.name.startswith("cache"))
+    caches = sorted(p.name for p in (work / "home" / "demo-smoke").iterdir() if p.name.startswith("cache") and p.is_dir())
     assert caches == ["cache-s0"], "one cache for both seeds"
     first = json.loads((smoke_search.results / "test_metrics.json").read_text())
     (results,) = (work / "results-seed1" / "demo-smoke").glob("baseline_a_2d-*")
