@@ -265,9 +265,14 @@ class Augment(nn.Module):
 
     1. Time stretch with probability `stretch_p`: the crop is resampled by a
        factor r ~ U(0.9, 1.1), quantised to 1/100 (output sample j reads input
-       position j * r, so r > 1 plays faster and higher). The output keeps the
-       crop length: r < 1 drops the end of the stretched crop, r > 1 runs past
-       the end and is zero-padded at the end (as short tracks are).
+       position j * r, so r > 1 plays faster and higher). Given `out_len`, the
+       input is a longer window (`input_len(out_len)` samples: enough audio for
+       the largest factor) and every example is cut to `out_len` after the
+       stretch, so a stretched crop of a long track is audio to its last sample
+       (an unstretched one is the window's first `out_len` samples); a track
+       shorter than the window arrives zero-padded, as before. Without
+       `out_len` the output keeps the input's length and r > 1 runs past its
+       end into zeros.
        `stretch_method="sinc"` (default) resamples each stretched example with
        torchaudio's band-limited windowed-sinc resampler (rate round(100 r) /
        100); `"linear"` does the whole batch in one gather by linear
@@ -300,6 +305,9 @@ class Augment(nn.Module):
     # > 98 % zeros; 1/100 keeps <= 100 phases and 21 factors on [0.9, 1.1]: 3.3x faster per batch
     # (results/benchmarks/FINDINGS.md, bug 1).
     RATE_STEPS = 100
+    # Input samples beyond out_len * max factor: the windowed-sinc kernel reads ~7 input samples
+    # past its centre at these ratios (lowpass_filter_width 6 at rolloff 0.99); 64 is ample.
+    STRETCH_MARGIN = 64
 
     def __init__(self, noise_p: float = NOISE_P, noise_max_rel: float = NOISE_MAX_REL,
                  stretch_p: float = STRETCH_P, stretch_range: Sequence[float] = STRETCH_RANGE,
@@ -313,6 +321,10 @@ class Augment(nn.Module):
         self.noise_p, self.noise_max_rel, self.stretch_p = float(noise_p), float(noise_max_rel), float(stretch_p)
         self.stretch_range = (lo, hi)
         self.stretch_method = stretch_method
+
+    def input_len(self, out_len: int) -> int:
+        """Samples to hand `forward(..., out_len=out_len)`: enough audio for the largest stretch factor."""
+        return int(math.ceil(out_len * max(1.0, self.stretch_range[1]))) + self.STRETCH_MARGIN
 
     def sample_params(self, batch: int, device: torch.device | str,
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -340,58 +352,66 @@ class Augment(nn.Module):
         return {"stretch": stretch, "rate": rate, "noise": noise, "noise_rel": noise_rel.float()}
 
     @staticmethod
-    def stretch_linear(wave: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-        """Resample each example by its own factor (linear interpolation), keeping the length.
+    def stretch_linear(wave: torch.Tensor, rate: torch.Tensor, out_len: int | None = None) -> torch.Tensor:
+        """Resample each example by its own factor (linear interpolation).
 
         Args:
             wave: (B, N) float.
             rate: (B,) factors; output sample j = input at position j * rate (zero past the end).
+            out_len: output samples (default N).
 
         Returns:
-            (B, N) float.
+            (B, out_len) float.
         """
         b, n = wave.shape
-        pos = torch.arange(n, device=wave.device, dtype=torch.float64)[None, :] * rate.double()[:, None]  # (B, N)
-        i0 = pos.floor().long()  # (B, N), float64 keeps j * rate exact at N ~ 2e5
-        frac = (pos - i0).to(wave.dtype)  # (B, N)
+        pos = torch.arange(out_len or n, device=wave.device, dtype=torch.float64)[None, :] * rate.double()[:, None]  # (B, N)
+        i0 = pos.floor().long()  # (B, out_len), float64 keeps j * rate exact at N ~ 2e5
+        frac = (pos - i0).to(wave.dtype)  # (B, out_len)
         padded = torch.nn.functional.pad(wave, (0, 2))  # (B, N + 2): zeros past the end
-        i0 = i0.clamp_max(n)  # (B, N): positions past the end read the zero padding
-        x0 = padded.gather(1, i0)  # (B, N)
-        x1 = padded.gather(1, i0 + 1)  # (B, N)
-        return x0 + frac * (x1 - x0)  # (B, N)
+        i0 = i0.clamp_max(n)  # (B, out_len): positions past the end read the zero padding
+        x0 = padded.gather(1, i0)  # (B, out_len)
+        x1 = padded.gather(1, i0 + 1)  # (B, out_len)
+        return x0 + frac * (x1 - x0)  # (B, out_len)
 
     @classmethod
-    def stretch_sinc(cls, wave: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-        """Band-limited resampling of each example by its own factor, keeping the length.
+    def stretch_sinc(cls, wave: torch.Tensor, rate: torch.Tensor, out_len: int | None = None) -> torch.Tensor:
+        """Band-limited resampling of each example by its own factor, then cut (or zero-padded) to `out_len`.
 
         Args:
             wave: (B, N) float.
             rate: (B,) factors, multiples of 1/RATE_STEPS; 1 leaves an example as is.
+            out_len: output samples (default N).
 
         Returns:
-            (B, N) float.
+            (B, out_len) float.
         """
-        n = wave.shape[1]
-        out = wave.clone()
+        n = out_len or wave.shape[1]
+        out = _pad_end(wave[:, :n], n).clone()  # (B, out_len): the unstretched examples' first samples
         for i, r in enumerate(rate.tolist()):
             orig = int(round(r * cls.RATE_STEPS))
             if orig == cls.RATE_STEPS:
                 continue
-            y = torchaudio.functional.resample(wave[i:i + 1], orig, cls.RATE_STEPS)  # (1, ~N / r)
-            y = _pad_end(y[:, :n], n)  # (1, N): cut or zero-pad at the end
+            # only the input the output reads (n * r samples, and the kernel's margin): a 0.9 stretch of a
+            # window made for 1.1 costs no more than before
+            src = wave[i:i + 1, :int(math.ceil(n * r)) + cls.STRETCH_MARGIN]  # (1, <= N)
+            y = torchaudio.functional.resample(src, orig, cls.RATE_STEPS)  # (1, ~len(src) / r)
+            y = _pad_end(y[:, :n], n)  # (1, out_len): cut, or zero-pad a short track's end
             out[i] = y[0]
         return out
 
     def apply(self, wave: torch.Tensor, params: dict[str, torch.Tensor],
-              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, N) float32."""
+              generator: torch.Generator | None = None, out_len: int | None = None) -> torch.Tensor:
+        """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, out_len or N) float32."""
         out = wave.float()
+        n = out_len or out.shape[1]
         if bool(params["stretch"].any()):
             if self.stretch_method == "sinc":
-                out = self.stretch_sinc(out, params["rate"])  # (B, N)
+                out = self.stretch_sinc(out, params["rate"], n)  # (B, n)
             else:
-                stretched = self.stretch_linear(out, params["rate"])  # (B, N)
-                out = torch.where(params["stretch"][:, None], stretched, out)  # (B, N)
+                stretched = self.stretch_linear(out, params["rate"], n)  # (B, n)
+                out = torch.where(params["stretch"][:, None], stretched, _pad_end(out[:, :n], n))  # (B, n)
+        else:
+            out = _pad_end(out[:, :n], n)  # (B, n)
         if bool(params["noise"].any()):
             peak = out.abs().amax(dim=1)  # (B,)
             std = params["noise_rel"] * peak  # (B,)
@@ -399,20 +419,23 @@ class Augment(nn.Module):
             out = out + std[:, None] * noise  # (B, N); std is 0 where no noise was drawn
         return out
 
-    def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None,
+                out_len: int | None = None) -> torch.Tensor:
         """Augment a training batch.
 
         Args:
-            wave: (B, N) float waveforms on the trial's device.
+            wave: (B, N) float waveforms on the trial's device (N = `input_len(out_len)` for stretch
+                without trailing silence).
             generator: torch.Generator on the same device (None: global RNG).
+            out_len: samples per output example (default N).
 
         Returns:
-            (B, N) float32 augmented waveforms.
+            (B, out_len or N) float32 augmented waveforms.
         """
         if wave.dim() != 2:
             raise ValueError(f"Augment expects (B, N) waveforms, got shape {tuple(wave.shape)}")
         params = self.sample_params(wave.shape[0], wave.device, generator)
-        return self.apply(wave, params, generator)
+        return self.apply(wave, params, generator, out_len)
 
     def extra_repr(self) -> str:
         return (f"noise_p={self.noise_p}, noise_max_rel={self.noise_max_rel}, stretch_p={self.stretch_p}, "

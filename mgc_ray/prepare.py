@@ -3,8 +3,9 @@
     python -m mgc_ray.prepare --fma-root DIR [--subset small] [--out CACHE] [--sample-rate 22050]
                               [--split paper|official] [--seed 0] [--address ADDR]
 
-One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in track-id
-order), so a cluster shares the decoding; the driver only plans, tallies and
+One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in a seeded
+random order: neighbouring track ids often share a genre, so shards of
+consecutive ids would give genre-correlated blocks), so a cluster shares the decoding; the driver only plans, tallies and
 writes the manifest. Layout: see `mgc_ray.cache`.
 
 Idempotent and atomic: each task writes its parquet, then a JSON sidecar (bad
@@ -45,12 +46,13 @@ from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 # holds anything, so a local Ray needs little of it (75 MiB is Ray's minimum).
 OBJECT_STORE_BYTES = 128 * 2**20
 TASK_RETRIES = 2  # a shard task whose worker died (OOM, node lost) is retried this often
+SHARD_ORDER_STREAM = 12  # the shard order's own random stream beside the split's (same --seed, other draws)
 BAD_KINDS = ("missing", "empty", "undecodable", "too short", "silent")  # the summary's order
 
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard's work: its name, split and tracks (parallel tuples, track-id order)."""
+    """One shard's work: its name, split and tracks (parallel tuples, in the shard's seeded order)."""
 
     name: str
     split: str
@@ -59,19 +61,27 @@ class ShardPlan:
     paths: tuple[str, ...]
 
 
-def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD) -> list[ShardPlan]:
-    """Deterministic shard assignment: by split, then track id, in chunks.
+def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD, seed: int = 0) -> list[ShardPlan]:
+    """Deterministic shard assignment: by split, then a seeded random order of the split's tracks, in chunks.
+
+    FMA's neighbouring track ids share a genre far more often than chance (71 % of
+    neighbouring fma_small training tracks), so a shard of consecutive ids is a block of
+    few genres; in a seeded random order every shard holds every genre in about its
+    share, and a bounded shuffle window over the blocks gives batches mixed as by
+    independent sampling.
 
     Args:
         tracks: `fma.load_dataset(...).tracks` (index track_id; label, split, path).
         tracks_per_shard: tracks per shard (the last of a split may hold fewer).
+        seed: the order's seed (prepare's --seed; the same tracks and seed give the same shards).
 
     Returns:
         Shards named `<split>-<NNNNN>`, numbered from 0 within each split.
     """
     plans = []
-    for split in SPLITS:
+    for i, split in enumerate(SPLITS):
         rows = tracks[tracks["split"] == split].sort_index()
+        rows = rows.iloc[np.random.default_rng((int(seed), SHARD_ORDER_STREAM, i)).permutation(len(rows))]
         for n, start in enumerate(range(0, len(rows), tracks_per_shard)):
             chunk = rows.iloc[start:start + tracks_per_shard]
             plans.append(ShardPlan(f"{split}-{n:05d}", split, tuple(int(i) for i in chunk.index),
@@ -412,7 +422,7 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
         if name.startswith(".tmp-"):
             os.remove(os.path.join(out, SHARD_DIR, name))
 
-    plans = plan_shards(ds.tracks, tracks_per_shard)
+    plans = plan_shards(ds.tracks, tracks_per_shard, seed)
     infos = {p.name: finished_shard(out, p, settings) for p in plans}
     todo = [p for p in plans if infos[p.name] is None]
     if todo:

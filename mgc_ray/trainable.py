@@ -21,6 +21,7 @@ session folder): a retry placed on another node runs once more before it stops.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 from pathlib import Path
@@ -101,13 +102,18 @@ def _train(config: dict, datasets: CacheDatasets, manifest: dict) -> None:
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
+    crop = mcfg.crop_samples
     augment = Augment().to(device) if cfg.augment else None
+    # With augmentation, Ray Data hands a window long enough for the largest stretch; the device stretches,
+    # then cuts each example to the crop (a stretched crop of a long track is audio to its last sample).
+    window = augment.input_len(crop) if augment is not None else crop
+    on_device = functools.partial(augment, out_len=crop) if augment is not None else None
     generator = torch.Generator(device=device)
     for epoch in range(start, cfg.max_epochs):
         generator.manual_seed(cfg.seed * 100_003 + epoch)  # the same draws if this epoch is re-run
-        batches = train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
+        batches = train_batches(datasets, crop_len=window, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
-        tr = train_epoch(model, batches, optimizer, augment=augment, generator=generator, device=device)
+        tr = train_epoch(model, batches, optimizer, augment=on_device, generator=generator, device=device)
         if not math.isfinite(tr["loss"]):
             raise FloatingPointError(f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
                                      "the model diverged; lower the learning rate (search space lr)")
