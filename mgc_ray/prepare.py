@@ -2,6 +2,10 @@
 
     python -m mgc_ray.prepare --fma-root DIR [--subset small] [--out CACHE] [--sample-rate 22050]
                               [--split paper|official] [--seed 0] [--address ADDR]
+    python -m mgc_ray.prepare --audio-dir DIR | --csv FILE [--split paper|artist|given] ...
+
+Any collection: --audio-dir (one sub-folder per genre) or --csv (path,label[,split][,artist]);
+see `mgc_ray.collection`. The same cache and manifest follow.
 
 One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in a seeded
 random order: neighbouring track ids often share a genre, so shards of
@@ -36,10 +40,12 @@ from typing import Sequence
 
 import numpy as np
 
+from mgc_ray import collection
 from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, default_cache_dir, to_int16
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
                             SPLITS, TRACKS_PER_SHARD, ray_address)
 from mgc_ray.errors import Parser, UserError, run_cli
+from mgc_ray.collection import COLLECTION_SPLITS
 from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 
 # Tasks return small dicts and write their shards to disk: the object store barely
@@ -210,9 +216,6 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
         ([{track_id, path, reason}]), and exact integer sums of the int16 samples
         (sum, sumsq, count) for the training-set mean and std.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     ids, labels, waves, bad = [], [], [], []
     for tid, label, path in zip(plan.track_ids, plan.labels, plan.paths):
         x, reason = check_track(path, sample_rate)
@@ -222,29 +225,44 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
             ids.append(tid)
             labels.append(label)
             waves.append(to_int16(x))
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = np.concatenate(waves) if waves else np.zeros(0, np.int16)
-    table = pa.table({
-        "track_id": pa.array(ids, pa.int64()),
-        "label": pa.array(labels, pa.int32()),
-        "split": pa.array([plan.split] * len(ids), pa.string()),
-        "num_samples": pa.array(lengths, pa.int64()),
-        "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
-    })
     parquet, sidecar = _shard_files(out, plan.name)
-    os.makedirs(os.path.dirname(parquet), exist_ok=True)
-    # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
-    # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
-    _atomic_write(parquet, lambda p: pq.write_table(
-        table, p, use_dictionary=False, compression="zstd", compression_level=1,
-        column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
+    values = write_parquet(parquet, plan.split, ids, labels, waves)
     v = values.astype(np.int64)
     info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
             "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),
             "node_id": _node_id()}
     _atomic_write(sidecar, lambda p: _write_json(p, info))
     return info
+
+
+def write_parquet(path: str, split: str, ids: list[int], labels: list[int], waves: list[np.ndarray]) -> np.ndarray:
+    """Write one shard's Parquet file (atomically) in the cache's layout; returns all its int16 samples.
+
+    Args:
+        path: the shard's .parquet path.
+        split: the shard's split.
+        ids, labels, waves: per track (int16 waveforms).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(waves) if waves else np.zeros(0, np.int16)
+    table = pa.table({
+        "track_id": pa.array(ids, pa.int64()),
+        "label": pa.array(labels, pa.int32()),
+        "split": pa.array([split] * len(ids), pa.string()),
+        "num_samples": pa.array(lengths, pa.int64()),
+        "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
+    })
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
+    # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
+    _atomic_write(path, lambda p: pq.write_table(
+        table, p, use_dictionary=False, compression="zstd", compression_level=1,
+        column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
+    return values
 
 
 def _node_id() -> str | None:
@@ -401,14 +419,11 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     if tracks_per_shard < 1:
         raise UserError(f"--tracks-per-shard {tracks_per_shard} must be at least 1")
     fma_root = os.path.abspath(os.fspath(fma_root))
-    if not os.path.isdir(fma_root):
+    if dataset is None and not os.path.isdir(fma_root):
         raise UserError(f"--fma-root {fma_root} is not a folder; point it at the folder holding fma_metadata/")
     out = os.path.abspath(os.fspath(out))
     ds = dataset if dataset is not None else load_dataset(fma_root, subset, split, seed, tracks_csv=tracks_csv)
-    settings = {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
-                "split_scheme": split, "seed": int(seed), "label_names": ds.label_names,
-                "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
-                "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
+    settings = cache_settings(ds, sample_rate, subset, split, seed, tracks_per_shard)
     old = _read_json(os.path.join(out, MANIFEST))
     if os.path.exists(os.path.join(out, MANIFEST)) and (
             old is None or any(old.get(k) != v for k, v in settings.items())):
@@ -444,6 +459,14 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     return manifest
 
 
+def cache_settings(ds, sample_rate: int, subset: str, split: str, seed: int, tracks_per_shard: int) -> dict:
+    """What a cache's shards and manifest must agree on (stored in every sidecar)."""
+    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
+            "split_scheme": split, "seed": int(seed), "label_names": ds.label_names,
+            "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
+            "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
+
+
 def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str) -> dict:
     genre_of = ds.tracks["genre"]
     counts = {s: {g: 0 for g in ds.label_names} for s in SPLITS}
@@ -477,17 +500,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m mgc_ray.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--fma-root", default=os.environ.get(FMA_ROOT_ENV),
                    help=f"folder holding fma_metadata/ and fma_<subset>/ (default ${FMA_ROOT_ENV})")
+    p.add_argument("--audio-dir", help="instead of FMA: a folder with one sub-folder of audio files per genre")
+    p.add_argument("--csv", help="instead of FMA: a CSV of path,label[,split][,artist] (paths from its folder)")
     p.add_argument("--subset", default="small", choices=SUBSETS)
     p.add_argument("--out", help="cache folder (default: one per data set and settings under $MGC_HOME/caches)")
     p.add_argument("--sample-rate", type=int, default=CACHE_SAMPLE_RATE, help=f"Hz (default {CACHE_SAMPLE_RATE})")
-    p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES,
-                   help="paper: seeded 80/10/10 shuffle; official: FMA's set.split (default paper)")
+    p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES + COLLECTION_SPLITS[1:],
+                   help="paper: seeded 80/10/10 shuffle; official: FMA's set.split; artist: each artist in one "
+                        "split (--csv with artists); given: the CSV's split column (default paper)")
     p.add_argument("--seed", type=int, default=0, help="paper-split seed (default 0)")
     p.add_argument("--address", help="join this Ray cluster (default: a local Ray); --out must be shared")
     p.add_argument("--tracks-per-shard", type=int, default=TRACKS_PER_SHARD,
                    help=f"tracks per Parquet shard (default {TRACKS_PER_SHARD})")
     p.add_argument("--tracks-csv", help="another tracks.csv (default FMA_ROOT/fma_metadata/tracks.csv)")
     args = p.parse_args(argv)
+    if args.audio_dir and args.csv:
+        raise UserError("give one of --audio-dir and --csv")
+    if args.audio_dir or args.csv:
+        source = args.audio_dir or args.csv
+        ds = collection.load(args.audio_dir, args.csv, args.split, args.seed)
+        kind = collection.source_kind(args.audio_dir)
+        out = args.out or default_cache_dir(source, kind, args.split, args.seed, args.sample_rate)
+        prepare(source, out, kind, args.sample_rate, args.split, args.seed, args.address, args.tracks_per_shard,
+                dataset=ds)
+        print(out)
+        return 0
+    if args.split not in SPLIT_SCHEMES:
+        raise UserError(f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
+                        f"{' or '.join(SPLIT_SCHEMES)}")
     if not args.fma_root:
         raise UserError(f"--fma-root is required: the folder holding fma_metadata/ and fma_{args.subset}/ "
                         f"(or set ${FMA_ROOT_ENV}; python -m mgc_ray.demo --out DIR writes a demo one)")

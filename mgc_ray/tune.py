@@ -55,9 +55,12 @@ def build_parser() -> Parser:
     data = p.add_mutually_exclusive_group()
     data.add_argument("--fma-root", help=f"FMA root (fma_metadata/, fma_<subset>/); or set ${FMA_ROOT_ENV}")
     data.add_argument("--cache", help="a prepared cache (python -m mgc_ray.prepare)")
+    data.add_argument("--audio-dir", help="your own collection: a folder with one sub-folder of audio files per genre")
+    data.add_argument("--csv", help="your own collection: a CSV of path,label[,split][,artist]")
     p.add_argument("--subset", default="small", choices=("small", "medium", "large"))
-    p.add_argument("--split", choices=("paper", "official"),
-                   help="paper: seeded 80/10/10 shuffle (default); official: FMA's set.split")
+    p.add_argument("--split", choices=("paper", "official", "artist", "given"),
+                   help="paper: seeded 80/10/10 shuffle (default); official: FMA's set.split; artist: each artist "
+                        "in one split (--csv with artists); given: the CSV's split column")
     p.add_argument("--num-samples", type=int, help="trials (default: 32 on FMA, 4 on the demo)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial; ASHA's max_t (default 20; 4 on the demo)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
@@ -68,6 +71,9 @@ def build_parser() -> Parser:
                                       "$RAY_ADDRESS, else a local Ray of this command's own)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="bind the Ray dashboard here (local Ray only)")
     p.add_argument("--no-dashboard", action="store_true", help="start local Ray without its dashboard")
+    p.add_argument("--object-store-gb", type=float,
+                   help="a local Ray's object store size in GB (default Ray's: 30 %% of RAM, capped by /dev/shm); "
+                        "the cache is materialised in it when its decoded size is at most 30 %% of it")
     p.add_argument("--storage-path", help="Ray Tune's results: a folder or a URI such as s3://bucket/path "
                    "(default: $MGC_HOME/ray_results)")
     p.add_argument("--shared-storage", action="store_true",
@@ -110,6 +116,11 @@ def _check_positive(args) -> None:
         raise UserError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.object_store_gb is not None and args.object_store_gb < 0.1:
+        raise UserError(f"--object-store-gb must be at least 0.1 (Ray's minimum is 75 MiB), got {args.object_store_gb:g}")
+    if args.object_store_gb is not None and ray_address(args.address):
+        raise UserError("--object-store-gb sizes a local Ray only; a joined cluster's store is set by `ray start "
+                        "--object-store-memory` on each node")
 
 
 def _check_dashboard_host(args) -> None:
@@ -166,6 +177,17 @@ def resolve_data(args) -> tuple[str, str | None, str]:
             raise UserError(f"--cache {args.cache} does not exist: give a folder made by python -m mgc_ray.prepare "
                             "(or --fma-root to prepare one)")
         return str(cache), None, f"cache-{cache.name}"
+    if args.audio_dir or args.csv:
+        from mgc_ray.collection import source_kind
+
+        source = Path(args.audio_dir or args.csv).expanduser().resolve()
+        if not source.exists():
+            flag = "--audio-dir" if args.audio_dir else "--csv"
+            raise UserError(f"{flag} {source} does not exist: give your collection's folder or CSV")
+        kind = source_kind(args.audio_dir)
+        cache = default_cache_dir(source, kind, args.split or "paper", args.seed, CACHE_SAMPLE_RATE)
+        _writable_dir(Path(cache).parent, "the cache folder")
+        return cache, str(source), f"{kind}-{source.stem}"
     root = args.fma_root or os.environ.get(FMA_ROOT_ENV)
     if root:
         root_p = Path(root).expanduser().resolve()
@@ -209,9 +231,16 @@ def check_data(args, cache: str, fma_root: str | None):
     if fma_root is None or Path(cache, MANIFEST).is_file():
         manifest = check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
     dataset = None
-    if fma_root is not None:
-        from mgc_ray.fma import load_dataset
+    if fma_root is not None and (args.audio_dir or args.csv):
+        from mgc_ray import collection
 
+        dataset = collection.load(args.audio_dir and fma_root, args.csv and fma_root, args.split or "paper", args.seed)
+    elif fma_root is not None:
+        from mgc_ray.fma import SPLIT_SCHEMES, load_dataset
+
+        if (args.split or "paper") not in SPLIT_SCHEMES:
+            raise UserError(f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
+                            f"{' or '.join(SPLIT_SCHEMES)}")
         dataset = load_dataset(fma_root, args.subset, args.split or "paper", args.seed)
     return manifest, dataset
 
@@ -244,8 +273,9 @@ def start_ray(args) -> None:
     # "local": a Ray of this command's own. Without it ray.init joins whatever cluster
     # `ray start` (or a test's) last left running on this machine, flags ignored.
     port = DASHBOARD_PORT if args.no_dashboard else free_port(args.dashboard_host, DASHBOARD_PORT)
+    store = int(args.object_store_gb * 1e9) if args.object_store_gb else None
     ctx = ray.init(address="local", include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host,
-                   dashboard_port=port, log_to_driver=True)
+                   dashboard_port=port, log_to_driver=True, object_store_memory=store)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
         print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
@@ -412,7 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mgc_ray.prepare import prepare
 
     def prepared() -> dict:
-        prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", seed=args.seed,
+        from mgc_ray.collection import source_kind
+
+        subset = source_kind(args.audio_dir) if (args.audio_dir or args.csv) else args.subset
+        prepare(fma_root, cache, subset=subset, split=args.split or "paper", seed=args.seed,
                 dataset=fma_dataset)
         return check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
 
