@@ -168,10 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     with C.work_dir(args.work) as work:
         cache = work / f"synth-{tracks}x{seconds:g}"
-        shutil.rmtree(cache, ignore_errors=True)
-        ds = synthetic_dataset(tracks)
         with C.timed() as tw:
-            manifest = write_synthetic_cache(cache, ds, seconds)
+            if (cache / "manifest.json").is_file():  # a complete one from an earlier run with this --work
+                from mgc_ray.cache import read_manifest
+
+                manifest = read_manifest(cache)
+            else:
+                shutil.rmtree(cache, ignore_errors=True)
+                manifest = write_synthetic_cache(cache, synthetic_dataset(tracks), seconds)
         size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
         print(f"synthetic cache: {tracks} x {seconds:g} s in {tw.seconds:.0f} s, {size / 1e9:.2f} GB", flush=True)
         with _ray(args):

@@ -48,6 +48,7 @@ SHUFFLE_BATCHES = 4
 # (29 s for 10 shards of 85 MB on 2 busy cores at 0.25 CPU per read).
 READ_TASK_CPUS = 1
 READ_ROWS = 16  # tracks per block read: 16 x 30 s x 22,050 Hz x 2 B = 21 MB
+CROP_ROWS = 64  # tracks per crop task (several blocks): fewer tasks, whose overhead dominates on a busy node
 # Crop tasks are light (slicing); a fraction of a CPU lets them run beside trials that
 # hold whole CPUs on a small machine without starving the trials' Ray Data (SPEC 3).
 CROP_TASK_CPUS = 0.25
@@ -154,6 +155,24 @@ def _load_shards(batch):
                 yield pa.Table.from_batches([rb])
 
 
+def _read_crops(batch, **crop) -> Iterator[dict]:
+    """Ray Data batch UDF of a streamed epoch: shard paths -> crops, READ_ROWS tracks at a time (see `_crop_rows`).
+
+    Reading and cropping in one task: only crops enter the object store, and an epoch of FMA small
+    is ~100 tasks, not ~100 reads plus ~400 crop tasks (a task's overhead is what a busy node pays)."""
+    for table in _load_shards(batch):
+        yield _crop_rows({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, **crop)
+
+
+def _paths(paths: list[str]):
+    """A Dataset of the paths, one block each, in the order given (kept: see `_bounded`)."""
+    import ray
+
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
 def _read(paths: list[str]):
     """The shards as a Dataset of one block per file, in the order given.
 
@@ -161,11 +180,8 @@ def _read(paths: list[str]):
     sampling files first (2.4-2.8 s before the first batch of a 26-track demo cache, every
     epoch), a list of paths starts at once (0.11 s). With order kept, file order is block order.
     """
-    import ray
-
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
-    ds.context.execution_options.preserve_order = True  # materialised blocks in file order, run after run
-    return ds.map_batches(_load_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
+    # order kept: materialised blocks in file order, run after run
+    return _paths(paths).map_batches(_load_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
 
 
 def decoded_bytes(path: str) -> int:
@@ -179,7 +195,7 @@ def decoded_bytes(path: str) -> int:
 def epoch_order(datasets: "CacheDatasets", seed: int, epoch: int):
     """The training split in this epoch's seeded order, with no all-input barrier.
 
-    Streamed: the shard files in a seeded permutation, read one after another.
+    Streamed: the shard files' paths in a seeded permutation (read, and cropped, by `train_batches`).
     Materialised: the blocks in a seeded permutation (they are in the object store
     already, so reordering their references waits for nothing).
     """
@@ -187,7 +203,7 @@ def epoch_order(datasets: "CacheDatasets", seed: int, epoch: int):
     if datasets.materialised or not datasets.train_files:
         return datasets.train.randomize_block_order(seed=key)
     order = np.random.default_rng((int(seed), int(epoch))).permutation(len(datasets.train_files))
-    return _read([datasets.train_files[i] for i in order])
+    return _paths([datasets.train_files[i] for i in order])
 
 
 def _quiet_ray_data() -> None:
@@ -231,9 +247,14 @@ def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, se
     """
     _quiet_ray_data()
     streamed = not datasets.materialised and bool(datasets.train_files)
-    epoch_ds = _bounded(epoch_order(datasets, seed, epoch), streamed).map_batches(
-        _crop_rows, fn_kwargs=dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch),
-        batch_format="numpy", num_cpus=CROP_TASK_CPUS)
+    crop = dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch)
+    ordered = _bounded(epoch_order(datasets, seed, epoch), streamed)
+    if streamed:
+        epoch_ds = ordered.map_batches(_read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow",
+                                       num_cpus=READ_TASK_CPUS)
+    else:
+        epoch_ds = ordered.map_batches(_crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy",
+                                       num_cpus=CROP_TASK_CPUS)
     yield from _to_device(epoch_ds, batch_size=batch_size, device=device, drop_last=True,
                           shuffle_buffer=SHUFFLE_BATCHES * batch_size, shuffle_seed=seed * 100_003 + epoch)
 
@@ -249,7 +270,7 @@ def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
         (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
     """
     _quiet_ray_data()
-    crops = ds.map_batches(_crop_rows, fn_kwargs=dict(crop_len=crop_len, mode=mode),
+    crops = ds.map_batches(_crop_rows, fn_kwargs=dict(crop_len=crop_len, mode=mode), batch_size=CROP_ROWS,
                            batch_format="numpy", num_cpus=CROP_TASK_CPUS)
     yield from _to_device(crops, batch_size=batch_size, device=device, drop_last=False, with_ids=True)
 
