@@ -29,7 +29,6 @@ import re
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Sequence
 
 import _common as C
@@ -168,8 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     with C.work_dir(args.work) as work:
         cache = work / f"synth-{tracks}x{seconds:g}"
+        reused = (cache / "manifest.json").is_file()
         with C.timed() as tw:
-            if (cache / "manifest.json").is_file():  # a complete one from an earlier run with this --work
+            if reused:  # a complete one from an earlier run with this --work
                 from mgc_ray.cache import read_manifest
 
                 manifest = read_manifest(cache)
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "epochs": epochs, "batch": BATCH, "window_samples": window, "crop_samples": crop,
                            "object_store_bytes": store_total, "trial_object_store_cap_bytes": TRIAL_OBJECT_STORE_BYTES,
                            "joined_cluster": bool(args.address)},
-              "cache": {**tw.as_dict(), "bytes": size}, "runs": runs}
+              "cache": {**tw.as_dict(), "bytes": size, "reused": reused}, "runs": runs}
     report["targets"] = _targets(report)
     full = (tracks, seconds) == (8000, 30.0) or args.smoke
     C.write_report(C.out_dir(args), NAME if full else f"{NAME}_{tracks}x{seconds:g}s", report, to_markdown(report))
@@ -254,8 +254,9 @@ def to_markdown(report: dict) -> list[str]:
     lines = ["# Ray Data at FMA's scale: first batch, steady rate, object store"
              + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
              f"Written by `benchmarks/stream.py`: a synthetic cache of {s['tracks']:,} tracks x {s['clip_seconds']:g} s "
-             f"({s['train_tracks']:,} training tracks; {c['bytes'] / 1e9:.2f} GB of Parquet, written in "
-             f"{c['seconds']:.0f} s), batches of {s['batch']} windows of {s['window_samples']:,} samples "
+             f"({s['train_tracks']:,} training tracks; {c['bytes'] / 1e9:.2f} GB of Parquet, "
+             + ("reused from an earlier run's --work" if c.get("reused") else f"written in {c['seconds']:.0f} s")
+             + f"), batches of {s['batch']} windows of {s['window_samples']:,} samples "
              f"(a 10-s crop plus the stretch's margin) into a consumer that only counts; object store "
              f"{s['object_store_bytes'] / 1e9:.1f} GB; a streamed trial's Ray Data capped at "
              f"{s['trial_object_store_cap_bytes'] / 2**30:.0f} GiB of it.", ""]

@@ -3,7 +3,6 @@ import os
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
