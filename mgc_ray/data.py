@@ -185,11 +185,21 @@ def _read(paths: list[str]):
 
 
 def decoded_bytes(path: str) -> int:
-    """A shard's size in memory: Parquet's uncompressed size of its row groups (int16 samples, offsets, ids)."""
+    """A shard's size in memory as Arrow blocks: its int16 samples (2 B each) and per track an offset, id and label.
+
+    Read from the shard's small num_samples column; Parquet's own "uncompressed" size counts the list
+    column's repetition and definition levels too (about twice the samples on short clips)."""
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
-    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    n = pq.read_table(path, columns=["num_samples"]).column("num_samples")
+    return int(_column_sum(n)) * 2 + len(n) * (4 + 8 + 4)  # int16 samples; int32 offset, int64 id, int32 label
+
+
+def _column_sum(column) -> int:
+    import pyarrow.compute as pc
+
+    total = pc.sum(column).as_py()
+    return int(total or 0)
 
 
 def epoch_order(datasets: "CacheDatasets", seed: int, epoch: int):
