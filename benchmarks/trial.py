@@ -122,9 +122,9 @@ class AugmentBefore(Augment):
     """`Augment` before the sync-free step: a host read of the factors (`tolist`), then one
     `torchaudio.functional.resample` per stretched example, which builds its kernel each call."""
 
-    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray) -> torch.Tensor:
-        n = wave.shape[1]
-        out = wave.clone()
+    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray, out_len: int | None = None) -> torch.Tensor:
+        n = out_len or wave.shape[1]
+        out = torch.nn.functional.pad(wave[:, :n], (0, max(0, n - wave.shape[1]))).clone()  # (B, n)
         for i, r in enumerate(torch.as_tensor(rate).tolist()):
             orig = int(round(r * self.RATE_STEPS))
             if orig == self.RATE_STEPS:

@@ -37,7 +37,7 @@ from mgc_ray.fma import OFFICIAL_SPLITS, Dataset, paper_split
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".au")
 COLLECTION_SPLITS = ("paper", "artist", "given")
-ARTIST_STREAM = 7  # the artist split's own random stream beside the paper split's (same --seed)
+ARTIST_STREAM = 7  # the artist split's own random stream beside the paper split's (same --data-seed)
 
 
 def from_folder(audio_dir: str | os.PathLike, split: str = "paper", seed: int = 0) -> Dataset:
