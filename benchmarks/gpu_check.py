@@ -169,16 +169,18 @@ def _write_shard(job: tuple) -> dict:
     path = os.path.join(root, "shards", f"{name}.parquet")
     pq.write_table(table, path, use_dictionary=False, compression="zstd", compression_level=1,
                    column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"})
+    from mgc_ray.files import file_sha256
+
     v = waves.astype(np.int64).ravel()
     return {"name": name, "split": split, "ids": list(ids), "labels": list(labels),
-            "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size)}
+            "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size), "sha256": file_sha256(path)}
 
 
 def synthetic_cache(root: Path, tracks: int, seconds: float, workers: int) -> Path:
     """An FMA-sized cache of int16 noise (80/10/10 split, 8 genres), written by `workers` processes."""
     from mgc_ray.cache import INT16_SCALE, MANIFEST, Manifest
-    from mgc_ray.files import file_sha256, write_sealed_json
     from mgc_ray.config import CACHE_SCHEMA_VERSION, TRACKS_PER_SHARD
+    from mgc_ray.files import write_sealed_json
 
     (root / "shards").mkdir(parents=True, exist_ok=True)
     n = int(seconds * CACHE_SAMPLE_RATE)
@@ -210,8 +212,8 @@ def synthetic_cache(root: Path, tracks: int, seconds: float, workers: int) -> Pa
                  wave_std=float(np.sqrt(sumsq / count / INT16_SCALE ** 2 - mean ** 2)), bad_tracks=(),
                  shards={s: tuple(v) for s, v in shards.items()}, min_track_seconds=1.0, silence_peak=0.0,
                  tracks_per_shard=TRACKS_PER_SHARD, track_list_sha1="synthetic",
-                 shard_sha256={rel: file_sha256(root / rel) for v in shards.values() for rel in v})
-    write_sealed_json(root / MANIFEST, m.to_dict())  # as prepare seals it: check_cache reads it back
+                 shard_sha256={f"shards/{i['name']}.parquet": i["sha256"] for i in infos})
+    write_sealed_json(root / MANIFEST, m.to_dict())  # sealed, with the shards' SHA-256: as prepare writes it
     return root
 
 

@@ -114,10 +114,10 @@ def ours_epochs(datasets, *, crop: int, batch: int, device: torch.device, augmen
     gen = np.random.default_rng(0)  # Augment draws on the host
 
     def make_iter(epoch):
-        return train_batches(datasets.train, crop_len=crop, batch_size=batch, seed=0, epoch=epoch,
-                             device=str(device))
+        return train_batches(datasets, crop_len=aug.input_len(crop) if augment else crop, batch_size=batch,
+                             seed=0, epoch=epoch, device=str(device))
 
-    return make_iter, (lambda w: aug(w, gen)) if augment else None
+    return make_iter, (lambda w: aug(w, gen, out_len=crop)) if augment else None
 
 
 def dataloader_epochs(data: C.DemoData, *, crop: int, batch: int, workers: int, device: torch.device):

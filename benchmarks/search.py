@@ -52,7 +52,8 @@ def space_yaml(arch: str, path: Path, overrides: dict | None = None) -> Path:
     pre = PAPER[arch]
     paper = {"lr": pre.lr, "weight_decay": pre.weight_decay, "batch_size": pre.batch_size, "window": pre.window,
              "n_mels": pre.n_mels, "crop_seconds": pre.crop_seconds, **(overrides or {})}
-    doc = {"arch": arch, "start": paper,
+    # a `paper:` block must restate the paper's settings exactly: with other (smoke) inputs it is a `start:` one
+    doc = {"arch": arch, ("start" if overrides else "paper"): paper,
            "space": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
                      "weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-2}}}
     path.write_text("# written by benchmarks/search.py: fixed inputs, every trial costs the same\n"

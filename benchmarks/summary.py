@@ -17,7 +17,7 @@ from typing import Sequence
 import _common as C
 from mgc_ray.errors import Parser, UserError, run_cli
 
-SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "search_quality")
+SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "search_quality", "stream")
 
 GPU_COMMANDS = """\
 The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and

@@ -40,6 +40,7 @@ only); GPU waiting for data < 10 % of a trial's time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import statistics
 import time
@@ -121,9 +122,9 @@ class AugmentBefore(Augment):
     """`Augment` before the sync-free step: a host read of the factors (`tolist`), then one
     `torchaudio.functional.resample` per stretched example, which builds its kernel each call."""
 
-    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray) -> torch.Tensor:
-        n = wave.shape[1]
-        out = wave.clone()
+    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray, out_len: int | None = None) -> torch.Tensor:
+        n = out_len or wave.shape[1]
+        out = torch.nn.functional.pad(wave[:, :n], (0, max(0, n - wave.shape[1]))).clone()  # (B, n)
         for i, r in enumerate(torch.as_tensor(rate).tolist()):
             orig = int(round(r * self.RATE_STEPS))
             if orig == self.RATE_STEPS:
@@ -235,10 +236,12 @@ def _timed_epoch(model, optimizer, augment, generator, datasets, cfg, mcfg, epoc
     from mgc_ray.config import epoch_seed
 
     generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # as trainable.py
-    batches = WaitTimer(train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
+    crop = mcfg.crop_samples
+    batches = WaitTimer(train_batches(datasets, crop_len=augment.input_len(crop), batch_size=cfg.batch_size,
                                       seed=cfg.seed, epoch=epoch, device=str(device)))
     with C.timed(device) as t:
-        tr = train_epoch(model, batches, optimizer, augment=augment, generator=generator, device=device)
+        tr = train_epoch(model, batches, optimizer, augment=functools.partial(augment, out_len=crop),
+                         generator=generator, device=device)
     return {"epoch": epoch, "batches": batches.n - 1, "batch": cfg.batch_size, "seconds": tr["seconds"],
             "wait_s": batches.wait, "first_batch_wait_s": batches.first, "wait_share": batches.wait / tr["seconds"],
             "samples_per_s": tr["samples_per_s"], "torch_threads": torch.get_num_threads(),

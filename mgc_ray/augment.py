@@ -8,6 +8,7 @@ nothing is read back from the device and the CPU can run ahead of the GPU
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -38,9 +39,14 @@ class Augment(nn.Module):
 
     1. Time stretch with probability `stretch_p`: the crop is resampled by a
        factor r ~ U(0.9, 1.1), quantised to 1/100 (output sample j reads input
-       position j * r, so r > 1 plays faster and higher). The output keeps the
-       crop length: r < 1 drops the end of the stretched crop, r > 1 runs past
-       the end and is zero-padded at the end (as short tracks are).
+       position j * r, so r > 1 plays faster and higher). Given `out_len`, the
+       input is a longer window (`input_len(out_len)` samples: enough audio for
+       the largest factor) and every example is cut to `out_len` after the
+       stretch, so a stretched crop of a long track is audio to its last sample
+       (an unstretched one is the window's first `out_len` samples); a track
+       shorter than the window arrives zero-padded, as before. Without
+       `out_len` the output keeps the input's length and r > 1 runs past its
+       end into zeros.
        `stretch_method="sinc"` (default) resamples with torchaudio's
        band-limited windowed-sinc kernel (rate round(100 r) / 100): one
        convolution per distinct factor over the examples that drew it, each
@@ -78,6 +84,9 @@ class Augment(nn.Module):
     # > 98 % zeros; 1/100 keeps <= 100 phases and 21 factors on [0.9, 1.1]: 3.3x faster per batch
     # (results/benchmarks/FINDINGS.md, bug 1).
     RATE_STEPS = 100
+    # Input samples beyond out_len * max factor: the windowed-sinc kernel reads ~7 input samples
+    # past its centre at these ratios (lowpass_filter_width 6 at rolloff 0.99); 64 is ample.
+    STRETCH_MARGIN = 64
 
     def __init__(self, noise_p: float = NOISE_P, noise_max_rel: float = NOISE_MAX_REL,
                  stretch_p: float = STRETCH_P, stretch_range: Sequence[float] = STRETCH_RANGE,
@@ -94,6 +103,10 @@ class Augment(nn.Module):
         self.noise_gain = float(noise_gain)
         self._kernels: dict[tuple, tuple[torch.Tensor, int, int, int]] = {}  # per (factor, device, dtype)
         self._generators: dict[str, torch.Generator] = {}  # the noise's, per device
+
+    def input_len(self, out_len: int) -> int:
+        """Samples to hand `forward(..., out_len=out_len)`: enough audio for the largest stretch factor."""
+        return int(math.ceil(out_len * max(1.0, self.stretch_range[1]))) + self.STRETCH_MARGIN
 
     def sample_params(self, batch: int, generator: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Draw each example's augmentation on the host, so applying it reads nothing back from the device.
@@ -118,25 +131,26 @@ class Augment(nn.Module):
         return {"stretch": stretch, "rate": rate, "noise": noise, "noise_rel": noise_rel}
 
     @staticmethod
-    def stretch_linear(wave: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-        """Resample each example by its own factor (linear interpolation), keeping the length.
+    def stretch_linear(wave: torch.Tensor, rate: torch.Tensor, out_len: int | None = None) -> torch.Tensor:
+        """Resample each example by its own factor (linear interpolation).
 
         Args:
             wave: (B, N) float.
             rate: (B,) factors; output sample j = input at position j * rate (zero past the end).
+            out_len: output samples (default N).
 
         Returns:
-            (B, N) float.
+            (B, out_len) float.
         """
         b, n = wave.shape
-        pos = torch.arange(n, device=wave.device, dtype=torch.float64)[None, :] * rate.double()[:, None]  # (B, N)
-        i0 = pos.floor().long()  # (B, N), float64 keeps j * rate exact at N ~ 2e5
-        frac = (pos - i0).to(wave.dtype)  # (B, N)
+        pos = torch.arange(out_len or n, device=wave.device, dtype=torch.float64)[None, :] * rate.double()[:, None]
+        i0 = pos.floor().long()  # (B, out_len), float64 keeps j * rate exact at N ~ 2e5
+        frac = (pos - i0).to(wave.dtype)  # (B, out_len)
         padded = torch.nn.functional.pad(wave, (0, 2))  # (B, N + 2): zeros past the end
-        i0 = i0.clamp_max(n)  # (B, N): positions past the end read the zero padding
-        x0 = padded.gather(1, i0)  # (B, N)
-        x1 = padded.gather(1, i0 + 1)  # (B, N)
-        return x0 + frac * (x1 - x0)  # (B, N)
+        i0 = i0.clamp_max(n)  # (B, out_len): positions past the end read the zero padding
+        x0 = padded.gather(1, i0)  # (B, out_len)
+        x1 = padded.gather(1, i0 + 1)  # (B, out_len)
+        return x0 + frac * (x1 - x0)  # (B, out_len)
 
     def _kernel(self, steps: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, int, int, int]:
         """(kernel, width, orig, new) resampling by steps / RATE_STEPS, built once per factor and device."""
@@ -146,8 +160,8 @@ class Augment(nn.Module):
             self._kernels[key] = (t.kernel.to(device, dtype), t.width, steps // t.gcd, self.RATE_STEPS // t.gcd)
         return self._kernels[key]
 
-    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray) -> torch.Tensor:
-        """Band-limited resampling of each example by its own factor, keeping the length.
+    def stretch_sinc(self, wave: torch.Tensor, rate: np.ndarray, out_len: int | None = None) -> torch.Tensor:
+        """Band-limited resampling of each example by its own factor, then cut (or zero-padded) to `out_len`.
 
         One convolution per distinct factor, over the examples that drew it (at most 21 on the
         1/100 grid), with each factor's kernel built once.
@@ -155,39 +169,45 @@ class Augment(nn.Module):
         Args:
             wave: (B, N) float.
             rate: (B,) factors on the host, multiples of 1/RATE_STEPS; 1 leaves an example as is.
+            out_len: output samples (default N); only the input the kept outputs read is convolved,
+                so a 0.9 stretch of a window made for 1.1 costs no more than a same-length one.
 
         Returns:
-            (B, N) float.
+            (B, out_len) float.
         """
-        n = wave.shape[1]
+        n = out_len or wave.shape[1]
         steps = np.rint(np.asarray(rate) * self.RATE_STEPS).astype(np.int64)  # (B,)
-        out = wave.clone()
+        out = _pad_end(wave[:, :n], n).clone()  # (B, out_len): the unstretched examples' first samples
         for s in np.unique(steps[steps != self.RATE_STEPS]):
             idx = _to_device(np.flatnonzero(steps == s), wave.device)  # (k,)
             kernel, width, orig, new = self._kernel(int(s), wave.device, wave.dtype)
             y = apply_sinc_kernel(wave.index_select(0, idx), kernel, width, orig, new, out_len=n)  # (k, <= N)
-            out.index_copy_(0, idx, _pad_end(y, n))  # (B, N): cut or zero-padded at the end
+            out.index_copy_(0, idx, _pad_end(y, n))  # (B, out_len): cut, or a short track's end zero-padded
         return out
 
     def apply(self, wave: torch.Tensor, params: dict[str, np.ndarray],
-              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, N) float32.
+              generator: torch.Generator | None = None, out_len: int | None = None) -> torch.Tensor:
+        """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, out_len or N) float32.
 
         Reads nothing back from the device: which examples to stretch is known on the host,
         and the noise is added to every example (std 0 where none was drawn).
 
         Args:
             generator: torch.Generator on `wave`'s device for the noise (None: torch's global RNG).
+            out_len: samples per output example (default N): stretch, then cut each example to it.
         """
         out = wave.float()
+        n = out_len or out.shape[1]
         stretch = np.asarray(params["stretch"], dtype=bool)
-        if stretch.any():
-            if self.stretch_method == "sinc":
-                out = self.stretch_sinc(out, params["rate"])  # (B, N)
-            else:
-                idx = _to_device(np.flatnonzero(stretch), out.device)  # (k,)
-                rate = _to_device(np.asarray(params["rate"], dtype=np.float64)[stretch], out.device)  # (k,)
-                out = out.index_copy(0, idx, self.stretch_linear(out.index_select(0, idx), rate))  # (B, N)
+        if stretch.any() and self.stretch_method == "sinc":
+            out = self.stretch_sinc(out, params["rate"], n)  # (B, n)
+        elif stretch.any():
+            idx = _to_device(np.flatnonzero(stretch), out.device)  # (k,)
+            rate = _to_device(np.asarray(params["rate"], dtype=np.float64)[stretch], out.device)  # (k,)
+            stretched = self.stretch_linear(out.index_select(0, idx), rate, n)  # (k, n)
+            out = _pad_end(out[:, :n], n).index_copy(0, idx, stretched)  # (B, n)
+        else:
+            out = _pad_end(out[:, :n], n)  # (B, n)
         if np.asarray(params["noise"], dtype=bool).any():
             rel = _to_device(np.asarray(params["noise_rel"], dtype=np.float32) * self.noise_gain, out.device)  # (B,)
             std = rel * out.abs().amax(dim=1)  # (B,)
@@ -195,16 +215,19 @@ class Augment(nn.Module):
             out = out + std[:, None] * noise  # (B, N); std is 0 where no noise was drawn
         return out
 
-    def forward(self, wave: torch.Tensor, generator: np.random.Generator | None = None) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, generator: np.random.Generator | None = None,
+                out_len: int | None = None) -> torch.Tensor:
         """Augment a training batch.
 
         Args:
-            wave: (B, N) float waveforms on the trial's device.
+            wave: (B, N) float waveforms on the trial's device (N = `input_len(out_len)` for stretch
+                without trailing silence).
             generator: numpy Generator on the host: it draws the parameters and seeds the
                 device's noise (None: unseeded).
+            out_len: samples per output example (default N).
 
         Returns:
-            (B, N) float32 augmented waveforms.
+            (B, out_len or N) float32 augmented waveforms.
         """
         if wave.dim() != 2:
             raise ValueError(f"Augment expects (B, N) waveforms, got shape {tuple(wave.shape)}")
@@ -212,7 +235,7 @@ class Augment(nn.Module):
         params = self.sample_params(wave.shape[0], rng)
         noise_gen = self._noise_generator(wave.device)
         noise_gen.manual_seed(int(rng.integers(2**62)))  # no host read: the seed comes from the host
-        return self.apply(wave, params, noise_gen)
+        return self.apply(wave, params, noise_gen, out_len)
 
     def _noise_generator(self, device: torch.device) -> torch.Generator:
         key = str(device)

@@ -117,7 +117,8 @@ def _sigterm_as_sigint(signum, frame) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", dashboard: bool = True) -> None:
+def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", dashboard: bool = True,
+                     object_store_memory: int | None = None) -> None:
     """Join `address`, or start a local Ray with its dashboard on a free port from DASHBOARD_PORT;
     print where the dashboard is, and let SIGTERM stop the search as Ctrl+C does.
 
@@ -125,6 +126,7 @@ def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", das
         address: a cluster to join (already resolved by `config.ray_address`), or None.
         dashboard_host: where a local dashboard listens (127.0.0.1 unless the user asks).
         dashboard: start the dashboard (local Ray only).
+        object_store_memory: a local Ray's object store in bytes (tune --object-store-gb; None: Ray's default).
     """
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         print("warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication: anyone who reaches the "
@@ -137,14 +139,14 @@ def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", das
     if dashboard and dashboard_host not in LOCAL_HOSTS:
         print(f"warning: the Ray dashboard will listen on {dashboard_host}: it has no authentication "
               "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
-    ctx = _init_local(dashboard, dashboard_host)
+    ctx = _init_local(dashboard, dashboard_host, object_store_memory)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
         print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
 
 
-def _init_local(dashboard: bool, host: str):
+def _init_local(dashboard: bool, host: str, object_store_memory: int | None = None):
     """A local Ray with its dashboard on a free port; a port another search took between the check
     and Ray's bind (or any other port Ray's processes lost the same way) means: shut down, try again
     on another port (spread at random, so that racing searches stop meeting). So does a raylet that
@@ -162,7 +164,8 @@ def _init_local(dashboard: bool, host: str):
         if attempt < RAY_START_ATTEMPTS:
             services.setLevel(logging.CRITICAL)  # a lost race is retried: its error log is noise
         try:
-            return init(None, dashboard=dashboard, dashboard_host=host, dashboard_port=port)
+            return init(None, dashboard=dashboard, dashboard_host=host, dashboard_port=port,
+                        object_store_memory=object_store_memory)
         except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, RuntimeError or Exception for a lost bind
             why = next((ln.strip() for ln in reversed(str(exc).splitlines())
                         if any(e in ln.lower() for e in _BIND_ERRORS)), None)

@@ -26,7 +26,7 @@ PAPER_EPOCHS = 20            # keep the epoch with the lowest validation loss
 PAPER_SPLIT = (0.8, 0.1, 0.1)  # shuffled train/val/test
 
 # --- the cache ---------------------------------------------------------------
-CACHE_SCHEMA_VERSION = 3     # bump when the shard or manifest layout changes (2: data_seed, 3: checksums)
+CACHE_SCHEMA_VERSION = 4     # bump when the shard or manifest layout changes (2: data_seed, 3: checksums, 4: shards in a seeded genre-mixed order)
 MIN_TRACK_SECONDS = 2.0      # shorter decoded audio is "too short" (bad); longer but < crop is padded
 SILENCE_PEAK = 1e-4          # a track whose peak |x| stays below this (-80 dBFS) is "silent" (bad)
 TRACKS_PER_SHARD = 64        # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size

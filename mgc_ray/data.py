@@ -1,24 +1,32 @@
 """Ray Data pipelines: cache shards -> crops -> batches on the trial's device.
 
 Where each step runs, and why:
-  - the driver reads the Parquet shards once (`CacheDatasets.build`) and, when
-    the cache fits comfortably in the object store, materialises them there, so
-    every trial on every node reads the same blocks (no trial holds its own copy
-    of the cache); a larger cache streams from the shards' shared path instead;
+  - the driver decides once (`CacheDatasets.build`) whether the cache's decoded
+    blocks fit comfortably in the object store; if so it materialises them
+    there, so every trial on every node reads the same blocks (no trial holds
+    its own copy of the cache); a larger cache streams from the shards' shared
+    path instead;
   - cropping runs in Ray Data tasks on CPUs (`map_batches`): only the crop (10 s
-    of int16, 441 kB) travels to the trial, not the 30-s clip;
+    of int16, 441 kB; a little more for training, see `train_batches`) travels to
+    the trial, not the 30-s clip;
   - noise and time stretch run on the trial's device (`augment.Augment`), where
     they cost nothing beside the model.
 This module imports no torch: the crop UDF is pickled by reference to it, so
 every Ray Data worker imports it, and torch + torchaudio would cost each worker
 more than a second and ~640 MB (benchmarks/crop_worker.py).
-Every epoch gets a new block order, a new local shuffle and a new random crop
-per track (seeded by (seed, epoch, track_id), so a restarted epoch sees the
-same crops).
+
+An epoch has no barrier: a streamed cache is read file by file in a new seeded
+order (map tasks over a permuted shard list), a materialised one block by
+block in a new seeded order (its blocks are already there, so the reorder waits
+for nothing); prepare put tracks in shards in a seeded random order, so every
+block holds every genre and a bounded local shuffle window mixes batches as
+independent sampling would. A trial's Ray Data use of the object store is capped
+(TRIAL_OBJECT_STORE_BYTES). Everything is seeded by (seed, epoch) and each crop
+by (seed, epoch, track_id), with block order kept (`preserve_order`), so a
+restarted epoch sees the same batches in the same order.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -33,6 +41,17 @@ if TYPE_CHECKING:
 # Materialise the cache in the object store when it takes at most this share of it:
 # below that, sharing one in-memory copy is cheaper than every trial re-reading Parquet.
 MATERIALISE_SHARE = 0.3
+# Streamed blocks in flight per trial (read -> crop -> the trial's prefetch): about 8 shards'
+# worth (64 tracks x 30 s x 22,050 Hz x 2 B = 85 MB each), bounded whatever the cache's size.
+TRIAL_OBJECT_STORE_BYTES = 1 * 2**30
+# The local shuffle window, in batches: shards are genre-mixed (prepare), so a small window suffices.
+SHUFFLE_BATCHES = 4
+# A shard read takes a whole CPU: at a fraction, many reads run at once on a small node and all
+# finish together, so with the order kept the first block (and batch) waits for nearly all of them
+# (29 s for 10 shards of 85 MB on 2 busy cores at 0.25 CPU per read).
+READ_TASK_CPUS = 1
+READ_ROWS = 16  # tracks per block read: 16 x 30 s x 22,050 Hz x 2 B = 21 MB
+CROP_ROWS = 64  # tracks per crop task (several blocks): fewer tasks, whose overhead dominates on a busy node
 # Crop tasks are light (slicing); a fraction of a CPU lets them run beside trials that
 # hold whole CPUs on a small machine without starving the trials' Ray Data (trials holding every CPU hang it).
 CROP_TASK_CPUS = 0.25
@@ -169,9 +188,10 @@ class CacheDatasets:
     """The cache's splits as Ray Datasets, built once in the driver and shared by trials.
 
     Attributes:
-        train, val, test: Ray Datasets with columns track_id, label, split, num_samples, samples.
+        train, val, test: Ray Datasets with columns track_id, label, samples.
         sample_rate: the cache's rate (every crop length is counted in it).
         materialised: whether the blocks sit in the object store (else streamed from Parquet).
+        train_files: the training split's shard paths (a streamed epoch reads them in its own order).
     """
 
     train: object
@@ -179,27 +199,111 @@ class CacheDatasets:
     test: object
     sample_rate: int
     materialised: bool
+    train_files: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, manifest, materialise: bool | None = None) -> "CacheDatasets":
-        """Read every split's shards (a `cache.Manifest`); materialise them if they fit (see MATERIALISE_SHARE)."""
+        """Read every split's shards (a `cache.Manifest`); materialise them if they fit (see MATERIALISE_SHARE).
+
+        The decision (when `materialise` is None) compares the decoded size of the
+        shards (their int16 samples: what the blocks take in memory, see `decoded_bytes`)
+        with the object store memory Ray has free now, and prints both figures once.
+        """
         import ray
 
+        files = {s: manifest.shard_paths(s) for s in SPLITS}
         if materialise is None:
-            size = sum(_file_size(p) for s in SPLITS for p in manifest.shard_paths(s))
+            size = sum(decoded_bytes(p) for paths in files.values() for p in paths)
             store = ray.available_resources().get("object_store_memory", 0)
             materialise = size <= MATERIALISE_SHARE * store
+            how = "materialised in the object store" if materialise else "streamed from the shards every epoch"
+            print(f"mgc_ray: cache {size / 1e9:.2f} GB decoded, object store {store / 1e9:.2f} GB free: {how} "
+                  f"(materialised up to {100 * MATERIALISE_SHARE:.0f} % of the store; tune --object-store-gb "
+                  "sets a local Ray's store)", flush=True)
         _quiet_ray_data()
-        cols = ["track_id", "label", "samples"]
         splits = {}
-        for split in SPLITS:
-            ds = ray.data.read_parquet(manifest.shard_paths(split)).select_columns(cols)
+        for split, paths in files.items():
+            ds = _read(paths)
             splits[split] = ds.materialize() if materialise else ds
-        return cls(splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise)
+        return cls(splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise,
+                   tuple(files["train"]))
 
 
-def _file_size(path: str) -> int:
-    return os.path.getsize(path)
+COLUMNS = ["track_id", "label", "samples"]
+
+
+def _load_shards(batch):
+    """Ray Data batch UDF: shard paths -> their rows (track_id, label, samples), READ_ROWS tracks per block.
+
+    A generator: the first tracks of a shard go on to be cropped while the rest is still decoding,
+    and a task holds a few tracks in memory at a time, not the whole shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in batch["path"].to_pylist():
+        with pq.ParquetFile(str(path)) as f:
+            for rb in f.iter_batches(batch_size=READ_ROWS, columns=COLUMNS):
+                yield pa.Table.from_batches([rb])
+
+
+def _read_crops(batch, **crop) -> Iterator[dict]:
+    """Ray Data batch UDF of a streamed epoch: shard paths -> crops, READ_ROWS tracks at a time (see `_crop_rows`).
+
+    Reading and cropping in one task: only crops enter the object store, and an epoch of FMA small
+    is ~100 tasks, not ~100 reads plus ~400 crop tasks (a task's overhead is what a busy node pays)."""
+    for table in _load_shards(batch):
+        yield _crop_rows({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, **crop)
+
+
+def _paths(paths: list[str]):
+    """A Dataset of the paths, one block each, in the order given (kept: see `_bounded`)."""
+    import ray
+
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def _read(paths: list[str]):
+    """The shards as a Dataset of one block per file, in the order given.
+
+    A list of paths read by map tasks, not `read_parquet`: read_parquet plans its reads by
+    sampling files first (2.4-2.8 s before the first batch of a 26-track demo cache, every
+    epoch), a list of paths starts at once (0.11 s). With order kept, file order is block order.
+    """
+    # order kept: materialised blocks in file order, run after run
+    return _paths(paths).map_batches(_load_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
+
+
+def decoded_bytes(path: str) -> int:
+    """A shard's size in memory as Arrow blocks: its int16 samples (2 B each) and per track an offset, id and label.
+
+    Read from the shard's small num_samples column; Parquet's own "uncompressed" size counts the list
+    column's repetition and definition levels too (about twice the samples on short clips)."""
+    import pyarrow.parquet as pq
+
+    n = pq.read_table(path, columns=["num_samples"]).column("num_samples")
+    return int(_column_sum(n)) * 2 + len(n) * (4 + 8 + 4)  # int16 samples; int32 offset, int64 id, int32 label
+
+
+def _column_sum(column) -> int:
+    import pyarrow.compute as pc
+
+    total = pc.sum(column).as_py()
+    return int(total or 0)
+
+
+def epoch_order(datasets: "CacheDatasets", seed: int, epoch: int):
+    """The training split in this epoch's seeded order, with no all-input barrier.
+
+    Streamed: the shard files' paths in a seeded permutation (read, and cropped, by `train_batches`).
+    Materialised: the blocks in a seeded permutation (they are in the object store
+    already, so reordering their references waits for nothing).
+    """
+    if datasets.materialised or not datasets.train_files:
+        return datasets.train.randomize_block_order(seed=epoch_seed(seed, epoch))
+    order = np.random.default_rng((int(seed), int(epoch))).permutation(len(datasets.train_files))
+    return _paths([datasets.train_files[i] for i in order])
 
 
 def _quiet_ray_data() -> None:
@@ -218,19 +322,41 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "Progress bars disabled": on purpose
 
 
-def train_batches(ds, *, crop_len: int, batch_size: int, seed: int, epoch: int,
-                  device: str = "cpu") -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
-    """One training epoch: new block order, local shuffle and random crops.
+def _bounded(ds, streamed: bool):
+    """Keep the block order (a restarted epoch sees the same batches); cap a streamed epoch's object store use
+    (a materialised cache's blocks are shared, not the trial's: only its crops are new)."""
+    ctx = ds.context
+    ctx.execution_options.preserve_order = True
+    if streamed:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=TRIAL_OBJECT_STORE_BYTES)
+    return ds
 
+
+def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, seed: int, epoch: int,
+                  device: str = "cpu") -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+    """One training epoch: new block order, local shuffle and random crops, no barrier.
+
+    Args:
+        datasets: from `CacheDatasets.build`.
+        crop_len: samples per training example handed out; with time stretch on, the
+            trial asks for `Augment.input_len(crop)` so the stretch has audio to read,
+            and the device cuts to the crop after stretching.
     Yields:
         (wave (B, crop_len) float32 in [-1, 1) on `device`, label (B,) int64).
     """
     _quiet_ray_data()
-    epoch_ds = ds.randomize_block_order(seed=epoch_seed(seed, epoch)).map_batches(
-        _crop_rows, fn_kwargs=dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch),
-        batch_format="numpy", num_cpus=CROP_TASK_CPUS)
+    streamed = not datasets.materialised and bool(datasets.train_files)
+    crop = dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch)
+    ordered = _bounded(epoch_order(datasets, seed, epoch), streamed)
+    if streamed:
+        epoch_ds = ordered.map_batches(_read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow",
+                                       num_cpus=READ_TASK_CPUS)
+    else:
+        epoch_ds = ordered.map_batches(_crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy",
+                                       num_cpus=CROP_TASK_CPUS)
     yield from _to_device(epoch_ds, batch_size=batch_size, device=device, drop_last=True,
-                          shuffle_buffer=4 * batch_size, shuffle_seed=epoch_seed(seed, epoch))
+                          shuffle_buffer=SHUFFLE_BATCHES * batch_size, shuffle_seed=epoch_seed(seed, epoch))
 
 
 def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
@@ -244,7 +370,7 @@ def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
         (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
     """
     _quiet_ray_data()
-    crops = ds.map_batches(_crop_rows, fn_kwargs=dict(crop_len=crop_len, mode=mode),
+    crops = ds.map_batches(_crop_rows, fn_kwargs=dict(crop_len=crop_len, mode=mode), batch_size=CROP_ROWS,
                            batch_format="numpy", num_cpus=CROP_TASK_CPUS)
     yield from _to_device(crops, batch_size=batch_size, device=device, drop_last=False, with_ids=True)
 

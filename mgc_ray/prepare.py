@@ -2,9 +2,14 @@
 
     python -m mgc_ray.prepare --fma-root DIR [--subset small] [--out CACHE] [--sample-rate 22050]
                               [--split paper|official] [--data-seed 0] [--address ADDR]
+    python -m mgc_ray.prepare --audio-dir DIR | --csv FILE [--split paper|artist|given] ...
 
-One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in track-id
-order), so a cluster shares the decoding; the driver only plans, tallies and
+Any collection: --audio-dir (one sub-folder per genre) or --csv (path,label[,split][,artist]);
+see `mgc_ray.collection`. The same cache and manifest follow.
+
+One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in a seeded
+random order: neighbouring track ids often share a genre, so shards of
+consecutive ids would give genre-correlated blocks), so a cluster shares the decoding; the driver only plans, tallies and
 writes the manifest. Layout: see `mgc_ray.cache`.
 
 Idempotent and atomic: each task writes its parquet, then a JSON sidecar (bad
@@ -27,9 +32,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mgc_ray import cluster
+from mgc_ray import cluster, collection
 from mgc_ray.audio import decode_audio
 from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, Manifest, default_cache_dir, to_int16
+from mgc_ray.collection import COLLECTION_SPLITS
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
                             SPLITS, TRACKS_PER_SHARD, ray_address)
 from mgc_ray.errors import Parser, UserError, run_cli
@@ -41,12 +47,13 @@ from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 # holds anything, so a local Ray needs little of it (75 MiB is Ray's minimum).
 OBJECT_STORE_BYTES = 128 * 2**20
 TASK_RETRIES = 2  # a shard task whose worker died (OOM, node lost) is retried this often
+SHARD_ORDER_STREAM = 12  # the shard order's own random stream beside the split's (same --data-seed, other draws)
 BAD_KINDS = ("missing", "empty", "undecodable", "too short", "silent")  # the summary's order
 
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard's work: its name, split and tracks (parallel tuples, track-id order)."""
+    """One shard's work: its name, split and tracks (parallel tuples, in the shard's seeded order)."""
 
     name: str
     split: str
@@ -55,19 +62,27 @@ class ShardPlan:
     paths: tuple[str, ...]
 
 
-def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD) -> list[ShardPlan]:
-    """Deterministic shard assignment: by split, then track id, in chunks.
+def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD, seed: int = 0) -> list[ShardPlan]:
+    """Deterministic shard assignment: by split, then a seeded random order of the split's tracks, in chunks.
+
+    FMA's neighbouring track ids share a genre far more often than chance (71 % of
+    neighbouring fma_small training tracks), so a shard of consecutive ids is a block of
+    few genres; in a seeded random order every shard holds every genre in about its
+    share, and a bounded shuffle window over the blocks gives batches mixed as by
+    independent sampling.
 
     Args:
         tracks: `fma.load_dataset(...).tracks` (index track_id; label, split, path).
         tracks_per_shard: tracks per shard (the last of a split may hold fewer).
+        seed: the order's seed (prepare's --data-seed; the same tracks and seed give the same shards).
 
     Returns:
         Shards named `<split>-<NNNNN>`, numbered from 0 within each split.
     """
     plans = []
-    for split in SPLITS:
+    for i, split in enumerate(SPLITS):
         rows = tracks[tracks["split"] == split].sort_index()
+        rows = rows.iloc[np.random.default_rng((int(seed), SHARD_ORDER_STREAM, i)).permutation(len(rows))]
         for n, start in enumerate(range(0, len(rows), tracks_per_shard)):
             chunk = rows.iloc[start:start + tracks_per_shard]
             plans.append(ShardPlan(f"{split}-{n:05d}", split, tuple(int(i) for i in chunk.index),
@@ -122,9 +137,6 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
         ([{track_id, path, reason}]), and exact integer sums of the int16 samples
         (sum, sumsq, count) for the training-set mean and std, parquet_sha256.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     ids, labels, waves, bad = [], [], [], []
     for tid, label, path in zip(plan.track_ids, plan.labels, plan.paths):
         x, reason = check_track(path, sample_rate)
@@ -134,29 +146,44 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
             ids.append(tid)
             labels.append(label)
             waves.append(to_int16(x))
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = np.concatenate(waves) if waves else np.zeros(0, np.int16)
-    table = pa.table({
-        "track_id": pa.array(ids, pa.int64()),
-        "label": pa.array(labels, pa.int32()),
-        "split": pa.array([plan.split] * len(ids), pa.string()),
-        "num_samples": pa.array(lengths, pa.int64()),
-        "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
-    })
     parquet, sidecar = _shard_files(out, plan.name)
-    os.makedirs(os.path.dirname(parquet), exist_ok=True)
-    # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
-    # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
-    atomic_write(parquet, lambda p: pq.write_table(
-        table, p, use_dictionary=False, compression="zstd", compression_level=1,
-        column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
+    values = write_parquet(parquet, plan.split, ids, labels, waves)
     v = values.astype(np.int64)
     info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
             "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),
             "node_id": _node_id(), "parquet_sha256": file_sha256(parquet)}
     write_sealed_json(sidecar, info)
     return info
+
+
+def write_parquet(path: str, split: str, ids: list[int], labels: list[int], waves: list[np.ndarray]) -> np.ndarray:
+    """Write one shard's Parquet file (atomically) in the cache's layout; returns all its int16 samples.
+
+    Args:
+        path: the shard's .parquet path.
+        split: the shard's split.
+        ids, labels, waves: per track (int16 waveforms).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate(waves) if waves else np.zeros(0, np.int16)
+    table = pa.table({
+        "track_id": pa.array(ids, pa.int64()),
+        "label": pa.array(labels, pa.int32()),
+        "split": pa.array([split] * len(ids), pa.string()),
+        "num_samples": pa.array(lengths, pa.int64()),
+        "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
+    })
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
+    # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
+    atomic_write(path, lambda p: pq.write_table(
+        table, p, use_dictionary=False, compression="zstd", compression_level=1,
+        column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
+    return values
 
 
 def _node_id() -> str | None:
@@ -298,14 +325,11 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     if tracks_per_shard < 1:
         raise UserError(f"--tracks-per-shard {tracks_per_shard} must be at least 1")
     fma_root = os.path.abspath(os.fspath(fma_root))
-    if not os.path.isdir(fma_root):
+    if dataset is None and not os.path.isdir(fma_root):
         raise UserError(f"--fma-root {fma_root} is not a folder; point it at the folder holding fma_metadata/")
     out = os.path.abspath(os.fspath(out))
     ds = dataset if dataset is not None else load_dataset(fma_root, subset, split, data_seed, tracks_csv=tracks_csv)
-    settings = {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
-                "split_scheme": split, "data_seed": int(data_seed), "label_names": ds.label_names,
-                "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
-                "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
+    settings = cache_settings(ds, sample_rate, subset, split, data_seed, tracks_per_shard)
     old = _old_manifest(out)
     if old is not None and any(old.get(k) != v for k, v in settings.items()):
         raise UserError(f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
@@ -316,7 +340,7 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
         raise UserError(f"--out {out} cannot be created ({exc.strerror}): choose a writable folder") from None
     clean_temporaries(os.path.join(out, SHARD_DIR))  # leftovers of a killed run: never trusted
 
-    plans = plan_shards(ds.tracks, tracks_per_shard)
+    plans = plan_shards(ds.tracks, tracks_per_shard, data_seed)
     infos = {p.name: finished_shard(out, p, settings) for p in plans}
     todo = [p for p in plans if infos[p.name] is None]
     if todo:
@@ -354,6 +378,14 @@ def _old_manifest(out: str) -> dict | None:
         return None
 
 
+def cache_settings(ds, sample_rate: int, subset: str, split: str, data_seed: int, tracks_per_shard: int) -> dict:
+    """What a cache's shards and manifest must agree on (stored in every sidecar)."""
+    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
+            "split_scheme": split, "data_seed": int(data_seed), "label_names": ds.label_names,
+            "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
+            "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
+
+
 def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str, out: str) -> Manifest:
     genre_of = ds.tracks["genre"]
     counts = {s: {g: 0 for g in ds.label_names} for s in SPLITS}
@@ -388,18 +420,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m mgc_ray.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--fma-root", default=os.environ.get(FMA_ROOT_ENV),
                    help=f"folder holding fma_metadata/ and fma_<subset>/ (default ${FMA_ROOT_ENV})")
+    p.add_argument("--audio-dir", help="instead of FMA: a folder with one sub-folder of audio files per genre")
+    p.add_argument("--csv", help="instead of FMA: a CSV of path,label[,split][,artist] (paths from its folder)")
     p.add_argument("--subset", default="small", choices=SUBSETS)
     p.add_argument("--out", help="cache folder (default: one per data set and settings under $MGC_HOME/caches)")
     p.add_argument("--sample-rate", type=int, default=CACHE_SAMPLE_RATE, help=f"Hz (default {CACHE_SAMPLE_RATE})")
-    p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES,
-                   help="paper: seeded 80/10/10 shuffle; official: FMA's set.split (default paper)")
+    p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES + COLLECTION_SPLITS[1:],
+                   help="paper: seeded 80/10/10 shuffle; official: FMA's set.split; artist: each artist in one "
+                        "split (--csv with artists); given: the CSV's split column (default paper)")
     p.add_argument("--data-seed", type=int, default=0,
-                   help="the paper split's seed (default 0); part of the cache's identity")
+                   help="the paper split's and the shard order's seed (default 0); part of the cache's identity")
     p.add_argument("--address", help="join this Ray cluster (default: a local Ray); --out must be shared")
     p.add_argument("--tracks-per-shard", type=int, default=TRACKS_PER_SHARD,
                    help=f"tracks per Parquet shard (default {TRACKS_PER_SHARD})")
     p.add_argument("--tracks-csv", help="another tracks.csv (default FMA_ROOT/fma_metadata/tracks.csv)")
     args = p.parse_args(argv)
+    if args.audio_dir and args.csv:
+        raise UserError("give one of --audio-dir and --csv")
+    if args.audio_dir or args.csv:
+        source = args.audio_dir or args.csv
+        ds = collection.load(args.audio_dir, args.csv, args.split, args.data_seed)
+        kind = collection.source_kind(args.audio_dir)
+        out = args.out or default_cache_dir(source, kind, args.split, args.data_seed, args.sample_rate)
+        prepare(source, out, kind, args.sample_rate, args.split, args.data_seed, args.address, args.tracks_per_shard,
+                dataset=ds)
+        print(out)
+        return 0
+    if args.split not in SPLIT_SCHEMES:
+        raise UserError(f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
+                        f"{' or '.join(SPLIT_SCHEMES)}")
     if not args.fma_root:
         raise UserError(f"--fma-root is required: the folder holding fma_metadata/ and fma_{args.subset}/ "
                         f"(or set ${FMA_ROOT_ENV}; python -m mgc_ray.demo --out DIR writes a demo one)")

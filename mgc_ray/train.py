@@ -96,7 +96,7 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
             marks.append(torch.cuda.Event(enable_timing=True))
             marks[-1].record()
         if augment is not None:
-            wave = augment(wave, generator)  # (B, N), noise + stretch on the device
+            wave = augment(wave, generator)  # (B, crop), noise + stretch on the device, cut to the crop
         with autocast(device, amp):
             logits = model(wave)  # (B, n_classes)
             loss = F.cross_entropy(logits.float(), label)

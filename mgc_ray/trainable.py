@@ -28,6 +28,7 @@ session folder): a retry placed on another node runs once more before it stops.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -134,14 +135,19 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
         cost = dict(state.get("cost", cost))
+    crop = mcfg.crop_samples
     augment = augment_for(model).to(device) if cfg.augment else None
+    # With augmentation, Ray Data hands a window long enough for the largest stretch; the device stretches,
+    # then cuts each example to the crop (a stretched crop of a long track is audio to its last sample).
+    window = augment.input_len(crop) if augment is not None else crop
+    on_device = functools.partial(augment, out_len=crop) if augment is not None else None
     net = compiled(model, cfg.compile)  # trains and predicts; `model` (the same parameters) is saved
     for epoch in range(start, cfg.max_epochs):
         t0, c0 = time.perf_counter(), time.process_time()
         generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
-        batches = train_batches(datasets.train, crop_len=mcfg.crop_samples, batch_size=cfg.batch_size,
+        batches = train_batches(datasets, crop_len=window, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
-        tr = train_epoch(net, batches, optimizer, augment=augment, generator=generator, device=device)
+        tr = train_epoch(net, batches, optimizer, augment=on_device, generator=generator, device=device)
         if not math.isfinite(tr["loss"]):
             raise FloatingPointError(f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
                                      "the model diverged; lower the learning rate (search space lr)")

@@ -67,9 +67,12 @@ def build_parser() -> Parser:
     data = p.add_mutually_exclusive_group()
     data.add_argument("--fma-root", help=f"FMA root (fma_metadata/, fma_<subset>/); or set ${FMA_ROOT_ENV}")
     data.add_argument("--cache", help="a prepared cache (python -m mgc_ray.prepare)")
+    data.add_argument("--audio-dir", help="your own collection: a folder with one sub-folder of audio files per genre")
+    data.add_argument("--csv", help="your own collection: a CSV of path,label[,split][,artist]")
     p.add_argument("--subset", default="small", choices=("small", "medium", "large"))
-    p.add_argument("--split", choices=("paper", "official"),
-                   help="paper: seeded 80/10/10 shuffle (default); official: FMA's set.split")
+    p.add_argument("--split", choices=("paper", "official", "artist", "given"),
+                   help="paper: seeded 80/10/10 shuffle (default); official: FMA's set.split; artist: each artist "
+                        "in one split (--csv with artists); given: the CSV's split column")
     p.add_argument("--num-samples", type=int, help="trials (default: 32 on FMA, 4 on the demo)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial; ASHA's max_t (default 20; 4 on the demo)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
@@ -91,6 +94,9 @@ def build_parser() -> Parser:
                                       "$RAY_ADDRESS, else a local Ray of this command's own)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="bind the Ray dashboard here (local Ray only)")
     p.add_argument("--no-dashboard", action="store_true", help="start local Ray without its dashboard")
+    p.add_argument("--object-store-gb", type=float,
+                   help="a local Ray's object store size in GB (default Ray's: 30 %% of RAM, capped by /dev/shm); "
+                        "the cache is materialised in it when its decoded size is at most 30 %% of it")
     p.add_argument("--storage-path", help="Ray Tune's results: a folder or a URI such as s3://bucket/path "
                    "(default: $MGC_HOME/ray_results)")
     p.add_argument("--shared-storage", action="store_true",
@@ -175,6 +181,11 @@ def _check_positive(args) -> None:
         raise UserError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
     if args.gpu_hours is not None and not args.gpu_hours > 0:
         raise UserError(f"--gpu-hours must be > 0, got {args.gpu_hours:g}")
+    if args.object_store_gb is not None and args.object_store_gb < 0.1:
+        raise UserError(f"--object-store-gb must be at least 0.1 (Ray's minimum is 75 MiB), got {args.object_store_gb:g}")
+    if args.object_store_gb is not None and ray_address(args.address):
+        raise UserError("--object-store-gb sizes a local Ray only; a joined cluster's store is set by `ray start "
+                        "--object-store-memory` on each node")
 
 
 def _check_dashboard_host(args) -> None:
@@ -211,6 +222,17 @@ def resolve_data(args) -> tuple[str, str | None, str]:
             raise UserError(f"--cache {args.cache} does not exist: give a folder made by python -m mgc_ray.prepare "
                             "(or --fma-root to prepare one)")
         return str(cache), None, f"cache-{cache.name}"
+    if args.audio_dir or args.csv:
+        from mgc_ray.collection import source_kind
+
+        source = Path(args.audio_dir or args.csv).expanduser().resolve()
+        if not source.exists():
+            flag = "--audio-dir" if args.audio_dir else "--csv"
+            raise UserError(f"{flag} {source} does not exist: give your collection's folder or CSV")
+        kind = source_kind(args.audio_dir)
+        cache = default_cache_dir(source, kind, args.split or "paper", args.data_seed, CACHE_SAMPLE_RATE)
+        writable_dir(Path(cache).parent, "the cache folder")
+        return cache, str(source), f"{kind}-{source.stem}"
     root = args.fma_root or os.environ.get(FMA_ROOT_ENV)
     if root:
         root_p = Path(root).expanduser().resolve()
@@ -260,9 +282,17 @@ def check_data(args, cache: str, fma_root: str | None):
     if fma_root is None or Path(cache, MANIFEST).is_file():
         manifest = check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
     dataset = None
-    if fma_root is not None:
-        from mgc_ray.fma import load_dataset
+    if fma_root is not None and (args.audio_dir or args.csv):
+        from mgc_ray import collection
 
+        dataset = collection.load(args.audio_dir and fma_root, args.csv and fma_root, args.split or "paper",
+                                  args.data_seed)
+    elif fma_root is not None:
+        from mgc_ray.fma import SPLIT_SCHEMES, load_dataset
+
+        if (args.split or "paper") not in SPLIT_SCHEMES:
+            raise UserError(f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
+                            f"{' or '.join(SPLIT_SCHEMES)}")
         dataset = load_dataset(fma_root, args.subset, args.split or "paper", args.data_seed)
     return manifest, dataset
 
@@ -390,8 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mgc_ray.prepare import prepare
 
     def prepared():
+        from mgc_ray.collection import source_kind
+
+        subset = source_kind(args.audio_dir) if (args.audio_dir or args.csv) else args.subset
         with locked(f"{cache}.lock"):  # searches started side by side prepare it once, in turn
-            prepare(fma_root, cache, subset=args.subset, split=args.split or "paper", data_seed=args.data_seed,
+            prepare(fma_root, cache, subset=subset, split=args.split or "paper", data_seed=args.data_seed,
                     dataset=fma_dataset)
         return check_cache(cache, sample_rate=CACHE_SAMPLE_RATE, split_scheme=args.split)
 
@@ -459,7 +492,8 @@ def _search(args, plan: Plan, spaces: list, storage: str, cache: str, fma_root: 
     from mgc_ray import search
 
     address = ray_address(args.address)
-    cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard)
+    store = int(args.object_store_gb * 1e9) if args.object_store_gb else None
+    cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard, object_store_memory=store)
     cluster.check_cluster(storage, cache, fma_root if manifest is None else None, args.shared_storage)
     # the default GPU share fits the heaviest trial the search may start
     heaviest = max(spaces, key=lambda s: cluster.trial_memory_gib(s.arch, search.largest_batch(s, plan.paper_only)))

@@ -29,7 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-SCRIPTS = ("features", "pipeline", "trial", "search", "scale")
+SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "stream")
 NO_GPU = "no GPU on this machine"
 STATUSES = {"met", "not met", "not measured here", "measured (no target set)"}
 HAS_GPU = torch.cuda.is_available()
@@ -145,6 +145,15 @@ def test_scale_reports_cache_size_and_labels_the_projection(smoke):
     assert report["projection_to_fma_small"] is not None
     assert "Not measured: FMA small's 8,000 clips" in md
     assert report["targets"][0]["status"] == "not measured here"
+
+
+def test_stream_times_every_mode_and_watches_the_object_store(smoke):
+    report = smoke["stream"][1]
+    assert [r["mode"] for r in report["runs"]] == ["streamed", "materialised", "before"]
+    for r in report["runs"]:
+        assert all(e["batches"] >= 1 and e["first_batch_s"] > 0 for e in r["epochs"])
+        assert r["object_store_peak_bytes"] > 0, "the store watcher saw the blocks"
+    assert len(report["runs"][0]["epochs"]) == report["settings"]["epochs"]
 
 
 def test_summary_gathers_every_target(smoke):

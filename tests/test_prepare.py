@@ -18,7 +18,7 @@ from mgc_ray.config import CACHE_SCHEMA_VERSION, MIN_TRACK_SECONDS, SPLITS
 from mgc_ray.errors import UserError
 from mgc_ray.files import sealed_json
 from mgc_ray.audio import decode_audio
-from mgc_ray.prepare import check_track, prepare
+from mgc_ray.prepare import check_track, plan_shards, prepare
 
 SR = 22050
 PER_SHARD = 4  # small shards: several per split even on the tiny demo
@@ -87,7 +87,9 @@ def test_round_trip(clean, demo_root):
         want = ds.tracks[ds.tracks["split"] == split]["genre"].value_counts().to_dict()
         assert {g: n for g, n in m["counts"][split].items() if n} == want
         assert m["num_tracks"][split] == len(ds.tracks[ds.tracks["split"] == split])
-    # shards: one split each, sorted by split then track id, chunks of PER_SHARD
+    # shards: one split each, in chunks of PER_SHARD of the split's seeded (genre-mixed) order
+    order = {s: [t for p in plan_shards(ds.tracks, PER_SHARD, m["data_seed"]) if p.split == s for t in p.track_ids]
+             for s in SPLITS}
     for split in SPLITS:
         paths = read_manifest(out).shard_paths(split)
         assert all(os.path.isabs(p) for p in paths)
@@ -100,7 +102,8 @@ def test_round_trip(clean, demo_root):
             assert set(t["split"].to_pylist()) == {split}
             assert len(t) <= PER_SHARD
             ids += t["track_id"].to_pylist()
-        assert ids == sorted(ds.tracks.index[ds.tracks["split"] == split])
+        assert sorted(ids) == sorted(ds.tracks.index[ds.tracks["split"] == split])
+        assert ids == order[split] and (split != "train" or ids != sorted(ids)), "the seeded order, not the ids'"
     # the samples are the decoded clip, stereo files included
     cached = read_tracks(out)
     for tid in ds.tracks.index[:6]:
