@@ -30,6 +30,7 @@ the GPU waits < 5 % of a trial's time; 4 packed trials >= 3x one trial.
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import multiprocessing as mp
@@ -262,7 +263,9 @@ class PackedTrial:
 
         self.td = trial_device(share)
         self.device = torch.device(self.td.device)
-        torch.backends.cudnn.benchmark = self.device.type == "cuda"
+        # by name: this class is shipped by value, and naming torch.backends.cudnn here would make
+        # cloudpickle try (and fail) to pickle that module object itself
+        setattr(importlib.import_module("torch.backends.cudnn"), "benchmark", self.device.type == "cuda")
         _, self.net, self.opt, n = _model(self.device, "channels_last", smoke)
         batch = 4 if smoke else 32
         self.data = ((0.3 * torch.randn(batch, n)).clamp(-1, 1).to(self.device),
