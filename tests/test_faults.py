@@ -4,7 +4,6 @@ the raising one as failed, and loses nothing. The same run checks the dashboard'
 import os
 import re
 import signal
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,8 +56,8 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
     first = run.wait_until(lambda: next((t for t, rs in rel.trial_results(exp).items() if rs), None), 240,
                            "the first trial's first epoch")
     # The driver logs a result before it has taken in the checkpoint reported with it (an
-    # asynchronous save step): give it a moment, about an epoch (~0.15-1 s here).
-    time.sleep(0.2)
+    # asynchronous save step): wait for that checkpoint's folder, so the retry has one to start from.
+    run.wait_until(lambda: any(exp.glob(f"train_trial_{first}_*/checkpoint_*")), 60, "the first checkpoint")
     victim = run.wait_until(lambda: _trial_workers(run, rel), 60, "the trial's worker process")
     assert len(victim) == 1, "trials run one at a time on 2 cores"
     os.kill(victim[0], signal.SIGKILL)
@@ -69,7 +68,11 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
     results = rel.trial_results(exp)
     assert len(results) == 3, "every trial is accounted for"
     killed = results[first]
-    assert [r["epoch"] for r in killed] == list(range(EPOCHS)), "each epoch of the killed trial ran once"
+    epochs = [r["epoch"] for r in killed]
+    # The epoch in flight when the kill landed may have been reported without its checkpoint being
+    # committed: that one epoch runs again after the restart (its work was lost), no other does.
+    assert sorted(set(epochs)) == list(range(EPOCHS)), "every epoch of the killed trial ran"
+    assert len(epochs) - EPOCHS <= 1, f"only the epoch in flight may run twice: {epochs}"
     assert max(r["restored_epochs"] for r in killed) >= 1, "the retry started from the last checkpoint"
     assert killed[0]["restored_epochs"] == 0
 
@@ -102,6 +105,6 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
     assert len(board) == 1 + 3 and sum(",ERROR," in row for row in board) == 1
     assert not run.leftovers(), "the command's local Ray ends with it"
     faults.record("a trial's worker SIGKILLed mid-trial", 1,
-                  "the trial resumed from its checkpoint; each epoch ran and was logged once")
+                  "the trial resumed from its checkpoint; each epoch was logged once in MLflow")
     faults.record("a trial that raises (diverged loss)", 1 + MAX_FAILURES,
                   "it alone failed; its retries stopped at once; the search finished")
