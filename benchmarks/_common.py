@@ -271,6 +271,11 @@ def target(name: str, goal: str, measured: str, status: str, note: str = "") -> 
     return {"target": name, "goal": goal, "measured": measured, "status": status, "note": note}
 
 
+def title(heading: str, smoke: bool, what: str = "tiny sizes, not a measurement") -> str:
+    """A report's first line; a smoke run says so in it, so no one quotes its figures."""
+    return f"# {heading}" + (f" (SMOKE RUN: {what})" if smoke else "")
+
+
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(headers) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]

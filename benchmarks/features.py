@@ -318,8 +318,7 @@ def _targets(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> list[str]:
     s = report["settings"]
-    lines = ["# Features: the paper's per-clip librosa way against ours"
-             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+    lines = [C.title("Features: the paper's per-clip librosa way against ours", report["smoke"]), "",
              f"Written by `benchmarks/features.py`. {s['clips']} demo clips of {s['clip_seconds']:g} s, one "
              f"{s['crop_seconds']:g}-s crop each at {s['sample_rate']:,} Hz, the same crops both ways, one run. "
              "The paper's way (per clip, every epoch: `librosa.load` of the mp3, crop, `melspectrogram`, "

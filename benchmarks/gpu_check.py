@@ -399,8 +399,8 @@ def targets(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> list[str]:
     dev = report["machine"]["device"]
-    smoke = " (SMOKE RUN: tiny sizes on the CPU, not a measurement)" if report["smoke"] else ""
-    lines = [f"# GPU check: DenseNet-121 trials on one GPU{smoke}", "",
+    lines = [C.title("GPU check: DenseNet-121 trials on one GPU", report["smoke"],
+                     "tiny sizes on the CPU, not a measurement"), "",
              f"Written by `benchmarks/gpu_check.py` on {dev} ({report['machine'].get('gpu') or C.NO_GPU}) in "
              f"{report['seconds']:.0f} s. See the script's docstring for what each part runs.", "",
              "## 1. Training samples/s (bf16 autocast, fused Adam, cuDNN autotuner)", ""]

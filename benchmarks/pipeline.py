@@ -219,8 +219,7 @@ def _targets(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> list[str]:
     s, r = report["settings"], report["runs"]
-    lines = ["# Input pipeline: Ray Data against a per-item mp3 DataLoader"
-             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+    lines = [C.title("Input pipeline: Ray Data against a per-item mp3 DataLoader", report["smoke"]), "",
              f"Written by `benchmarks/pipeline.py`. {s['train_tracks']} training clips of {s['clip_seconds']:g} s "
              f"(the demo's training split), batches of {s['batch']} {s['crop_seconds']:g}-s crops at "
              f"{s['sample_rate']:,} Hz, {s['epochs']} epochs each way in one run, {s['workers']} worker(s) each "

@@ -107,8 +107,7 @@ def _targets(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> list[str]:
     s, w, pr, mt, e = (report[k] for k in ("settings", "write_demo", "prepare", "materialise", "epoch"))
-    lines = ["# Scale: an FMA-small-sized demo, prepared and cached, one DenseNet epoch"
-             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+    lines = [C.title("Scale: an FMA-small-sized demo, prepared and cached, one DenseNet epoch", report["smoke"]), "",
              f"Written by `benchmarks/scale.py`: {s['tracks']} demo clips ({s['tracks_per_genre']} per genre) of "
              f"{s['clip_seconds']:g} s, in a fresh folder. **Measured at this size only.**", ""]
     lines += C.md_table(["step", "clips", "seconds", "clips/s", "size", "load 1-min"], [

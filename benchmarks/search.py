@@ -200,8 +200,7 @@ def halving_epochs(trials: int, max_epochs: int, grace: int, rf: int) -> int:
 def to_markdown(report: dict) -> list[str]:
     s = report["settings"]
     gpu = report["machine"]["device"].startswith("cuda")
-    lines = ["# Search throughput: trials per hour of `python -m mgc_ray.tune`"
-             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+    lines = [C.title("Search throughput: trials per hour of `python -m mgc_ray.tune`", report["smoke"]), "",
              f"Written by `benchmarks/search.py`. Demo cache of {s['train_tracks']} training clips of "
              f"{s['clip_seconds']:g} s; {s['max_epochs']} epoch(s) per trial at "
              f"{'the paper' if s['inputs'] == 'paper' else 'tiny'} input settings, only lr and weight decay searched "

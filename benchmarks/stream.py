@@ -250,8 +250,7 @@ def _targets(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> list[str]:
     s, c = report["settings"], report["cache"]
-    lines = ["# Ray Data at FMA's scale: first batch, steady rate, object store"
-             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+    lines = [C.title("Ray Data at FMA's scale: first batch, steady rate, object store", report["smoke"]), "",
              f"Written by `benchmarks/stream.py`: a synthetic cache of {s['tracks']:,} tracks x {s['clip_seconds']:g} s "
              f"({s['train_tracks']:,} training tracks; {c['bytes'] / 1e9:.2f} GB of Parquet, "
              + ("reused from an earlier run's --work" if c.get("reused") else f"written in {c['seconds']:.0f} s")

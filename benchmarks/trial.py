@@ -385,8 +385,7 @@ def _targets(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> list[str]:
     s, dev = report["settings"], report["machine"]["device"]
-    lines = ["# Trial speed at paper settings, and the share of a trial spent waiting for data"
-             + (" (SMOKE RUN: tiny sizes, not a measurement)" if report["smoke"] else ""), "",
+    lines = [C.title("Trial speed at paper settings, and the share of a trial spent waiting for data", report["smoke"]), "",
              f"Written by `benchmarks/trial.py` on {dev}. Part 1: `train.train_epoch` (forward with the front end, "
              f"cross-entropy, backward, Adam step) on one random batch of {s['crop_seconds']:g}-s crops at the "
              f"paper's batch size; {s['steps']} timed steps after {s['warmup']} warm-up; torch on "
