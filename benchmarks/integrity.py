@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         out["bytes_hashed"] = size
     if args.cache:
         m = read_manifest(args.cache)
-        nbytes, seconds = verify_shards(m)
+        nbytes, _, seconds = verify_shards(m)
         out["verify_shards"] = {"cache": args.cache, "bytes": nbytes, "seconds": round(seconds, 3),
                                 "mb_per_s": round(nbytes / seconds / 1e6)}
     scale = RESULTS / "scale_cpu.json"

@@ -182,11 +182,45 @@ _REPAIR = ("run the prepare that made it again on the same folder (python -m mgc
 HASH_THREADS = 8  # hashing is I/O then C code that releases the GIL: a few threads keep a disk busy
 
 
-def verify_shards(manifest: Manifest, splits=None) -> tuple[int, float]:
+_HASHED: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (its stat key, SHA-256), this process
+SETTLED_NS = 1_000_000_000  # a file last written this long before it was hashed is remembered (see below)
+
+
+def shard_sha256(path: str) -> str:
+    """A shard's SHA-256, hashed once per process while the file stays the same.
+
+    `tune --fma-root` confirms the cache (prepare hashes every finished shard) and then
+    verifies it before training: without this a 9 GB cache is read twice in a row. A digest
+    is remembered only for a file last written over a second before it was hashed, so any
+    later write moves its mtime past the remembered one even on a coarse file-system clock;
+    a changed inode, size or mtime hashes again.
+    """
+    return _sha256_once(path)[0]
+
+
+def _sha256_once(path: str) -> tuple[str, bool]:
+    """(SHA-256, whether it was hashed now rather than remembered from earlier in this process)."""
+    path = os.path.realpath(path)
+    st = os.stat(path)
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    seen = _HASHED.get(path)
+    if seen is not None and seen[0] == key:
+        return seen[1], False
+    started = time.time_ns()
+    digest = file_sha256(path)
+    if st.st_mtime_ns < started - SETTLED_NS:
+        _HASHED[path] = (key, digest)
+    else:
+        _HASHED.pop(path, None)
+    return digest, True
+
+
+def verify_shards(manifest: Manifest, splits=None) -> tuple[int, int, float]:
     """Hash every shard of `splits` (default all) against the manifest, before anything reads it.
 
     Returns:
-        (bytes hashed, seconds taken).
+        (bytes checked, bytes hashed now (the rest was hashed unchanged earlier in this process),
+        seconds taken).
 
     Raises:
         UserError: a shard is missing, truncated or changed: one line naming it and the fix.
@@ -200,18 +234,18 @@ def verify_shards(manifest: Manifest, splits=None) -> tuple[int, float]:
         path = os.path.join(manifest.root, rel)
         want = manifest.shard_sha256.get(rel)
         try:
-            got = file_sha256(path)
+            got, fresh = _sha256_once(path)
         except OSError as exc:
             raise UserError(f"shard {path} cannot be read ({exc.strerror}): {_REPAIR.format(cache=manifest.root)}") \
                 from None
         if got != want:
             raise UserError(f"shard {path} is damaged (its SHA-256 differs from the manifest's: changed or "
                             f"truncated since prepare wrote it): {_REPAIR.format(cache=manifest.root)}")
-        return os.path.getsize(path)
+        return os.path.getsize(path), fresh
 
     with ThreadPoolExecutor(max_workers=min(HASH_THREADS, max(1, len(rels)))) as pool:
-        size = sum(pool.map(check, rels))
-    return size, time.perf_counter() - start
+        sizes = list(pool.map(check, rels))
+    return sum(n for n, _ in sizes), sum(n for n, fresh in sizes if fresh), time.perf_counter() - start
 
 
 def check_cache(cache: str | os.PathLike, sample_rate: int | None = None, split_scheme: str | None = None) -> Manifest:

@@ -34,7 +34,7 @@ import numpy as np
 
 from mgc_ray import cluster, collection
 from mgc_ray.audio import decode_audio
-from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, Manifest, default_cache_dir, to_int16
+from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, Manifest, default_cache_dir, shard_sha256, to_int16
 from mgc_ray.collection import COLLECTION_SPLITS
 from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
                             SPLITS, TRACKS_PER_SHARD, ray_address)
@@ -212,7 +212,7 @@ def finished_shard(out: str, plan: ShardPlan, settings: dict) -> dict | None:
         raise UserError(f"{out} holds shards made with other settings or tracks ({why}); "
                         "use another --out (or delete that folder to rebuild it)")
     try:
-        digest = file_sha256(parquet)
+        digest = shard_sha256(parquet)
     except FileNotFoundError:  # the sidecar of a shard whose parquet went missing
         return _damaged(parquet, "missing")
     except OSError as exc:

@@ -221,9 +221,11 @@ def _verify_cache(manifest: Manifest) -> None:
     """Every shard's bytes against the manifest's SHA-256, before any trial trains on them."""
     from mgc_ray.cache import verify_shards
 
-    size, seconds = verify_shards(manifest)
+    size, hashed, seconds = verify_shards(manifest)
+    how = (f"{seconds:.1f} s, {hashed / 1e6 / max(seconds, 1e-9):.0f} MB/s" if hashed == size else
+           f"{(size - hashed) / 1e6:.1f} MB of it hashed by prepare just before, unchanged since")
     print(f"mgc_ray: cache checked: {sum(len(v) for v in manifest.shards.values())} shards, {size / 1e6:.1f} MB "
-          f"match their SHA-256 ({seconds:.1f} s, {size / 1e6 / max(seconds, 1e-9):.0f} MB/s)", flush=True)
+          f"match their SHA-256 ({how})", flush=True)
 
 
 def watched_folders(plan) -> list[tuple[str, str]]:

@@ -161,3 +161,21 @@ def test_a_search_on_a_damaged_cache_stops_before_training(cache, tmp_path, smok
     assert exp is None or not rel.trial_results(exp), "no trial trained on the damaged cache"
     faults.record("2,000 bytes of a shard overwritten, then a search", 1,
                   "exit 2 with one line naming the shard, before any trial")
+
+
+def test_a_shard_is_hashed_once_per_process_until_it_is_written_again(tmp_path):
+    """prepare's confirmation and the search's check share one hash of a settled shard; a write
+    after it (even one that keeps the size) hashes again, and a just-written file is never remembered."""
+    from mgc_ray.cache import _sha256_once
+
+    old = tmp_path / "old.parquet"
+    old.write_bytes(bytes(range(256)) * 64)
+    os.utime(old, ns=(os.stat(old).st_atime_ns, os.stat(old).st_mtime_ns - 10**10))  # written 10 s ago
+    digest, fresh = _sha256_once(str(old))
+    assert fresh and _sha256_once(str(old)) == (digest, False)
+    data = bytearray(old.read_bytes())
+    data[100] ^= 0xFF
+    old.write_bytes(bytes(data))  # same size, changed in place, moments after the hash
+    changed, fresh = _sha256_once(str(old))
+    assert fresh and changed != digest
+    assert _sha256_once(str(old)) == (changed, True), "a file written within the last second is hashed every time"
