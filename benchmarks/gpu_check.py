@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -154,67 +153,11 @@ def speed_part(device: torch.device, smoke: bool, deadline: Deadline) -> dict:
 
 
 # --- 2. a real trial's GPU wait -----------------------------------------------------------
-def _write_shard(job: tuple) -> dict:
-    """One synthetic shard in the prepare layout (Parquet + sidecar); a worker process's body."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root, name, split, ids, labels, n, seed = job
-    rng = np.random.default_rng(seed)
-    waves = (rng.standard_normal((len(ids), n), dtype=np.float32) * 3000).astype(np.int16)  # ~0.09 rms
-    offsets = np.arange(len(ids) + 1, dtype=np.int32) * n
-    table = pa.table({"track_id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int32()),
-                      "split": pa.array([split] * len(ids), pa.string()),
-                      "num_samples": pa.array([n] * len(ids), pa.int64()),
-                      "samples": pa.ListArray.from_arrays(pa.array(offsets), pa.array(waves.ravel(), pa.int16()))})
-    path = os.path.join(root, "shards", f"{name}.parquet")
-    pq.write_table(table, path, use_dictionary=False, compression="zstd", compression_level=1,
-                   column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"})
-    from mgc_ray.files import file_sha256
-
-    v = waves.astype(np.int64).ravel()
-    return {"name": name, "split": split, "ids": list(ids), "labels": list(labels),
-            "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size), "sha256": file_sha256(path)}
-
-
 def synthetic_cache(root: Path, tracks: int, seconds: float, workers: int) -> Path:
-    """An FMA-sized cache of int16 noise (80/10/10 split, 8 genres), written by `workers` processes."""
-    from mgc_ray.cache import INT16_SCALE, MANIFEST, Manifest
-    from mgc_ray.config import CACHE_SCHEMA_VERSION, TRACKS_PER_SHARD
-    from mgc_ray.files import write_sealed_json
+    """An FMA-sized cache of int16 noise (the paper's 80/10/10 split, 8 genres), by `mgc_ray.synth_cache`."""
+    from mgc_ray.synth_cache import synthetic_dataset, write_synthetic_cache
 
-    (root / "shards").mkdir(parents=True, exist_ok=True)
-    n = int(seconds * CACHE_SAMPLE_RATE)
-    ids = np.arange(tracks)
-    split_of = np.where(ids % 10 < 8, "train", np.where(ids % 10 == 8, "val", "test"))
-    jobs = []
-    for split in ("train", "val", "test"):
-        mine = ids[split_of == split]
-        for k in range(0, len(mine), TRACKS_PER_SHARD):
-            part = mine[k:k + TRACKS_PER_SHARD]
-            jobs.append((str(root), f"{split}-{k // TRACKS_PER_SHARD:05d}", split, part.tolist(),
-                         (part % GENRES).tolist(), n, len(jobs)))
-    with mp.get_context("spawn").Pool(max(1, workers)) as pool:
-        infos = pool.map(_write_shard, jobs)
-    genres = [f"genre{g}" for g in range(GENRES)]
-    counts = {s: {g: 0 for g in genres} for s in ("train", "val", "test")}
-    shards: dict[str, list[str]] = {s: [] for s in counts}
-    total = sumsq = count = 0
-    for info in infos:
-        for lab in info["labels"]:
-            counts[info["split"]][genres[lab]] += 1
-        shards[info["split"]].append(f"shards/{info['name']}.parquet")
-        if info["split"] == "train":
-            total, sumsq, count = total + info["sum"], sumsq + info["sumsq"], count + info["count"]
-    mean = total / count / INT16_SCALE
-    m = Manifest(schema_version=CACHE_SCHEMA_VERSION, sample_rate=CACHE_SAMPLE_RATE, subset="synthetic",
-                 split_scheme="paper", data_seed=0, fma_root="synthetic", label_names=tuple(genres), counts=counts,
-                 num_tracks={s: sum(c.values()) for s, c in counts.items()}, wave_mean=mean,
-                 wave_std=float(np.sqrt(sumsq / count / INT16_SCALE ** 2 - mean ** 2)), bad_tracks=(),
-                 shards={s: tuple(v) for s, v in shards.items()}, min_track_seconds=1.0, silence_peak=0.0,
-                 tracks_per_shard=TRACKS_PER_SHARD, track_list_sha1="synthetic",
-                 shard_sha256={f"shards/{i['name']}.parquet": i["sha256"] for i in infos})
-    write_sealed_json(root / MANIFEST, m.to_dict())  # sealed, with the shards' SHA-256: as prepare writes it
+    write_synthetic_cache(root, synthetic_dataset(tracks), seconds, workers=workers)
     return root
 
 

@@ -1,6 +1,6 @@
 """A synthetic waveform cache, written directly in the cache's format (no audio files, no decoding).
 
-    python -m mgc_ray.synth_cache --out DIR [--tracks 8000] [--seconds 30] [--genres-csv FILE]
+    python -m mgc_ray.synth_cache --out DIR [--tracks 8000] [--seconds 30] [--genres-csv FILE] [--data-seed 0]
 
 For scale benchmarks and pipeline tests: FMA small's 8,000 x 30 s cache takes
 hours to synthesise and encode as mp3 on 2 cores, and FMA medium's 25,000
@@ -13,6 +13,7 @@ The split is the paper's seeded stratified 80/10/10. Not a data set to learn fro
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -91,7 +92,8 @@ def write_synthetic_cache(out: str | os.PathLike, ds: Dataset, seconds: float, *
     plans = plan_shards(ds.tracks, tracks_per_shard, seed)
     n_samples = int(round(seconds * sample_rate))
     jobs = [(p, out, n_samples, settings, seed) for p in plans]
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+    # spawned, not forked: a caller (a benchmark) may hold CUDA or Ray threads that a fork would copy
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=mp.get_context("spawn")) as pool:
         infos = {info["name"]: info for info in pool.map(_write_one, jobs)}
     manifest = _manifest(ds, plans, infos, settings, SUBSET, out)
     write_sealed_json(os.path.join(out, MANIFEST), manifest.to_dict())
@@ -105,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="clip length (default FMA's 30 s)")
     p.add_argument("--genres-csv", help="filename,genre list giving ids and labels (default: 8 genres in turn)")
     p.add_argument("--tracks-per-shard", type=int, default=TRACKS_PER_SHARD)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="the split's and the noise's seed (as prepare's)")
     p.add_argument("--workers", type=int, help="writing processes (default: the CPU count)")
     args = p.parse_args(argv)
     if args.tracks < 10 or args.seconds <= 0:
         raise UserError("--tracks must be >= 10 (every split needs a track) and --seconds > 0")
-    ds = synthetic_dataset(args.tracks, seed=args.seed, genres_csv=args.genres_csv)
-    m = write_synthetic_cache(args.out, ds, args.seconds, tracks_per_shard=args.tracks_per_shard, seed=args.seed,
+    ds = synthetic_dataset(args.tracks, seed=args.data_seed, genres_csv=args.genres_csv)
+    m = write_synthetic_cache(args.out, ds, args.seconds, tracks_per_shard=args.tracks_per_shard, seed=args.data_seed,
                               workers=args.workers)
     print(f"synth_cache: {sum(m.num_tracks.values())} tracks x {args.seconds:g} s in {args.out}", file=sys.stderr)
     print(args.out)
