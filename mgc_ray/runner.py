@@ -1,6 +1,6 @@
 """Run one search end to end in the driver: Tuner -> test evaluation -> MLflow -> results/.
 
-`tune.py` resolves the CLI into a `Plan`; this module owns everything Ray Tune and
+`plan.py` resolves the CLI into a `Plan`; this module owns everything Ray Tune and
 takes nothing but the plan, the search space, the manifest and the trial resources.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     in `tune.main`, before Ray starts).
 
     Args:
-        plan: `tune.Plan`, what this invocation does.
+        plan: `plan.Plan`, what this invocation does.
         resources: per trial and at once, from `cluster.resources`.
     Raises:
         KeyboardInterrupt: the search was interrupted (SIGINT); `--resume` finishes it.

@@ -14,6 +14,13 @@ def _fma_samples_dir() -> str:
 
 
 FMA_SAMPLES = _fma_samples_dir()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the session's smoke search run in one xdist process, so it is searched once."""
+    for item in items:
+        if "smoke_search" in getattr(item, "fixturenames", ()):
+            item.add_marker(_pytest.mark.xdist_group("smoke_search"))
 TINY_DEMO = dict(tracks_per_genre=4, seconds=4.0, seed=0)  # 32 tracks, ~1 s to write
 
 

@@ -147,7 +147,8 @@ CASES = [
 
 def test_tune_offers_every_arch_with_paper_settings_and_a_model():
     from mgc_ray.models import list_models
-    from mgc_ray.tune import arch_list, build_parser
+    from mgc_ray.plan import arch_list
+    from mgc_ray.tune import build_parser
 
     archs = arch_list("all")
     assert set(archs) == set(PAPER) and set(archs) <= set(list_models())

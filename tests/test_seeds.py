@@ -40,9 +40,9 @@ def test_another_seed_shares_the_cache_and_the_test_set(smoke_search, run_module
 
 def test_data_seed_names_another_cache(tmp_path, monkeypatch):
     """--data-seed is the cache's identity: another data seed never reuses (or clashes with) a cache."""
-    from mgc_ray import tune
+    from mgc_ray import plan, tune
 
     monkeypatch.setenv("MGC_HOME", str(tmp_path))
-    caches = {tune.resolve_data(tune.build_parser().parse_args(["--arch", "densenet", *extra]))[0]
+    caches = {plan.resolve_data(tune.build_parser().parse_args(["--arch", "densenet", *extra]))[0]
               for extra in ([], ["--seed", "7"], ["--data-seed", "0"], ["--data-seed", "3"])}
     assert len(caches) == 2 and any(c.endswith("cache-s3") for c in caches)
