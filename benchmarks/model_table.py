@@ -7,7 +7,7 @@ For each registered architecture: ModelConfig at the paper's window / n_mels
 (config.PAPER), 10-s crops at 22,050 Hz (220,500 samples), the paper's batch
 size; forward under torch.no_grad in eval mode, the median of `--runs` timed
 runs after `--warmup` untimed ones, with the front end (log-mel or resample +
-z-score) timed on its own as well. Also times `features.Augment` on a batch of
+z-score) timed on its own as well. Also times `augment.Augment` on a batch of
 32 crops with both stretch methods. The figures name the machine they ran on.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {r['arch']} | {r['label']} | {r['window']} / {r['n_mels']} | {shape_str(r['input_shapes'])} | "
                      f"{r['params']:,} | {r['batch']} | {r['forward_s']:.3f} | {r['frontend_s']:.3f} | "
                      f"{1000 * r['forward_s'] / r['batch']:.1f} |")
-    lines += ["", "Training augmentation (`features.Augment`, noise p = 0.5, stretch p = 0.5), one batch on CPU:", "",
+    lines += ["", "Training augmentation (`augment.Augment`, noise p = 0.5, stretch p = 0.5), one batch on CPU:", "",
               "| stretch method | batch | samples | s / batch |", "|---|---:|---:|---:|"]
     for a in report["augment"]:
         lines.append(f"| {a['stretch_method']} | {a['batch']} | {a['n_samples']:,} | {a['seconds']:.3f} |")

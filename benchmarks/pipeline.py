@@ -10,7 +10,7 @@ least 1), for a few epochs in one run:
 
 - ours: `data.train_batches` over the cache's training split (new block order,
   local shuffle and a random crop per track per epoch, in Ray Data tasks), then
-  `features.Augment` (noise + time stretch) on each whole batch on the
+  `augment.Augment` (noise + time stretch) on each whole batch on the
   consumer's device, as `trainable.py` does (torch on 1 thread on CPU, 2 with
   a GPU: what Ray gives a trial holding that many CPUs). Ray gets `workers` logical CPUs,
   as a trial holding one CPU of its node leaves the rest to Ray Data. Also
@@ -54,7 +54,7 @@ class Mp3Crops(torch.utils.data.Dataset):
         items: (mp3 path, label) pairs.
         crop_len: samples per crop at `sample_rate`.
         sample_rate: librosa.load's target rate.
-        augment: apply `features.Augment` to each item (the trial's augmentation).
+        augment: apply `augment.Augment` to each item (the trial's augmentation).
     """
 
     def __init__(self, items: Sequence[tuple[str, int]], crop_len: int, sample_rate: int, augment: bool) -> None:

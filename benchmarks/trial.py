@@ -106,7 +106,7 @@ def step_rate(arch: str, device: torch.device, *, amp: bool, channels_last: bool
 
 
 class Augment1000(Augment):
-    """`features.Augment` as it was before the fix: stretch factors on a 1/1000 grid.
+    """`augment.Augment` as it was before the fix: stretch factors on a 1/1000 grid.
 
     torchaudio's sinc resampler convolves with one kernel per output phase, as long as
     the reduced ratio's numerator: a factor such as 0.937 = 937/1000 (gcd 1) means a
@@ -425,7 +425,7 @@ def to_markdown(report: dict) -> list[str]:
     if not report["speed"]:
         return lines
     dn = [r for r in report["speed"] if r["arch"] == "densenet"]
-    lines += ["", f"`features.Augment` (the trial's augmentation: time stretch and noise, each p = 0.5) on {dev}, per "
+    lines += ["", f"`augment.Augment` (the trial's augmentation: time stretch and noise, each p = 0.5) on {dev}, per "
               f"batch of {report['augment'][0]['batch']} crops, median of {report['augment'][0]['repeats']} calls "
               "(each draws new factors; the two alternate call by call and draw alike); the stretch runs torchaudio's "
               "sinc resampler once per stretched example:", ""]
