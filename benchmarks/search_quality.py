@@ -4,7 +4,7 @@
     python benchmarks/search_quality.py --smoke         # 2 seeds x 8 trials: checks the script
 
 Every search runs through the real machinery a search uses: Ray Tune, ASHA
-(`search.make_scheduler`, grace 1 epoch, reduction 2) and the searcher under test,
+(`rungs.SampleASHA`, the search's scheduler, here with a grace of 1 epoch, reduction 2) and the searcher under test,
 on a seeded surrogate objective instead of a model, so one search takes seconds.
 
 The surrogate (analytic, seeded per problem). A config is (lr, weight decay,
@@ -85,11 +85,14 @@ def surrogate_trial(config: dict) -> None:
     from ray import tune
 
     p = problem(config["problem"])
+    from mgc_ray.rungs import TIME_ATTR
+
     best = math.inf
-    for v in curve(p, config["problem"], config["lr"], config["weight_decay"], config["batch_size"],
-                   config["max_epochs"]):
+    for epoch, v in enumerate(curve(p, config["problem"], config["lr"], config["weight_decay"], config["batch_size"],
+                                    config["max_epochs"])):
         best = min(best, v)
-        tune.report({"best/val_loss": best, "val/loss": v})
+        # samples seen: an epoch of the same training split for every batch size (one unit here)
+        tune.report({"best/val_loss": best, "val/loss": v, TIME_ATTR: epoch + 1})
 
 
 def _space():
@@ -108,6 +111,7 @@ def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_
     from ray.tune.search.optuna import OptunaSearch
 
     from mgc_ray import search
+    from mgc_ray.rungs import SampleASHA
     from mgc_ray.searcher import StudySearcher
 
     space = _space()
@@ -128,7 +132,8 @@ def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_
         param_space = fixed
     tuner = tune.Tuner(surrogate_trial, param_space=param_space, tune_config=tune.TuneConfig(
         metric=search.METRIC, mode=search.MODE, num_samples=budget, search_alg=alg, max_concurrent_trials=1,
-        scheduler=search.make_scheduler(MAX_T, 1), reuse_actors=True),
+        scheduler=SampleASHA(max_epochs=MAX_T, grace=1, per_epoch=1, chance=CHANCE,
+                             reduction_factor=search.REDUCTION_FACTOR), reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=str(work / "ray"), verbose=0))
     grid = tuner.fit()
     rows, prob_ = [], problem(prob)

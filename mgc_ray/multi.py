@@ -69,7 +69,9 @@ def run_multi_search(plan, spaces: list, manifest: Manifest, resources: TrialRes
         print(f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
               f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(runner._BenignSyncRace())
-        grid = runner._tuner(plan, spaces, trainable, param_space, concurrent, [router, progress]).fit()
+        tuner = runner._tuner(plan, spaces, manifest, trainable, param_space, concurrent, [router, progress])
+        grid = tuner.fit()
+        chance = runner._chance_note(tuner)  # one scheduler across the archs: its note goes to each
         if progress.interrupted(plan.num_samples):
             raise KeyboardInterrupt
         runner._report_errors(grid)
@@ -87,7 +89,8 @@ def run_multi_search(plan, spaces: list, manifest: Manifest, resources: TrialRes
                 status[s.arch] = "FINISHED" if not mine else "FAILED"
                 continue
             arch_plan = dataclasses.replace(plan, arch=s.arch, archs=(), num_samples=len(mine))
-            done[s.arch] = runner.finish(arch_plan, s, mine, datasets, manifest, c, exp_id, parent, out=root / s.arch)
+            done[s.arch] = runner.finish(arch_plan, s, mine, datasets, manifest, c, exp_id, parent, out=root / s.arch,
+                                         chance_note=chance)
             best_loss[s.arch] = min(r.metrics[search.METRIC] for r in ok)
             status[s.arch] = "FINISHED"
         if not done:

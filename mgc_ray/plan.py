@@ -72,7 +72,7 @@ class Plan:
     mlflow_uri: str
     results_root: str         # per-search tables and figures go under <results_root>/<dataset>/<name>
     resume: bool = False
-    grace_period: int = 1
+    grace_period: int | None = None  # epochs; None: the rule in rungs.py
     time_budget_s: float | None = None  # --time-budget
     gpu_hours: float | None = None      # --gpu-hours
     search_ends_by: float | None = None  # the demo's own budget: time.monotonic() by which the search should end

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -111,11 +111,12 @@ def cost_line(totals: dict) -> str:
 
 
 def write_search_results(out: Path, plan, grid, rows: dict, manifest,
-                         space_entries: dict[str, dict] | None = None, budget_note: str | None = None) -> list[Path]:
+                         space_entries: dict[str, dict] | None = None, notes: Sequence[str] = ()) -> list[Path]:
     """Write the leaderboard, best config, summary, test metrics and figures; return the files.
 
     `space_entries`: the `space:` block the search drew from (the Optuna figures' axes);
-    None: axes span the values seen. `budget_note`: why a budget ended the search, if it did.
+    None: axes span the values seen. `notes`: sentences for the summary's head (why a budget
+    ended the search, rungs that cut at chance).
     """
     import pandas as pd
 
@@ -142,7 +143,7 @@ def write_search_results(out: Path, plan, grid, rows: dict, manifest,
     md = [f"# {plan.name}", "", f"Arch `{plan.arch}` on `{plan.dataset}` ({plan.num_samples} trial(s), "
           f"up to {plan.max_epochs} epochs, seed {plan.seed}, data seed {manifest.data_seed}: "
           f"{manifest.num_tracks.get('test', 0)} test tracks, {manifest.n_classes} genres). {first}", "",
-          *([budget_note, ""] if budget_note else []),
+          *[line for note in notes for line in (note, "")],
           summary_table(plan.arch, summary, plan.dataset), "", cost_line(cost_totals(grid)), "",
           "Track level (crops covering the whole clip, logits averaged), best trial: "
           + ", ".join(f"{k} {_fmt(best['scores'].track.get(k))}" for k in COLUMNS), "",

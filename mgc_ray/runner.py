@@ -50,7 +50,9 @@ class _BenignSyncRace(logging.Filter):
         return True
 
 
-def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list):
+def _tuner(plan, space, manifest: Manifest, trainable, param_space, concurrent: int, callbacks: list):
+    """The Tuner (a new search, its paper trial alone, or the interrupted search restored).
+    `space`: one `search.SearchSpace`, or a list of them (one study over several archs)."""
     from ray import tune
 
     run_config = tune.RunConfig(
@@ -73,7 +75,8 @@ def _tuner(plan, space, trainable, param_space, concurrent: int, callbacks: list
         tune_config = tune.TuneConfig(
             metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
             search_alg=budget.BudgetLimiter(make_study_searcher(plan, space), max_concurrent=concurrent),
-            scheduler=search.make_scheduler(plan.max_epochs, plan.grace_period))
+            scheduler=search.make_scheduler(space if isinstance(space, (list, tuple)) else [space], manifest,
+                                            plan.max_epochs, plan.grace_period))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -166,12 +169,14 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
                   f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
         ledger = _budget(plan)  # last, so that its clock starts with the search
-        grid = _tuner(plan, space, trainable, param_space, concurrent, [logger, progress, guard, ledger]).fit()
+        tuner = _tuner(plan, space, manifest, trainable, param_space, concurrent, [logger, progress, guard, ledger])
+        grid = tuner.fit()
         if progress.interrupted(plan.num_samples, budget_ended=ledger.ended is not None):
             raise KeyboardInterrupt
         _report_errors(grid)
         summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent,
-                         budget_note=_log_budget(c, parent, ledger, len(grid), plan.num_samples))
+                         budget_note=_log_budget(c, parent, ledger, len(grid), plan.num_samples),
+                         chance_note=_chance_note(tuner))
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -193,6 +198,15 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
             if ledger.limited():
                 c.set_tag(parent, Tag.BUDGET, ledger.describe())
         c.set_terminated(parent, status)
+
+
+def _chance_note(tuner) -> str | None:
+    """What the search's scheduler said of rungs that cut at chance (Ray 2.60 keeps the TuneConfig
+    it ran, restored or not, on the Tuner's `_local_tuner`, with no public getter)."""
+    from mgc_ray.rungs import chance_note
+
+    config = getattr(tuner._local_tuner, "_tune_config", None)
+    return chance_note(getattr(config, "scheduler", None))
 
 
 def _budget(plan) -> budget.Budget:
@@ -277,11 +291,12 @@ def _score_trial(result, datasets, c, exp_id, parent) -> dict:
 
 
 def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, budget_note: str | None = None,
-           out: Path | None = None) -> dict:
+           out: Path | None = None, chance_note: str | None = None) -> dict:
     """Evaluate the best (and the paper) trial on the test split; log and write everything
     (under `out`, default <results_root>/<dataset>/<name>).
 
-    `budget_note`: why the budget ended the search, if it did (into summary.md).
+    `budget_note`: why the budget ended the search, if it did; `chance_note`: rungs that cut
+    among trials all at chance, if any did (both into summary.md and the search run's tags).
     """
     ok = [r for r in grid if r.error is None and r.metrics and search.METRIC in r.metrics]
     if not ok:
@@ -299,7 +314,10 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, b
     if paper is not None:
         c.set_tag(parent, Tag.PAPER_TRIAL, paper.metrics["trial_id"])  # compare.py's first rule
     c.set_tag(parent, Tag.CHECKPOINT, rows["best"]["checkpoint"])
-    files = report.write_search_results(out, plan, grid, rows, manifest, space.space, budget_note=budget_note)
+    if chance_note:
+        c.set_tag(parent, Tag.CHANCE_CUTS, chance_note)
+    files = report.write_search_results(out, plan, grid, rows, manifest, space.space,
+                                        notes=[n for n in (budget_note, chance_note) if n])
     best_run = rows["best"]["run_id"]
     for target in filter(None, {parent, best_run}):
         tracking.log_artifacts(c, target, files)

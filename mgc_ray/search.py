@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -29,7 +29,7 @@ from mgc_ray.errors import UserError
 # The metric every search ranks by: each trial's lowest validation loss so far,
 # the paper's rule for choosing an epoch, applied to choosing a trial too.
 METRIC, MODE = "best/val_loss", "min"
-# ASHA halves the field at each rung: with grace 1 and 4 epochs, rungs at 1, 2, 4.
+# ASHA halves the field at each rung: with a grace of 1 epoch and 4 epochs, rungs at 1, 2, 4 epochs.
 REDUCTION_FACTOR = 2
 
 
@@ -169,11 +169,16 @@ def _check_entry(path: Path, name: str, spec: Any, first: Any, whose: str) -> No
         raise UserError(f"search space {path}: {name} has type {kind!r}; use loguniform, uniform or choice")
 
 
-def largest_batch(space: SearchSpace, paper_only: bool) -> int:
-    """The largest batch size a trial of this search may draw."""
+def batch_sizes(space: SearchSpace, paper_only: bool) -> list[int]:
+    """Every batch size a trial of this search may draw (the first trial's included)."""
     spec = space.space.get("batch_size")
     sizes = [space.start["batch_size"]] + ([] if paper_only or spec is None else list(spec.get("values", [])))
-    return int(max(sizes))
+    return sorted({int(b) for b in sizes})
+
+
+def largest_batch(space: SearchSpace, paper_only: bool) -> int:
+    """The largest batch size a trial of this search may draw."""
+    return batch_sizes(space, paper_only)[-1]
 
 
 def check_batches(space: SearchSpace, n_train: int, paper_only: bool) -> None:
@@ -211,10 +216,16 @@ def make_searcher(space: SearchSpace, seed: int):
                         sampler=optuna.samplers.TPESampler(seed=seed))
 
 
-def make_scheduler(max_epochs: int, grace_period: int):
-    """ASHA over epochs (training_iteration counts reported epochs)."""
-    from ray.tune.schedulers import ASHAScheduler
+def make_scheduler(spaces: Sequence[SearchSpace], manifest, max_epochs: int, grace_period: int | None,
+                   paper_only: bool = False):
+    """ASHA over training samples seen (`rungs.SampleASHA`), its grace period `grace_period`
+    epochs, or the default rule (`rungs.grace_epochs`) when None."""
+    from mgc_ray import rungs
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
-                         grace_period=max(1, min(grace_period, max_epochs)),
-                         reduction_factor=REDUCTION_FACTOR)
+    n_train = manifest.num_tracks["train"]
+    batches = sorted({b for s in spaces for b in batch_sizes(s, paper_only)})
+    grace = grace_period or rungs.grace_epochs(n_train, [int(s.start["batch_size"]) for s in spaces],
+                                               max(batches), max_epochs)
+    return rungs.SampleASHA(max_epochs=max_epochs, grace=max(1, min(grace, max_epochs)),
+                            per_epoch=rungs.samples_per_epoch(n_train, batches), chance=rungs.chance_loss(manifest),
+                            reduction_factor=REDUCTION_FACTOR)

@@ -60,6 +60,7 @@ class Tag:
     ERROR = "mgc.error"
     BUDGET = "mgc.budget"              # on a search run: its --time-budget / --gpu-hours
     BUDGET_ENDED = "mgc.budget_ended"  # on a search run: the budget ended it, and how
+    CHANCE_CUTS = "mgc.chance_cuts"    # on a search run: ASHA rungs that cut among trials all at chance
     BEST_OVERALL = "mgc.best_overall"  # on each search run of a search over several archs: the best arch
 
 

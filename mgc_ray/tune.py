@@ -56,7 +56,10 @@ def build_parser() -> Parser:
                         "in one split (--csv with artists); given: the CSV's split column")
     p.add_argument("--num-samples", type=int, help="trials (default: 32 on FMA, 4 on the demo)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial; ASHA's max_t (default 20; 4 on the demo)")
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--grace-period", type=int,
+                   help="ASHA: epochs before a trial may be stopped (default: the fewest epochs in which the largest "
+                        "batch takes 100 steps and as many as the first trial's batch takes in one epoch, at most "
+                        "half of --max-epochs)")
     p.add_argument("--time-budget", type=P.duration, metavar="DURATION",
                    help="wall time of the search (90s, 20m, 2h, 1h30m): once spent, no new trial starts and "
                         "running trials stop at their next report; --resume continues the count (default: none; "

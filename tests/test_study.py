@@ -7,7 +7,7 @@ import sys
 import optuna
 import pytest
 
-from mgc_ray import search, study
+from mgc_ray import rungs, search, study
 from mgc_ray.search import SearchSpace
 
 MAX_T = 4
@@ -27,7 +27,7 @@ def _curve(config):
     best = math.inf
     for epoch in range(config["max_epochs"]):
         best = min(best, math.log10(config["lr"]) + 6 + 1.0 / (epoch + 1))
-        tune.report({search.METRIC: best, "epoch": epoch})
+        tune.report({search.METRIC: best, "epoch": epoch, rungs.TIME_ATTR: epoch + 1})  # one sample an epoch
 
 
 def _search(tmp_path, name, n, **kw):
@@ -40,7 +40,8 @@ def _search(tmp_path, name, n, **kw):
     searcher = StudySearcher(storage, name, [SPACE], 0, MAX_T, metric=search.METRIC, mode=search.MODE, **kw)
     grid = tune.Tuner(_curve, param_space={"max_epochs": MAX_T}, tune_config=tune.TuneConfig(
         metric=search.METRIC, mode=search.MODE, num_samples=n, search_alg=searcher, max_concurrent_trials=2, reuse_actors=True,
-        scheduler=search.make_scheduler(MAX_T, 1)),
+        scheduler=rungs.SampleASHA(max_epochs=MAX_T, grace=1, per_epoch=1, chance=math.log(10),
+                                   reduction_factor=search.REDUCTION_FACTOR)),
         run_config=tune.RunConfig(name=name, storage_path=str(tmp_path / "ray"), verbose=0)).fit()
     return storage, grid
 
