@@ -68,22 +68,32 @@ def init(address: str | None = None, *, dashboard: bool = False, dashboard_host:
     return ctx
 
 
+PREFETCH_HEADER = "Error in prefetcher thread."  # Ray Data's batch prefetcher, in a trial's worker
+
+
 def without_exit_tracebacks(lines: list[str]) -> list[str]:
-    """A worker's log lines without the tracebacks that end in SystemExit: Ray stops idle and finished
-    workers with SIGTERM, which it turns into SystemExit; one caught inside a garbage-collector callback
-    prints `Exception ignored in: ...` and a traceback, noise in a search that went well."""
+    """A worker's log lines without the tracebacks of a worker being stopped, noise in a search
+    that went well:
+    - those that end in SystemExit: Ray stops idle and finished workers with SIGTERM, which it
+      turns into SystemExit; one caught inside a garbage-collector callback prints
+      `Exception ignored in: ...` and a traceback;
+    - Ray Data's prefetcher thread's `OSError: Broken pipe`: the thread still waits on the
+      raylet while the trial's worker is stopped (ASHA's cut, a budget's or Ctrl+C).
+    Every other traceback is kept whole."""
     out: list[str] = []
     block: list[str] | None = None
     for line in lines:
         if block is None:
-            if line.startswith(("Exception ignored in", "Traceback (most recent call last)")):
+            if line.startswith(("Exception ignored in", "Traceback (most recent call last)", PREFETCH_HEADER)):
                 block = [line]
             else:
                 out.append(line)
             continue
         block.append(line)
-        if line and not line[0].isspace() and not line.startswith("Traceback (most recent call last)"):
-            if not line.startswith("SystemExit"):  # the closing exception line: keep any other error
+        if line and not line[0].isspace() and not line.startswith(("Traceback (most recent call last)",
+                                                                    PREFETCH_HEADER)):
+            shutdown = line.startswith("SystemExit") or (block[0] == PREFETCH_HEADER and line == "OSError: Broken pipe")
+            if not shutdown:  # the closing exception line: keep any other error
                 out.extend(block)
             block = None
     return out + (block or [])

@@ -104,8 +104,14 @@ class _Retrying:
         return call
 
 
+_CLIENTS: dict[str, "_Retrying"] = {}  # one per URI and process: opening a sqlite store costs ~2 s
+
+
 def client(uri: str):
-    """An MlflowClient for `uri` (writes included); a sqlite store is created once, under a lock."""
+    """An MlflowClient for `uri` (writes included), one per process; a sqlite store is created
+    once, under a lock."""
+    if uri in _CLIENTS:
+        return _CLIENTS[uri]
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri=uri)
@@ -115,7 +121,8 @@ def client(uri: str):
         db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
         with locked(db.parent / f".{db.name}.lock"):
             c.search_experiments(max_results=1)  # opens the store: makes and migrates its tables if new
-    return _Retrying(c)
+    _CLIENTS[uri] = _Retrying(c)
+    return _CLIENTS[uri]
 
 
 def artifact_root(uri: str) -> str | None:

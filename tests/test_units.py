@@ -181,3 +181,16 @@ def test_worker_exit_tracebacks_stay_out_of_the_output():
     real = ["Traceback (most recent call last):", '  File "x.py", line 1, in f', "ValueError: bad"]
     assert without_exit_tracebacks(["epoch 1"] + noise + ["epoch 2"]) == ["epoch 1", "epoch 2"]
     assert without_exit_tracebacks(real + noise) == real
+
+
+def test_a_stopped_trials_prefetcher_broken_pipe_stays_out_of_the_output():
+    """Ray Data's prefetcher thread in a trial's worker stopped mid-epoch (seen when a full disk
+    stopped a search): its broken pipe to the raylet is dropped; any other prefetcher error is kept."""
+    from mgc_ray.cluster import without_exit_tracebacks
+
+    head = ["Error in prefetcher thread.", "Traceback (most recent call last):",
+            '  File ".../ray/data/_internal/block_batching/util.py", line 513, in _run', "    ray.wait(",
+            '  File "python/ray/includes/common.pxi", line 117, in ray._raylet.check_status']
+    assert without_exit_tracebacks(["epoch 3"] + head + ["OSError: Broken pipe", "done"]) == ["epoch 3", "done"]
+    other = head + ["ray.exceptions.ObjectLostError: lost"]
+    assert without_exit_tracebacks(other) == other
