@@ -17,10 +17,13 @@ FMA_SAMPLES = _fma_samples_dir()
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests on the session's smoke search run in one xdist process, so it is searched once."""
+    """pytest-xdist groups: a test file runs in one process (its module fixtures are made once),
+    and every file on the session's smoke search shares one process (it is searched once)."""
+    on_smoke = {item.path for item in items if "smoke_search" in getattr(item, "fixturenames", ())}
     for item in items:
-        if "smoke_search" in getattr(item, "fixturenames", ()):
-            item.add_marker(_pytest.mark.xdist_group("smoke_search"))
+        item.add_marker(_pytest.mark.xdist_group("smoke_search" if item.path in on_smoke else item.path.name))
+
+
 TINY_DEMO = dict(tracks_per_genre=4, seconds=4.0, seed=0)  # 32 tracks, ~1 s to write
 
 
