@@ -22,6 +22,14 @@ Per epoch: the wait for the first batch (from asking for the epoch's batches),
 the steady rate (samples after the first batch / the time after it), and over
 each mode the object store's peak use and the bytes spilled to disk (Ray's
 memory summary, polled every 0.5 s).
+
+Then the fixed cost of an epoch besides its training batches, against a GPU epoch of
+FMA small (6,400 samples at 2,000 samples/s: 3.2 s), part by part: the validation
+pass's reading (the split's centre crops into a consumer that only counts, read every
+epoch as before, and iterated from the trial's held copy as now), and the checkpoint
+of DenseNet-121 at the paper's settings with its Adam state (written as a trial
+writes it, then copied once as Tune copies it into a local --storage-path). The new
+Ray Data execution of each epoch is the first-batch wait above.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ BATCH = 32  # the paper's 2D batch
 FIRST_BATCH_TARGET_S = 2.0  # issue 12: the streamed first batch of an FMA-small-sized epoch within 2 s
 BEFORE_FIRST_BATCH_S = 45.4  # results/benchmarks/scale_cpu.json before issue 12: first batch of a streamed epoch
 POLL_S = 0.5
+GPU_EPOCH_S = 6400 / 2000  # a DenseNet-121 epoch of FMA small on a GPU at 2,000 samples/s
 
 
 class StoreWatch:
@@ -184,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store_total = ray.cluster_resources().get("object_store_memory", 0)
             for mode in args.modes:
                 runs.append(run_mode(mode, manifest, window, epochs, args.before_batches))
+            fixed = fixed_cost(manifest, crop, work, args.smoke)
         shutil.rmtree(cache, ignore_errors=True)
     from mgc_ray.data import TRIAL_OBJECT_STORE_BYTES
 
@@ -192,11 +202,54 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "epochs": epochs, "batch": BATCH, "window_samples": window, "crop_samples": crop,
                            "object_store_bytes": store_total, "trial_object_store_cap_bytes": TRIAL_OBJECT_STORE_BYTES,
                            "joined_cluster": bool(args.address)},
-              "cache": {**tw.as_dict(), "bytes": size, "reused": reused}, "runs": runs}
+              "cache": {**tw.as_dict(), "bytes": size, "reused": reused}, "runs": runs, "fixed_cost": fixed}
     report["targets"] = _targets(report)
     full = (tracks, seconds) == (8000, 30.0) or args.smoke
     C.write_report(C.out_dir(args), NAME if full else f"{NAME}_{tracks}x{seconds:g}s", report, to_markdown(report))
     return 0
+
+
+def fixed_cost(manifest, crop: int, work, smoke: bool) -> dict:
+    """The validation pass's reading (every epoch, and held), and a DenseNet-121 checkpoint (write, copy)."""
+    import shutil as sh
+
+    import torch
+
+    from mgc_ray import checkpoint as ckpt
+    from mgc_ray.config import TrainConfig
+    from mgc_ray.data import CacheDatasets, eval_batches
+    from mgc_ray.models import build_model
+    from mgc_ray.train import make_optimizer
+
+    datasets = CacheDatasets.build(manifest, materialise=False)
+    reads = []
+    for _ in range(2):
+        with C.timed() as t:
+            held = list(eval_batches(datasets.val, crop_len=crop, batch_size=2 * BATCH, device="cpu"))
+        reads.append(t.seconds)
+    with C.timed() as th:
+        n_held = sum(len(b[1]) for b in held)
+    held_bytes = sum(b[0].numel() * b[0].element_size() for b in held)
+    del held, datasets
+    cfg = TrainConfig(arch="densenet", **({"window": 512, "n_mels": 32, "crop_seconds": 1.0} if smoke else {}))
+    mcfg = cfg.model_config(manifest.sample_rate, manifest.wave_mean, manifest.wave_std,
+                            n_classes=len(manifest.label_names))
+    model = build_model(mcfg)
+    opt = make_optimizer(model, cfg)
+    model(torch.zeros(2, mcfg.crop_samples)).sum().backward()  # one step: Adam's state as after any epoch
+    opt.step()
+    d, storage = work / "ckpt", work / "storage"
+    with C.timed() as tw:
+        ckpt.save(d, model, mcfg, list(manifest.label_names), train_config={}, epoch=0, metrics={},
+                  train_state={"optimizer": opt.state_dict(), "epoch": 0, "history": [], "cost": {}})
+    size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    with C.timed() as tc:
+        sh.copytree(d, storage / "checkpoint_000000")
+    sh.rmtree(d, ignore_errors=True)
+    sh.rmtree(storage, ignore_errors=True)
+    return {"val_tracks": n_held, "val_read_s": reads, "val_held_bytes": held_bytes, "val_held_iterate_s": th.seconds,
+            "checkpoint_bytes": size, "checkpoint_write_s": tw.seconds, "checkpoint_copy_s": tc.seconds,
+            "paper_settings": not smoke, "gpu_epoch_s": GPU_EPOCH_S}
 
 
 class _ray:
@@ -271,6 +324,29 @@ def to_markdown(report: dict) -> list[str]:
                   "randomize_block_order, which waits for all of its input), stopped after its first batches: its "
                   f"first-batch wait is the barrier's. The earlier measurement on the demo-mp3 cache: "
                   f"{BEFORE_FIRST_BATCH_S} s (scale_cpu.json)."]
+    f = report["fixed_cost"]
+    streamed = [e["first_batch_s"] for r in report["runs"] if r["mode"] == "streamed" for e in r["epochs"][1:]]
+    lines += ["", f"## Fixed cost of an epoch (against a {f['gpu_epoch_s']:.1f}-s GPU epoch of FMA small)", "",
+              *C.md_table(["part", "seconds", "share of the GPU epoch", "note"], [
+                  ["new Ray Data execution (streamed first batch, warm workers)",
+                   f"{max(streamed):.2f}" if streamed else "-",
+                   f"{100 * max(streamed) / f['gpu_epoch_s']:.0f} %" if streamed else "-",
+                   "overlaps nothing: the GPU waits for it"],
+                  [f"validation reading, every epoch ({f['val_tracks']} centre crops)",
+                   " / ".join(f"{x:.2f}" for x in f["val_read_s"]),
+                   f"{100 * min(f['val_read_s']) / f['gpu_epoch_s']:.0f} %", "before: read again every epoch"],
+                  [f"validation reading, held ({f['val_held_bytes'] / 1e9:.2f} GB of float32 on the trial's device)",
+                   f"{f['val_held_iterate_s']:.3f}", f"{100 * f['val_held_iterate_s'] / f['gpu_epoch_s']:.1f} %",
+                   "now: read in the first epoch only"],
+                  [f"checkpoint write (DenseNet-121 + Adam state, {f['checkpoint_bytes'] / 1e6:.0f} MB)",
+                   f"{f['checkpoint_write_s']:.2f}", f"{100 * f['checkpoint_write_s'] / f['gpu_epoch_s']:.0f} %",
+                   "every epoch: what a restart needs"],
+                  ["checkpoint copy into a local --storage-path (Tune's)", f"{f['checkpoint_copy_s']:.2f}",
+                   f"{100 * f['checkpoint_copy_s'] / f['gpu_epoch_s']:.0f} %", "inside tune.report"],
+              ], "lrrl"),
+              "", "The validation pass's model time is not in these figures (it is the model's, on the GPU); "
+              "each trial reports its own split per epoch as time/train_s, time/val_s, time/checkpoint_s and "
+              "time/report_s."]
     return lines
 
 
