@@ -20,7 +20,7 @@ from mgc_ray.config import NOISE_MAX_REL, NOISE_P, STRETCH_P, STRETCH_RANGE
 from mgc_ray.models.frontend import apply_sinc_kernel
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """A small host array on `device` without waiting for the device (pinned, non-blocking copy)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if device.type == "cuda":
@@ -179,7 +179,7 @@ class Augment(nn.Module):
         steps = np.rint(np.asarray(rate) * self.RATE_STEPS).astype(np.int64)  # (B,)
         out = _pad_end(wave[:, :n], n).clone()  # (B, out_len): the unstretched examples' first samples
         for s in np.unique(steps[steps != self.RATE_STEPS]):
-            idx = _to_device(np.flatnonzero(steps == s), wave.device)  # (k,)
+            idx = to_device(np.flatnonzero(steps == s), wave.device)  # (k,)
             kernel, width, orig, new = self._kernel(int(s), wave.device, wave.dtype)
             y = apply_sinc_kernel(wave.index_select(0, idx), kernel, width, orig, new, out_len=n)  # (k, <= N)
             out.index_copy_(0, idx, _pad_end(y, n))  # (B, out_len): cut, or a short track's end zero-padded
@@ -202,14 +202,14 @@ class Augment(nn.Module):
         if stretch.any() and self.stretch_method == "sinc":
             out = self.stretch_sinc(out, params["rate"], n)  # (B, n)
         elif stretch.any():
-            idx = _to_device(np.flatnonzero(stretch), out.device)  # (k,)
-            rate = _to_device(np.asarray(params["rate"], dtype=np.float64)[stretch], out.device)  # (k,)
+            idx = to_device(np.flatnonzero(stretch), out.device)  # (k,)
+            rate = to_device(np.asarray(params["rate"], dtype=np.float64)[stretch], out.device)  # (k,)
             stretched = self.stretch_linear(out.index_select(0, idx), rate, n)  # (k, n)
             out = _pad_end(out[:, :n], n).index_copy(0, idx, stretched)  # (B, n)
         else:
             out = _pad_end(out[:, :n], n)  # (B, n)
         if np.asarray(params["noise"], dtype=bool).any():
-            rel = _to_device(np.asarray(params["noise_rel"], dtype=np.float32) * self.noise_gain, out.device)  # (B,)
+            rel = to_device(np.asarray(params["noise_rel"], dtype=np.float32) * self.noise_gain, out.device)  # (B,)
             std = rel * out.abs().amax(dim=1)  # (B,)
             noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)  # (B, N)
             out = out + std[:, None] * noise  # (B, N); std is 0 where no noise was drawn

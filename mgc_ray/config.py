@@ -32,9 +32,18 @@ SILENCE_PEAK = 1e-4          # a track whose peak |x| stays below this (-80 dBFS
 TRACKS_PER_SHARD = 64        # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size
 SPLITS = ("train", "val", "test")
 
+# Training-recipe options a search may turn on (TrainConfig fields; mgc_ray.recipe applies them), each at
+# its "off" value here: the paper uses none of them. A run recorded before they existed trained with them off.
+RECIPE_OFF = {
+    "spec_mask": 0.0,        # SpecAugment-style masks: widths up to this fraction of the time / mel axis
+    "mixup": 0.0,            # mixup's Beta(alpha, alpha): alpha
+    "label_smoothing": 0.0,  # torch's CrossEntropyLoss label_smoothing
+}
+SPEC_MASK_MAX = 0.5  # a mask of half an axis or more hides more than it keeps: spec_mask < 0.5
+
 # The hyperparameters a search may vary (TrainConfig fields); every other module
 # (search spaces, MLflow params, the leaderboard, compare) takes this list from here.
-SEARCHED = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds")
+SEARCHED = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds", *RECIPE_OFF)
 
 # Where the built-in demo dataset and its cache live when no data is given.
 DEFAULT_HOME = "~/.cache/mgc_ray"
@@ -98,6 +107,20 @@ class ModelConfig:
         return int(round(self.crop_seconds * self.sample_rate))
 
 
+def check_recipe(spec_mask: float, mixup: float, label_smoothing: float) -> None:
+    """The recipe options' bounds (TrainConfig's, and so a search space's).
+
+    Raises:
+        ValueError: a value out of bounds, named with its bounds.
+    """
+    if not 0 <= spec_mask < SPEC_MASK_MAX:
+        raise ValueError(f"spec_mask must be in [0, {SPEC_MASK_MAX:g}) (a fraction of the axis), got {spec_mask}")
+    if not mixup >= 0:
+        raise ValueError(f"mixup must be >= 0 (Beta's alpha; 0 is off), got {mixup}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One trial's hyperparameters; Tune's flat dict becomes this at trial entry."""
@@ -111,10 +134,14 @@ class TrainConfig:
     crop_seconds: float = CROP_SECONDS
     max_epochs: int = PAPER_EPOCHS
     seed: int = 0
+    spec_mask: float = 0.0        # RECIPE_OFF: the paper's recipe has no masking,
+    mixup: float = 0.0            # no mixup
+    label_smoothing: float = 0.0  # and hard targets
     augment: bool = True
     compile: bool = False       # torch.compile the model (tune.py --compile); not searched
 
     def __post_init__(self) -> None:
+        check_recipe(self.spec_mask, self.mixup, self.label_smoothing)
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -132,7 +159,7 @@ class TrainConfig:
         for k in ("batch_size", "window", "n_mels", "max_epochs", "seed"):
             if k in kw:
                 kw[k] = int(kw[k])
-        for k in ("lr", "weight_decay", "crop_seconds"):
+        for k in ("lr", "weight_decay", "crop_seconds", *RECIPE_OFF):
             if k in kw:
                 kw[k] = float(kw[k])
         return cls(**kw)
@@ -160,6 +187,9 @@ class PaperPreset:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     crop_seconds: float = CROP_SECONDS
+    spec_mask: float = RECIPE_OFF["spec_mask"]  # the paper's recipe: none of the three
+    mixup: float = RECIPE_OFF["mixup"]
+    label_smoothing: float = RECIPE_OFF["label_smoothing"]
     epochs: int = PAPER_EPOCHS
     table1: Mapping[str, float] = field(default_factory=dict)
 
@@ -168,9 +198,7 @@ class PaperPreset:
         return {k: getattr(self, k) for k in SEARCHED}
 
     def train_config(self, **overrides: Any) -> TrainConfig:
-        kw = dict(arch=self.arch, lr=self.lr, weight_decay=self.weight_decay,
-                  batch_size=self.batch_size, window=self.window, n_mels=self.n_mels,
-                  crop_seconds=self.crop_seconds, max_epochs=self.epochs)
+        kw = dict(arch=self.arch, **self.point(), max_epochs=self.epochs)
         kw.update(overrides)
         return TrainConfig(**kw)
 
@@ -201,7 +229,8 @@ PAPER: dict[str, PaperPreset] = {
 def is_paper_point(arch: str, config: Mapping[str, Any], scaled: Mapping[str, Any] | None = None) -> bool:
     """Whether a trial's settings are the paper's for `arch` (the one definition of "the paper
     trial"): every searched hyperparameter equal to `PAPER[arch]`'s, floats to 1e-9 (MLflow
-    params come back as text).
+    params come back as text). A recipe option the config lacks (a run recorded before it
+    existed) is off.
 
     Args:
         scaled: input sizes a --smoke search fixes to tiny values; the paper's point takes them.
@@ -210,6 +239,7 @@ def is_paper_point(arch: str, config: Mapping[str, Any], scaled: Mapping[str, An
     if preset is None:
         return False
     point = {**preset.point(), **(scaled or {})}
+    config = {**RECIPE_OFF, **config}
     try:
         return all(math.isclose(float(config[k]), float(v), rel_tol=1e-9) for k, v in point.items())
     except (KeyError, TypeError, ValueError):

@@ -11,7 +11,8 @@ search is the paper's settings for the arch (`config.PAPER`, their one home); a
 file cannot relabel other settings as the paper's). A file may instead name other
 first settings in a `start:` block; such a search has no paper trial unless it
 samples the paper's settings exactly. A hyperparameter the space leaves out keeps
-its first-trial value.
+its first-trial value (the recipe options `spec_mask`, `mixup`, `label_smoothing`: off,
+unless a `start:` block turns them on).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from mgc_ray.config import PAPER, SEARCHED, TrainConfig, is_paper_point
+from mgc_ray.config import PAPER, RECIPE_OFF, SEARCHED, TrainConfig, is_paper_point
 from mgc_ray.errors import UserError
 
 # The metric every search ranks by: each trial's lowest validation loss so far,
@@ -56,6 +57,10 @@ class SearchSpace:
     space: Mapping[str, Mapping[str, Any]]
     path: str
     scaled: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A start that names no recipe option (a space built in code) has it off, the paper's value.
+        object.__setattr__(self, "start", {**RECIPE_OFF, **self.start})
 
     def paper_point(self) -> dict[str, Any]:
         """The paper's settings for this arch (at --smoke's input sizes in a smoke search)."""

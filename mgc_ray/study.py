@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from mgc_ray.config import RECIPE_OFF
 from mgc_ray.errors import UserError
 
 ARCH_PARAM = "arch"
@@ -107,7 +108,8 @@ def warm_trials(storage: str, names: Iterable[str], spaces: Sequence, multi: boo
     frozen trials (their values and intermediate values kept), for `Study.add_trials`.
 
     A trial is taken when every parameter it needs here (its arch's searched ones) lies in
-    this space's distributions; parameters this space does not search are dropped.
+    this space's distributions; parameters this space does not search are dropped, and a
+    recipe option an earlier study did not search was off in it (`config.RECIPE_OFF`).
     """
     import optuna
 
@@ -123,6 +125,7 @@ def warm_trials(storage: str, names: Iterable[str], spaces: Sequence, multi: boo
             for hp in by_arch[arch].space:
                 key = param_name(arch, hp, multi)
                 value = _param_of(t, arch, hp)
+                value = RECIPE_OFF.get(hp) if value is None else value
                 if value is None or not dists[key]._contains(dists[key].to_internal_repr(value)):
                     ok = False
                     break

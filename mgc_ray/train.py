@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from mgc_ray.config import TrainConfig
 from mgc_ray.metrics import compute_metrics
+from mgc_ray.recipe import Recipe
 
 
 def pick_device() -> torch.device:
@@ -58,13 +59,17 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = True)
 
 def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 optimizer: torch.optim.Optimizer, *, augment=None, generator=None,
-                device: torch.device | None = None, amp: bool = True) -> dict[str, float]:
+                recipe: Recipe | None = None, device: torch.device | None = None,
+                amp: bool = True) -> dict[str, float]:
     """One pass over `batches` with unweighted cross-entropy (the paper's loss).
 
     Args:
         batches: (wave (B, N) float in [-1, 1], label (B,)) pairs, already on the device.
         augment: optional callable (wave, generator) -> wave, run on the device.
-        generator: what `augment` draws from (a numpy Generator for `augment.Augment`).
+        generator: what `augment` draws from (a numpy Generator for `augment.Augment`), and then
+            the recipe's masks and mixup (None with a recipe on: a fresh unseeded one).
+        recipe: masks, mixup, label smoothing (`mgc_ray.recipe`), after `augment`; None or all
+            off: the paper's plain cross-entropy, and nothing more drawn from `generator`.
     Nothing is read back from the device inside the loop (the loss is summed on the device
     and read once, at the end), so the host queues the next steps while the GPU runs.
 
@@ -78,6 +83,10 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
     """
     device = device or next(model.parameters()).device
     model.train()
+    if recipe is not None and recipe == Recipe():
+        recipe = None  # all off: the paper's step exactly
+    if recipe is not None and generator is None:
+        generator = np.random.default_rng()
     timing = device.type == "cuda"
     marks: list = []  # CUDA events: epoch start, then (step start, step end) per step
     if timing:
@@ -97,9 +106,18 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
             marks[-1].record()
         if augment is not None:
             wave = augment(wave, generator)  # (B, crop), noise + stretch on the device, cut to the crop
+        drawn = recipe.draw(len(label), wave.device, generator) if recipe is not None else None  # on the host
+        if drawn is not None:
+            wave = drawn.mix(wave)  # (B, crop), mixup's pairs (wave itself without mixup)
         with autocast(device, amp):
-            logits = model(wave)  # (B, n_classes)
-            loss = F.cross_entropy(logits.float(), label)
+            if drawn is None or drawn.masks is None:
+                logits = model(wave)  # (B, n_classes)
+            else:
+                logits = model(wave, masks=drawn.masks)  # (B, n_classes), masked in the front end(s)
+            if drawn is None:
+                loss = F.cross_entropy(logits.float(), label)
+            else:
+                loss = recipe.loss(logits.float(), label, drawn)  # smoothing; mixup's two targets
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

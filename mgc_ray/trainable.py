@@ -49,6 +49,7 @@ from mgc_ray.device import GpuBusyError, TrialDevice, cap_bytes, oom_error, tria
 from mgc_ray.metrics import prefixed
 from mgc_ray.models import build_model
 from mgc_ray.models.frontend import SpectrogramFrontEnd, WaveformFrontEnd
+from mgc_ray.recipe import Recipe
 from mgc_ray.train import compiled, make_optimizer, predict_logits, prepare_model, score, train_epoch
 
 # Validation batches carry no gradients, so twice the training batch fits as well.
@@ -148,6 +149,7 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
     # then cuts each example to the crop (a stretched crop of a long track is audio to its last sample).
     window = augment.input_len(crop) if augment is not None else crop
     on_device = functools.partial(augment, out_len=crop) if augment is not None else None
+    recipe = Recipe.of(cfg)  # masks, mixup, label smoothing: all off at the paper's settings
     net = compiled(model, cfg.compile)  # trains and predicts; `model` (the same parameters) is saved
     val_crops = functools.partial(eval_batches, datasets.val, crop_len=mcfg.crop_samples,
                                   batch_size=EVAL_BATCH_FACTOR * cfg.batch_size, device=str(device))
@@ -159,7 +161,8 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
         generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
         batches = train_batches(datasets, crop_len=window, batch_size=cfg.batch_size,
                                 seed=cfg.seed, epoch=epoch, device=str(device))
-        tr = train_epoch(net, batches, optimizer, augment=on_device, generator=generator, device=device)
+        tr = train_epoch(net, batches, optimizer, augment=on_device, generator=generator, recipe=recipe,
+                         device=device)
         if not math.isfinite(tr["loss"]):
             raise FloatingPointError(f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
                                      "the model diverged; lower the learning rate (search space lr)")

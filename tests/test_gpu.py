@@ -17,10 +17,12 @@ from mgc_ray.device import (GPU_HEADROOM, DeviceError, GpuBusyError, GpuMemoryEr
                             memory_fraction, oom_error)
 from mgc_ray.errors import UserError
 from mgc_ray.models import build_model
+from mgc_ray.recipe import Recipe
 from mgc_ray.train import make_optimizer, train_epoch
 
 SR = 8000
 TINY = dict(sample_rate=SR, window=256, n_mels=16, crop_seconds=0.5, n_classes=4)
+RECIPE_ON = Recipe(spec_mask=0.2, mixup=0.4, label_smoothing=0.1)
 
 
 class _HostReads(TorchDispatchMode):
@@ -68,11 +70,12 @@ def _count_host_reads():
         seen.extend(f"aten.{op}" for op in mode.ops)
 
 
-@pytest.mark.parametrize("arch,method", [("baseline_a_2d", "sinc"), ("baseline_a_1d", "sinc"),
-                                         ("baseline_a_2d", "linear")])
-def test_a_training_epoch_reads_the_device_once(arch, method):
+@pytest.mark.parametrize("arch,method,recipe", [("baseline_a_2d", "sinc", None), ("baseline_a_1d", "sinc", None),
+                                                ("baseline_a_2d", "linear", None), ("baseline_a_2d", "sinc", RECIPE_ON),
+                                                ("baseline_a_1d", "sinc", RECIPE_ON), ("fusion", "sinc", RECIPE_ON)])
+def test_a_training_epoch_reads_the_device_once(arch, method, recipe):
     """Augment (every example stretched and noised, a window cut to the crop as the trial does) + model +
-    Adam: the epoch's loss is the one read."""
+    Adam, and with the recipe options on (masks, mixup, label smoothing): the epoch's loss is the one read."""
     torch.manual_seed(0)
     model = build_model(arch, **TINY)
     opt = make_optimizer(model, TrainConfig(arch=arch))
@@ -80,10 +83,10 @@ def test_a_training_epoch_reads_the_device_once(arch, method):
     stretch = Augment(noise_p=1.0, stretch_p=1.0, stretch_method=method)
     batches = [(0.3 * torch.randn(4, stretch.input_len(n)), torch.randint(0, 4, (4,))) for _ in range(3)]
     aug = functools.partial(stretch, out_len=n)  # as trainable.py: Ray Data's window, cut to the crop
-    train_epoch(model, batches[:1], opt, augment=aug, generator=np.random.default_rng(0))  # warm-up: lazy state
+    train_epoch(model, batches[:1], opt, augment=aug, generator=np.random.default_rng(0), recipe=recipe)  # warm-up
     for epoch in range(2):
         with _count_host_reads() as reads:
-            r = train_epoch(model, batches, opt, augment=aug, generator=np.random.default_rng(epoch))
+            r = train_epoch(model, batches, opt, augment=aug, generator=np.random.default_rng(epoch), recipe=recipe)
         assert np.isfinite(r["loss"]) and r["samples"] == 12
         # float(total): __float__ dispatches one _local_scalar_dense
         assert reads == ["__float__", "aten._local_scalar_dense"], reads

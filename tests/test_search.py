@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mgc_ray import search
-from mgc_ray.config import PAPER
+from mgc_ray.config import PAPER, RECIPE_OFF, is_paper_point
 from mgc_ray.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,11 @@ def test_space_holds_the_paper_settings(arch):
     assert preset.batch_size in space.space["batch_size"]["values"]
     if arch != "baseline_a_1d":  # the 1D branch has no STFT
         assert preset.window in space.space["window"]["values"]
+    # the recipe options: searched, off (0.0) at the paper's settings, which stay the paper trial
+    assert is_paper_point(arch, space.start) and space.is_paper(space.start)
+    for name in RECIPE_OFF:
+        assert point[name] == 0.0 and 0.0 in space.space[name]["values"] and len(space.space[name]["values"]) > 1
+    assert not is_paper_point(arch, {**space.start, "mixup": 0.2})
     first = Path(space.path).read_text().splitlines()[0]
     assert first == f"# python -m mgc_ray.tune --arch {arch}"
 
@@ -43,10 +48,17 @@ def _write(tmp_path, body):
     ("space:\n  lr: {type: loguniform, low: -1.0, high: 1.0e-3}\n", "0 < low < high"),
     ("space:\n  lr: {type: normal}\n", "has type"),
     ("space:\n  dropout: {type: uniform, low: 0, high: 1}\n", "not searchable"),
+    ("space:\n  spec_mask: {type: choice, values: [0.0, -0.1]}\n", r"space.spec_mask: spec_mask must be in \[0, 0.5\)"),
+    ("space:\n  spec_mask: {type: uniform, low: 0.0, high: 0.5}\n", r"spec_mask must be in \[0, 0.5\)"),
+    ("space:\n  mixup: {type: uniform, low: -0.2, high: 0.4}\n", r"mixup must be >= 0"),
+    ("space:\n  label_smoothing: {type: choice, values: [0.0, 1.0]}\n", r"label_smoothing must be in \[0, 1\)"),
+    ("start: {label_smoothing: -0.1}\nspace:\n  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}\n",
+     "start: label_smoothing must be in"),
 ])
 def test_bad_space_is_refused_with_the_reason(tmp_path, body, needle):
-    with pytest.raises(UserError, match=needle):
+    with pytest.raises(UserError, match=needle) as e:
         search.load_space("densenet", _write(tmp_path, body))
+    assert "\n" not in str(e.value), "one line"
 
 
 def test_paper_table_csv_matches_the_presets():

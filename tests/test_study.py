@@ -85,6 +85,21 @@ def test_warm_start_adds_finished_trials_and_keeps_the_paper_trial_once(tmp_path
         "the paper's settings are not trained again when a warm-start trial holds them"
 
 
+def test_warm_start_from_a_study_without_the_recipe_options_takes_them_as_off(tmp_path):
+    """A study recorded before spec_mask, mixup and label_smoothing were searched trained with them off."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    old = optuna.create_study(study_name="old", storage=storage)
+    old_space = {k: SPACE.space[k] for k in ("lr", "batch_size")}
+    old.add_trial(optuna.trial.create_trial(params={"lr": 3e-4, "batch_size": 16}, value=1.5,
+                                            distributions=study.distributions([SearchSpace(
+                                                "densenet", SPACE.start, old_space, "old")], False)))
+    recipe = {"spec_mask": {"type": "choice", "values": [0.0, 0.1]}, "mixup": {"type": "choice", "values": [0.0, 0.2]}}
+    now = SearchSpace("densenet", SPACE.start, {**old_space, **recipe}, "now")
+    (t,) = study.warm_trials(storage, ["old"], [now], False)
+    assert t.params == {"lr": 3e-4, "batch_size": 16, "spec_mask": 0.0, "mixup": 0.0} and t.value == 1.5
+    assert now.start["label_smoothing"] == 0.0, "a space built in code has the options off"
+
+
 def test_a_new_search_refuses_an_existing_study_name(tmp_path, ray_local):
     from mgc_ray.errors import UserError
     from mgc_ray.searcher import StudySearcher

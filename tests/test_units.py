@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mgc_ray.cache import Manifest
-from mgc_ray.config import PAPER, SEARCHED, TrainConfig, epoch_seed, is_paper_point
+from mgc_ray.config import PAPER, RECIPE_OFF, SEARCHED, TrainConfig, epoch_seed, is_paper_point
 from mgc_ray.data import _crop_rows
 from mgc_ray.errors import UserError
 from mgc_ray.files import atomic_text, atomic_write
@@ -111,6 +111,9 @@ def test_paper_presets_and_the_paper_point():
         assert is_paper_point(arch, {k: str(v) for k, v in preset.point().items()}), "MLflow params are text"
         assert not is_paper_point(arch, {**preset.point(), "lr": 3e-4})
         assert is_paper_point(arch, {**preset.point(), "window": 512}, scaled={"window": 512})
+        old = {k: v for k, v in preset.point().items() if k not in RECIPE_OFF}
+        assert is_paper_point(arch, old), "a run recorded before the recipe options trained with them off"
+        assert not is_paper_point(arch, {**preset.point(), "spec_mask": 0.1})
     assert not is_paper_point("densenet", {"lr": 1e-4})
 
 

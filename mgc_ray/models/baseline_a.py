@@ -77,10 +77,11 @@ class BaselineA(PaperClassifierNet):
         self.drop_rate = drop_rate
         self.reset_classifier(config.n_classes)
 
-    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate. Returns: (B, num_features) pooled features."""
+    def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`).
+        Returns: (B, num_features) pooled features."""
         check_wave(wave)
-        x = self.frontend(wave)  # 2D: (B, 1, n_mels, T); 1D: (B, 1, N16)
+        x = self.frontend(wave, masks)  # 2D: (B, 1, n_mels, T); 1D: (B, 1, N16)
         if self.dim == 2:
             x = x.squeeze(1)  # (B, n_mels, T): mel bands as channels
         x = self.convs(x)  # (B, c3, T')

@@ -66,10 +66,11 @@ class BaselineB(PaperClassifierNet):
         self.drop_rate = drop_rate
         self.reset_classifier(config.n_classes)
 
-    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate. Returns: (B, num_features) pooled features."""
+    def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`).
+        Returns: (B, num_features) pooled features."""
         check_wave(wave)
-        x = self.frontend(wave).squeeze(1)  # (B, n_mels, T): mel bands as channels
+        x = self.frontend(wave, masks).squeeze(1)  # (B, n_mels, T): mel bands as channels
         short = self.act(self.conv1(x))  # (B, c1, T)
         x = self.act(self.conv2(short))  # (B, c2, T)
         x = self.conv3(x)  # (B, c3, T)

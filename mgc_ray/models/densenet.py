@@ -105,10 +105,11 @@ class DenseNet(nn.Module):
             raise UserError(f"pretrained weights {p} do not fit this DenseNet "
                             f"({str(exc).splitlines()[0]}): give a torchvision densenet121 state dict") from None
 
-    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate. Returns: (B, num_features) pooled features."""
+    def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`).
+        Returns: (B, num_features) pooled features."""
         check_wave(wave)
-        x = self.frontend(wave)  # (B, 1, n_mels, T); (B, 1, 224, 224) at paper settings
+        x = self.frontend(wave, masks)  # (B, 1, n_mels, T); (B, 1, 224, 224) at paper settings
         fh, ft = max(0, MIN_SIDE - x.shape[2]), max(0, MIN_SIDE - x.shape[3])
         if fh or ft:
             x = F.pad(x, (0, ft, 0, fh))  # (B, 1, >= 32, >= 32)
@@ -120,9 +121,10 @@ class DenseNet(nn.Module):
         """Args: features (B, num_features). Returns: logits (B, n_classes)."""
         return self.head(features)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]. Returns: logits (B, n_classes)."""
-        return self.forward_head(self.forward_features(wave))
+    def forward(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        """Args: wave (B, N) float in [-1, 1]; masks: training only (`mgc_ray.recipe.Masks`).
+        Returns: logits (B, n_classes)."""
+        return self.forward_head(self.forward_features(wave, masks))
 
     def reset_classifier(self, n_classes: int) -> None:
         """Replace the classifier (0: none, `forward` returns the pooled features)."""

@@ -5,18 +5,24 @@ all five architectures the same raw waveform batch and the features are
 computed on the model's device (sota-music-tagging-models' habit). This module
 holds every layer of that front end: the log-mel spectrogram (librosa parity),
 resampling and the two z-scores. It runs wherever the model runs (the trial's
-device), never in the data pipeline.
+device), never in the data pipeline. In training a front end may be handed one
+batch's SpecAugment-style masks (`mgc_ray.recipe.Masks`), which it applies to its
+network input: time and frequency on a spectrogram, time on a waveform.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torchaudio
 from torch import nn
 
 from mgc_ray.config import TOP_DB, WAVE_1D_SAMPLE_RATE, ModelConfig
+
+if TYPE_CHECKING:
+    from mgc_ray.recipe import Masks
 
 AMIN = 1e-10  # librosa.power_to_db's default floor on power before the log
 ZSCORE_EPS = 1e-5  # keeps a silent (constant) spectrogram at 0 instead of NaN
@@ -242,9 +248,13 @@ class SpectrogramFrontEnd(FrontEnd):
         self.logmel = LogMel(config.sample_rate, config.window, config.n_mels)
         self.norm = PerInputZScore()
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
+        """Args: wave (B, N); masks: training only, one time and one mel band per example, zeroed
+        after the z-score (0 is the example's mean)."""
         x = self.logmel(wave)  # (B, n_mels, T) dB
         x = self.norm(x)  # (B, n_mels, T), each example mean 0 std 1
+        if masks is not None:
+            x = masks.freq(masks.time(x))  # (B, n_mels, T), a time span and a mel band at 0
         return x.unsqueeze(1)  # (B, 1, n_mels, T)
 
     def output_shape(self, n_samples: int) -> tuple[int, ...]:
@@ -270,10 +280,14 @@ class WaveformFrontEnd(FrontEnd):
         self.resample = Resample(config.sample_rate, target_rate)
         self.norm = WaveZScore(config.wave_mean, config.wave_std)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
+        """Args: wave (B, N); masks: training only, one time span per example zeroed at 16 kHz
+        (a waveform has no frequency axis)."""
         with torch.autocast(device_type=wave.device.type, enabled=False):  # fp32 under autocast, like LogMel
             x = self.resample(wave)  # (B, N16)
             x = self.norm(x)  # (B, N16)
+            if masks is not None:
+                x = masks.time(x)  # (B, N16), a time span at 0
         return x.unsqueeze(1)  # (B, 1, N16)
 
     def output_shape(self, n_samples: int) -> tuple[int, ...]:

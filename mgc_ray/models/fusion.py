@@ -51,11 +51,12 @@ class FusionNet(PaperClassifierNet):
         self.drop_rate = drop_rate
         self.reset_classifier(config.n_classes)
 
-    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate. Returns: (B, num_features) concatenated features."""
+    def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`), the same
+        time span hidden from both branches, the mel band from the 2D one. Returns: (B, num_features)."""
         check_wave(wave)
-        f1 = self.wave_net.forward_features(wave)  # (B, 128)
-        f2 = self.spec_net.forward_features(wave)  # (B, 1024)
+        f1 = self.wave_net.forward_features(wave, masks)  # (B, 128)
+        f2 = self.spec_net.forward_features(wave, masks)  # (B, 1024)
         return torch.cat([f1, f2], dim=1)  # (B, 1152)
 
 

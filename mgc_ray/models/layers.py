@@ -54,23 +54,24 @@ class PaperClassifierNet(nn.Module):
     """Base of the nets ending in the paper's classifier block (Baseline A, Baseline B, fusion).
 
     A subclass sets `num_features` and `drop_rate`, defines `forward_features`
-    (wave (B, N) -> (B, num_features)) and calls `reset_classifier(n_classes)`
-    at the end of its `__init__`.
+    (wave (B, N) -> (B, num_features), handing `masks` to its front end(s)) and calls
+    `reset_classifier(n_classes)` at the end of its `__init__`.
     """
 
     num_features: int
     drop_rate: float
 
-    def forward_features(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
         raise NotImplementedError
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Args: features (B, num_features). Returns: logits (B, n_classes)."""
         return self.head(features)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]. Returns: logits (B, n_classes)."""
-        return self.forward_head(self.forward_features(wave))
+    def forward(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        """Args: wave (B, N) float in [-1, 1]; masks: training only (`mgc_ray.recipe.Masks`).
+        Returns: logits (B, n_classes)."""
+        return self.forward_head(self.forward_features(wave, masks))
 
     def reset_classifier(self, n_classes: int) -> None:
         """Replace the classifier block (0: none, `forward` returns the pooled features)."""
