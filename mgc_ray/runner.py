@@ -72,10 +72,11 @@ def _tuner(plan, space, manifest: Manifest, trainable, param_space, concurrent: 
     if plan.paper_only:
         tune_config = tune.TuneConfig(metric=search.METRIC, mode=search.MODE, num_samples=1)
     else:
-        # reuse_actors: a trial after the first starts in the finished one's worker (same resources),
-        # not a new process that imports torch again (~5 s a trial on 2 cores)
+        # Not reuse_actors, though a new worker per trial costs ~4 s of imports on 2 cores: a reused
+        # worker's tune.get_context() kept the previous trial's folder, so the note of an error a
+        # trial raised itself (trainable.FAILURE_NOTE) was looked for in another trial's folder.
         tune_config = tune.TuneConfig(
-            metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples, reuse_actors=True,
+            metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
             search_alg=budget.BudgetLimiter(make_study_searcher(plan, space), max_concurrent=concurrent),
             scheduler=search.make_scheduler(space if isinstance(space, (list, tuple)) else [space], manifest,
                                             plan.max_epochs, plan.grace_period))
