@@ -72,9 +72,10 @@ def _tuner(plan, space, manifest: Manifest, trainable, param_space, concurrent: 
     if plan.paper_only:
         tune_config = tune.TuneConfig(metric=search.METRIC, mode=search.MODE, num_samples=1)
     else:
-        # Not reuse_actors, though a new worker per trial costs ~4 s of imports on 2 cores: a reused
-        # worker's tune.get_context() kept the previous trial's folder, so the note of an error a
-        # trial raised itself (trainable.FAILURE_NOTE) was looked for in another trial's folder.
+        # Not reuse_actors, though a new worker per trial costs ~4 s of imports on 2 cores: with it,
+        # tests/test_faults.py saw a diverged trial's retries run its epoch again instead of stopping
+        # at the note of its own error (trainable.FAILURE_NOTE, found through the worker's
+        # tune.get_context()). Off until that is understood.
         tune_config = tune.TuneConfig(
             metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
             search_alg=budget.BudgetLimiter(make_study_searcher(plan, space), max_concurrent=concurrent),
