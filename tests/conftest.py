@@ -14,16 +14,6 @@ def _fma_samples_dir() -> str:
 
 
 FMA_SAMPLES = _fma_samples_dir()
-
-
-def pytest_collection_modifyitems(config, items):
-    """pytest-xdist groups: a test file runs in one process (its module fixtures are made once),
-    and every file on the session's smoke search shares one process (it is searched once)."""
-    on_smoke = {item.path for item in items if "smoke_search" in getattr(item, "fixturenames", ())}
-    for item in items:
-        item.add_marker(_pytest.mark.xdist_group("smoke_search" if item.path in on_smoke else item.path.name))
-
-
 TINY_DEMO = dict(tracks_per_genre=4, seconds=4.0, seed=0)  # 32 tracks, ~1 s to write
 
 
@@ -98,15 +88,24 @@ def run_module():
 
 @_pytest.fixture(scope="session")
 def smoke_search(tmp_path_factory) -> SmokeSearch:
-    """`python -m mgc_ray.tune --arch baseline_a_2d --smoke` (2 trials x 2 epochs, ~45 s on 2 cores)."""
+    """`python -m mgc_ray.tune --arch baseline_a_2d --smoke` (2 trials x 2 epochs, ~45 s on 2 cores),
+    run once per test run: pytest-xdist's processes share it through their common temp folder."""
     from mlflow.tracking import MlflowClient
 
-    work = tmp_path_factory.mktemp("smoke_search")
+    from mgc_ray.files import locked
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if _os.environ.get("PYTEST_XDIST_WORKER") else base
+    work = shared / "smoke_search"
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = _run_module("mgc_ray.tune", "--arch", "baseline_a_2d", "--smoke", "--no-dashboard", "--mlflow-uri", uri,
-                      "--results-dir", str(work / "results"), "--storage-path", str(work / "ray"),
-                      env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}, cwd=work)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    with locked(shared / "smoke_search.lock"):
+        if not (work / "done").is_file():
+            work.mkdir(exist_ok=True)
+            proc = _run_module("mgc_ray.tune", "--arch", "baseline_a_2d", "--smoke", "--no-dashboard", "--mlflow-uri",
+                              uri, "--results-dir", str(work / "results"), "--storage-path", str(work / "ray"),
+                              env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}, cwd=work)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+            (work / "done").write_text("ok\n")
     c = MlflowClient(tracking_uri=uri)
     exp = c.get_experiment_by_name("mgc_ray/baseline_a_2d/demo-smoke")
     runs = c.search_runs([exp.experiment_id], max_results=100)
