@@ -5,7 +5,8 @@
     python benchmarks/stream.py --smoke                          # tiny: checks the script in seconds
 
 The cache is synthetic (`mgc_ray.synth_cache`: random int16 noise written straight
-into the cache's Parquet format, no mp3), in a fresh folder deleted at the end.
+into the cache's Parquet format, no mp3), in a fresh folder deleted at the end (kept
+under `--work DIR` for the next run there).
 Each mode then runs `data.train_batches` for a few epochs into a consumer that
 only counts (so the figures are the pipeline's, not a model's), with training
 windows of `Augment.input_len(10 s)` samples, batches of 32, as a trial gets them:
@@ -194,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode in args.modes:
                 runs.append(run_mode(mode, manifest, window, epochs, args.before_batches))
             fixed = fixed_cost(manifest, crop, work, args.smoke)
-        shutil.rmtree(cache, ignore_errors=True)
+        if args.work is None:  # a --work folder keeps its cache for the next run
+            shutil.rmtree(cache, ignore_errors=True)
     from mgc_ray.data import TRIAL_OBJECT_STORE_BYTES
 
     report = {"name": NAME, "machine": m, "smoke": args.smoke,
