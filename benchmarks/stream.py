@@ -42,6 +42,7 @@ from typing import Sequence
 
 import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS
+from mgc_ray.trainable import HELD_VAL_BYTES
 from mgc_ray.errors import UserError, run_cli
 
 NAME = "stream"
@@ -339,7 +340,8 @@ def to_markdown(report: dict) -> list[str]:
                    f"{100 * min(f['val_read_s']) / f['gpu_epoch_s']:.0f} %", "before: read again every epoch"],
                   [f"validation reading, held ({f['val_held_bytes'] / 1e9:.2f} GB of float32 on the trial's device)",
                    f"{f['val_held_iterate_s']:.3f}", f"{100 * f['val_held_iterate_s'] / f['gpu_epoch_s']:.1f} %",
-                   "now: read in the first epoch only"],
+                   "now: read in the first epoch only" if f["val_held_bytes"] <= HELD_VAL_BYTES else
+                   f"above the {HELD_VAL_BYTES / 2**30:g} GiB a trial holds: read every epoch, as before"],
                   [f"checkpoint write (DenseNet-121 + Adam state, {f['checkpoint_bytes'] / 1e6:.0f} MB)",
                    f"{f['checkpoint_write_s']:.2f}", f"{100 * f['checkpoint_write_s'] / f['gpu_epoch_s']:.0f} %",
                    "every epoch: what a restart needs"],
