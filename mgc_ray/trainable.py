@@ -170,14 +170,14 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
         if held and val_batches is None:
             val_batches = list(val_crops())
         logits, labels, _ = predict_logits(net, val_batches if held else val_crops(), device=device)
-        t_saved = time.perf_counter()
+        t_val_end = time.perf_counter()
         cost = {"samples": cost["samples"] + tr["samples"], "wall_s": cost["wall_s"] + time.perf_counter() - t0,
                 "cpu_s": cost["cpu_s"] + time.process_time() - c0}
         timing = {f"train/{k}": tr[k] for k in ("data_wait_s", "gpu_wait_share") if k in tr}
         # where the epoch's time went besides training: the validation pass, the checkpoint
         # written locally (Tune then copies it to the storage path inside `report`), the
         # previous epoch's report (0 for the first epoch of a session)
-        timing.update({"time/train_s": t_val - t0, "time/val_s": t_saved - t_val, "time/report_s": last_report_s})
+        timing.update({"time/train_s": t_val - t0, "time/val_s": t_val_end - t_val, "time/report_s": last_report_s})
         row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"], **timing,
                **prefixed("val", score(logits, labels, label_names)), **_cost(cost, td.share)}
         history.append(row)
