@@ -211,16 +211,6 @@ def param_space(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_searcher(space: SearchSpace, seed: int):
-    """Seeded TPE whose first trial is the space's start (the paper's settings by default)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    point = {k: v for k, v in space.start.items() if k in space.space}
-    return OptunaSearch(metric=METRIC, mode=MODE, points_to_evaluate=[point],
-                        sampler=optuna.samplers.TPESampler(seed=seed))
-
-
 def make_scheduler(spaces: Sequence[SearchSpace], manifest, max_epochs: int, grace_period: int | None,
                    paper_only: bool = False):
     """ASHA over training samples seen (`rungs.SampleASHA`), its grace period `grace_period`
