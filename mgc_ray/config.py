@@ -39,7 +39,7 @@ RECIPE_OFF = {
     "mixup": 0.0,            # mixup's Beta(alpha, alpha): alpha
     "label_smoothing": 0.0,  # torch's CrossEntropyLoss label_smoothing
 }
-SPEC_MASK_MAX = 0.5  # a mask of half an axis or more hides more than it keeps: spec_mask < 0.5
+MASK_SHARE_MAX = 0.5  # a mask of half an axis or more hides more than it keeps: spec_mask < 0.5
 
 # The hyperparameters a search may vary (TrainConfig fields); every other module
 # (search spaces, MLflow params, the leaderboard, compare) takes this list from here.
@@ -113,8 +113,8 @@ def check_recipe(spec_mask: float, mixup: float, label_smoothing: float) -> None
     Raises:
         ValueError: a value out of bounds, named with its bounds.
     """
-    if not 0 <= spec_mask < SPEC_MASK_MAX:
-        raise ValueError(f"spec_mask must be in [0, {SPEC_MASK_MAX:g}) (a fraction of the axis), got {spec_mask}")
+    if not 0 <= spec_mask < MASK_SHARE_MAX:
+        raise ValueError(f"spec_mask must be in [0, {MASK_SHARE_MAX:g}) (a fraction of the axis), got {spec_mask}")
     if not mixup >= 0:
         raise ValueError(f"mixup must be >= 0 (Beta's alpha; 0 is off), got {mixup}")
     if not 0 <= label_smoothing < 1:

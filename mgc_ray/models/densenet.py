@@ -19,7 +19,7 @@ from torch import nn
 from mgc_ray.config import ModelConfig
 from mgc_ray.errors import UserError
 from mgc_ray.models.frontend import SpectrogramFrontEnd
-from mgc_ray.models.layers import check_wave
+from mgc_ray.models.layers import HeadNet, check_wave
 from mgc_ray.models.registry import register_model
 
 MIN_SIDE = 32  # DenseNet-121 halves the map 5 times (conv0, pool0, 3 transitions): smaller inputs are padded
@@ -28,7 +28,7 @@ _OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
-class DenseNet(nn.Module):
+class DenseNet(HeadNet):
     """torchvision DenseNet (Huang et al. 2017) with a 1-channel stem, on the z-scored log-mel.
 
     Choices the paper leaves open, and why:
@@ -116,15 +116,6 @@ class DenseNet(nn.Module):
         x = self.features(x)  # (B, 1024, n_mels / 32, T / 32)
         x = F.relu(x)  # (B, 1024, h, w)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, 1024)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Args: features (B, num_features). Returns: logits (B, n_classes)."""
-        return self.head(features)
-
-    def forward(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]; masks: training only (`mgc_ray.recipe.Masks`).
-        Returns: logits (B, n_classes)."""
-        return self.forward_head(self.forward_features(wave, masks))
 
     def reset_classifier(self, n_classes: int) -> None:
         """Replace the classifier (0: none, `forward` returns the pooled features)."""

@@ -50,18 +50,21 @@ class MLPHead(nn.Module):
 HIDDEN = (1024, 512, 128)  # the paper's classifier: FC 1024 -> 512 -> 128 -> n_classes
 
 
-class PaperClassifierNet(nn.Module):
-    """Base of the nets ending in the paper's classifier block (Baseline A, Baseline B, fusion).
+class HeadNet(nn.Module):
+    """Base of every registered net: `forward(wave) = forward_head(forward_features(wave))`.
 
-    A subclass sets `num_features` and `drop_rate`, defines `forward_features`
-    (wave (B, N) -> (B, num_features), handing `masks` to its front end(s)) and calls
-    `reset_classifier(n_classes)` at the end of its `__init__`.
+    A subclass sets `num_features`, defines `forward_features` (wave (B, N) -> (B, num_features),
+    handing `masks` to its front end(s)) and `reset_classifier(n_classes)` (setting `head`),
+    which its `__init__` calls at the end.
     """
 
     num_features: int
-    drop_rate: float
+    head: nn.Module
 
     def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset_classifier(self, n_classes: int) -> None:
         raise NotImplementedError
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -73,10 +76,20 @@ class PaperClassifierNet(nn.Module):
         Returns: logits (B, n_classes)."""
         return self.forward_head(self.forward_features(wave, masks))
 
+
+class PaperClassifierNet(HeadNet):
+    """Base of the nets ending in the paper's classifier block (Baseline A, Baseline B, fusion).
+
+    A subclass sets `num_features` and `drop_rate`, defines `forward_features` and calls
+    `reset_classifier(n_classes)` at the end of its `__init__`.
+    """
+
+    drop_rate: float
+
     def reset_classifier(self, n_classes: int) -> None:
         """Replace the classifier block (0: none, `forward` returns the pooled features)."""
-        self.head: nn.Module = (MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
-                                if n_classes > 0 else nn.Identity())
+        self.head = (MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
+                     if n_classes > 0 else nn.Identity())
 
 
 class ConvSame1d(nn.Conv1d):
