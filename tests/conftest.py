@@ -14,6 +14,17 @@ def _fma_samples_dir() -> str:
 
 
 FMA_SAMPLES = _fma_samples_dir()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most end-to-end (`slow`) tests first: xdist hands out a file at a time in
+    this order, so the long files start early and the short ones fill the end of the run."""
+    slow: dict = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests keep their order
+
+
 TINY_DEMO = dict(tracks_per_genre=4, seconds=4.0, seed=0)  # 32 tracks, ~1 s to write
 
 

@@ -33,6 +33,7 @@ SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "stream")
 NO_GPU = "no GPU on this machine"
 STATUSES = {"met", "not met", "not measured here", "measured (no target set)"}
 HAS_GPU = torch.cuda.is_available()
+pytestmark = pytest.mark.slow  # every script's smoke run: minutes together
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,7 @@ def test_bad_collections_are_one_clear_error(tmp_path, case, match):
         collection.from_csv(tmp_path / "c.csv", split)
 
 
+@pytest.mark.slow
 def test_folder_per_genre_prepare_tune_evaluate_predict(tmp_path, run_module):
     """A user's own collection of wav/flac/ogg/au/mp3 files, as they would run it."""
     from mlflow.tracking import MlflowClient
