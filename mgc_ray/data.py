@@ -45,7 +45,9 @@ MATERIALISE_SHARE = 0.3
 # worth (64 tracks x 30 s x 22,050 Hz x 2 B = 85 MB each), bounded whatever the cache's size.
 TRIAL_OBJECT_STORE_BYTES = 1 * 2**30
 # The local shuffle window, in batches: shards are genre-mixed (prepare), so a small window suffices.
-SHUFFLE_BATCHES = 4
+# Every epoch's first batch waits for the window to fill: on 2 cores at FMA small's size a streamed
+# epoch's first batch took 1.5-2.1 s with 2 batches, 2.4-2.5 s with 4 (results/benchmarks/stream_cpu.md).
+SHUFFLE_BATCHES = 2
 # A shard read takes a whole CPU: at a fraction, many reads run at once on a small node and all
 # finish together, so with the order kept the first block (and batch) waits for nearly all of them
 # (29 s for 10 shards of 85 MB on 2 busy cores at 0.25 CPU per read).
