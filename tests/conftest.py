@@ -18,7 +18,9 @@ FMA_SAMPLES = _fma_samples_dir()
 
 def pytest_collection_modifyitems(config, items):
     """Files with the most end-to-end (`slow`) tests first: xdist hands out a file at a time in
-    this order, so the long files start early and the short ones fill the end of the run."""
+    this order (`--no-loadscope-reorder`; by default it would hand out the files with the most
+    tests first, leaving one-test end-to-end files for the end), so the long files start early
+    and the short ones fill the end of the run."""
     slow: dict = {}
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker("slow"))
