@@ -134,9 +134,9 @@ class TrainConfig:
     crop_seconds: float = CROP_SECONDS
     max_epochs: int = PAPER_EPOCHS
     seed: int = 0
-    spec_mask: float = 0.0        # RECIPE_OFF: the paper's recipe has no masking,
-    mixup: float = 0.0            # no mixup
-    label_smoothing: float = 0.0  # and hard targets
+    spec_mask: float = RECIPE_OFF["spec_mask"]  # off, as in the paper's recipe: no masking,
+    mixup: float = RECIPE_OFF["mixup"]          # no mixup
+    label_smoothing: float = RECIPE_OFF["label_smoothing"]  # and hard targets
     augment: bool = True
     compile: bool = False       # torch.compile the model (tune.py --compile); not searched
 
