@@ -28,7 +28,6 @@ from mgc_ray.tracking import Tag
 def run_multi_search(plan, spaces: list, manifest: Manifest, resources: TrialResources) -> dict:
     """Search over `plan.archs`, then finish each arch as a one-arch search would. Returns
     {"archs": {arch: runner.finish's summary}, "best_arch": arch, "results_dir": path}."""
-    import logging
 
     from ray import tune
 
@@ -68,7 +67,7 @@ def run_multi_search(plan, spaces: list, manifest: Manifest, resources: TrialRes
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         print(f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
               f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
-        logging.getLogger("ray.tune.execution.experiment_state").addFilter(runner._BenignSyncRace())
+        runner.quiet_tune_logs()
         tuner = runner._tuner(plan, spaces, manifest, trainable, param_space, concurrent, [router, progress])
         grid = tuner.fit()
         chance = runner._chance_note(tuner)  # one scheduler across the archs: its note goes to each

@@ -50,6 +50,29 @@ class _BenignSyncRace(logging.Filter):
         return True
 
 
+class _TrialFailureLine(logging.Filter):
+    """Tune logs a failed trial task (a worker or node lost, an error the trial raised) with its
+    traceback, then its own "Trial ... errored" lines name the trial's error.txt, where the whole
+    traceback is kept: the log gets the exception's one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Trial task failed for trial") and record.exc_info:
+            exc = record.exc_info[1]
+            text = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            record.msg, record.args = f"{record.getMessage()}: {type(exc).__name__}: {text[0] if text else ''}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tune_logs() -> None:
+    """Tune's log lines above in one line each (the tune CLI's single- and multi-arch searches)."""
+    for name, kind in (("ray.tune.execution.experiment_state", _BenignSyncRace),
+                       ("ray.tune.execution.tune_controller", _TrialFailureLine)):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
+
+
 def _tuner(plan, space, manifest: Manifest, trainable, param_space, concurrent: int, callbacks: list):
     """The Tuner (a new search, its paper trial alone, or the interrupted search restored).
     `space`: one `search.SearchSpace`, or a list of them (one study over several archs)."""
@@ -171,7 +194,7 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
         if not plan.paper_only:
             print(f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
                   f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
-        logging.getLogger("ray.tune.execution.experiment_state").addFilter(_BenignSyncRace())
+        quiet_tune_logs()
         ledger = _budget(plan)  # last, so that its clock starts with the search
         tuner = _tuner(plan, space, manifest, trainable, param_space, concurrent, [logger, progress, guard, ledger])
         grid = tuner.fit()

@@ -197,3 +197,41 @@ def test_a_stopped_trials_prefetcher_broken_pipe_stays_out_of_the_output():
     assert without_exit_tracebacks(["epoch 3"] + head + ["OSError: Broken pipe", "done"]) == ["epoch 3", "done"]
     other = head + ["ray.exceptions.ObjectLostError: lost"]
     assert without_exit_tracebacks(other) == other
+
+
+def test_a_lost_nodes_messages_are_one_line_each_and_once():
+    """A node that dies makes each of its agents send the raylet's last 20 log lines (seen twice when a
+    test removed a cluster node): one line each, once; other Ray errors are kept, first line only."""
+    from mgc_ray.cluster import node_error_lines
+
+    died = ("Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL by the user "
+            "or system OOM killer. Last 20 lines of the Raylet logs:\n"
+            "    [2026-12-02 13:14:38,156 W 21264 21273] (raylet) store.cc:366: Disconnecting client\n"
+            "    [2026-12-02 13:14:56,247 I 21264 21264] (raylet) node_manager.cc:124: DisconnectClient\n")
+    dead = ("The node with node id: cbce5c and address: 192.0.2.2 has been marked dead because the detector "
+            "has missed too many heartbeats from it.\n\t(2) raylet has lagging heartbeats due to slow network.")
+    seen: set[str] = set()
+    first = node_error_lines([died, dead], seen)
+    assert len(first) == 2 and all("\n" not in line for line in first)
+    assert first[0].startswith("Raylet is terminated. Termination is unexpected.") and "store.cc" not in first[0]
+    assert "raylet.out" in first[0]
+    assert first[1].endswith("missed too many heartbeats from it.")
+    assert node_error_lines([died], seen) == [], "the second agent's copy is dropped"
+
+
+def test_a_failed_trial_task_is_logged_in_one_line():
+    """Tune logs a lost trial worker with a traceback of Ray's internals; the log keeps the exception's line."""
+    import logging
+
+    from mgc_ray.runner import _TrialFailureLine
+
+    try:
+        raise RuntimeError("The actor 1f59 is unavailable: RPC error: Socket closed\nmore detail")
+    except RuntimeError as exc:
+        record = logging.LogRecord("ray.tune.execution.tune_controller", logging.ERROR, __file__, 1,
+                                   "Trial task failed for trial %s", ("train_trial_ed92",), (RuntimeError, exc, None))
+    assert _TrialFailureLine().filter(record)
+    assert record.exc_info is None
+    assert record.getMessage() == ("Trial task failed for trial train_trial_ed92: RuntimeError: The actor 1f59 is "
+                                   "unavailable: RPC error: Socket closed")
+    assert logging.Formatter().format(record).count("\n") == 0
