@@ -336,7 +336,7 @@ def _bounded(ds, streamed: bool):
 
 
 def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, seed: int, epoch: int,
-                  device: str = "cpu") -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+                  device: str = "cpu", with_ids: bool = False) -> Iterator[tuple["torch.Tensor", ...]]:
     """One training epoch: new block order, local shuffle and random crops, no barrier.
 
     Args:
@@ -344,8 +344,9 @@ def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, se
         crop_len: samples per training example handed out; with time stretch on, the
             trial asks for `Augment.input_len(crop)` so the stretch has audio to read,
             and the device cuts to the crop after stretching.
+        with_ids: also yield each example's track_id (what a test counts an epoch by).
     Yields:
-        (wave (B, crop_len) float32 in [-1, 1) on `device`, label (B,) int64).
+        (wave (B, crop_len) float32 in [-1, 1) on `device`, label (B,) int64[, track_id (B,)]).
     """
     _quiet_ray_data()
     streamed = not datasets.materialised and bool(datasets.train_files)
@@ -358,7 +359,8 @@ def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, se
         epoch_ds = ordered.map_batches(_crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy",
                                        num_cpus=CROP_TASK_CPUS)
     yield from _to_device(epoch_ds, batch_size=batch_size, device=device, drop_last=True,
-                          shuffle_buffer=SHUFFLE_BATCHES * batch_size, shuffle_seed=epoch_seed(seed, epoch))
+                          shuffle_buffer=SHUFFLE_BATCHES * batch_size, shuffle_seed=epoch_seed(seed, epoch),
+                          with_ids=with_ids)
 
 
 def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
