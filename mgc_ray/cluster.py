@@ -110,9 +110,10 @@ def node_error_lines(lines: list[str], seen: set[str]) -> list[str]:
     a list of causes: the first line says what happened, the rest is in the node's Ray logs.
     `seen`: the lines already printed (the caller's, kept across calls)."""
     out = []
-    for text in lines:
-        line = str(text).split(RAYLET_TAIL)[0].strip().splitlines()[0] if str(text).strip() else ""
-        if RAYLET_TAIL in str(text):
+    for text in map(str, lines):
+        head, tail, _ = text.partition(RAYLET_TAIL)
+        line = (head.strip().splitlines() or [""])[0]
+        if tail:
             line += " (its last log lines: raylet.out in that node's Ray log folder)"
         if line and line not in seen:
             seen.add(line)

@@ -131,16 +131,10 @@ def streamed(scale_cache):
         ray.shutdown()
 
 
-def _read_workers() -> list[int]:
+def _read_workers(rel) -> list[int]:
     """Ray Data's workers reading and cropping shards right now (titled `ray::MapBatches(_read_crops)`)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and (d / "cmdline").read_bytes().startswith(b"ray::MapBatches(_read_crops)"):
-                found.append(int(d.name))
-        except OSError:
-            continue
-    return found
+    pids = (int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit())
+    return [p for p in pids if rel.cmdline(p).startswith("ray::MapBatches(_read_crops)")]
 
 
 def _epoch(datasets, epoch: int, on_batch=None) -> list[tuple[int, int]]:
@@ -175,11 +169,11 @@ def _train_ids(datasets) -> set[int]:
 
 
 @pytest.mark.slow
-def test_killed_ray_data_workers_lose_and_repeat_nothing(streamed, undisturbed, faults):
+def test_killed_ray_data_workers_lose_and_repeat_nothing(streamed, undisturbed, rel, faults):
     killed = []
 
     def kill(i):
-        busy = _read_workers() if len(killed) < len(KILL_FROM_BATCHES) and i >= KILL_FROM_BATCHES[len(killed)] else []
+        busy = _read_workers(rel) if len(killed) < len(KILL_FROM_BATCHES) and i >= KILL_FROM_BATCHES[len(killed)] else []
         if busy:
             os.kill(busy[0], signal.SIGKILL)
             killed.append((i, busy[0]))
