@@ -27,7 +27,7 @@ filterbank applied as a sparse (CSR) matrix, a proposed change to
 The demo's mp3s are mostly 22,050 Hz mono at 64 kbit/s (one in eight is 44.1
 kHz stereo), much cheaper to decode than real FMA clips (44.1 kHz stereo, 256-320
 kbit/s), so the paper's way is also timed on the one real fma_small clip we have
-(shared/fma_samples beside the checkout), decoded repeatedly; our per-epoch side costs the same for any
+(tests/data/fma_samples), decoded repeatedly; our per-epoch side costs the same for any
 source format (the cache holds 22,050 Hz int16 either way).
 
 librosa's warm-up (numba compilation) and a torch warm-up pass run before the
@@ -56,8 +56,8 @@ NAME = "features"
 SETTINGS = ((1976, 224, "DenseNet / fusion"), (3472, 513, "baselines A and B"))  # (window, n_mels, used by)
 SMOKE_SETTINGS = ((512, 32, "smoke"),)
 TARGET_RATIO = 50.0  # ours at least 50x the paper's way on the same CPU
-# The real fma_small clip beside the checkout (../shared/fma_samples): 44.1 kHz stereo, 29.98 s
-REAL_FMA_CLIP = str(Path(__file__).resolve().parents[2] / "shared" / "fma_samples" / "fma_small" / "000" / "000002.mp3")
+# The real fma_small clip the tests use (tests/data/fma_samples): 44.1 kHz stereo, 29.98 s
+REAL_FMA_CLIP = str(Path(__file__).resolve().parents[1] / "tests" / "data" / "fma_samples" / "fma_small" / "000" / "000002.mp3")
 REAL_REPEATS = 16  # decodes of the real clip: enough for a stable per-clip time
 
 

@@ -7,7 +7,7 @@ hours to synthesise and encode as mp3 on 2 cores, and FMA medium's 25,000
 tracks more; this writes the same Parquet shards, sidecars and manifest
 (`mgc_ray.cache`'s layout, shards planned by `prepare.plan_shards`) from random
 int16 noise in minutes. The tracks' labels can come from a real genre list
-(`--genres-csv`, e.g. fma_samples/derived/fma_small_genre_top.csv: filename,genre,
+(`--genres-csv`, e.g. tests/data/fma_samples/derived/fma_small_genre_top.csv: filename,genre,
 track ids from the file names), so the genre order of real track ids is kept.
 The split is the paper's seeded stratified 80/10/10. Not a data set to learn from.
 """

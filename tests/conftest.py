@@ -4,16 +4,8 @@ import os as _os
 
 import pytest as _pytest
 
-def _fma_samples_dir() -> str:
-    """The real FMA files: $MGC_FMA_SAMPLES, else ../shared/fma_samples beside the checkout."""
-    here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    for path in (_os.environ.get("MGC_FMA_SAMPLES"), _os.path.join(here, "..", "shared", "fma_samples")):
-        if path and _os.path.isdir(path):
-            return _os.path.realpath(path)
-    raise RuntimeError("the real FMA samples are missing: set MGC_FMA_SAMPLES to shared/fma_samples")
-
-
-FMA_SAMPLES = _fma_samples_dir()
+# The real FMA files the tests read, inside the checkout (sources and licences in its SOURCES.md).
+FMA_SAMPLES = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "data", "fma_samples")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,7 +24,7 @@ TINY_DEMO = dict(tracks_per_genre=4, seconds=4.0, seed=0)  # 32 tracks, ~1 s to 
 
 @_pytest.fixture(scope="session")
 def fma_samples() -> str:
-    """The real FMA files beside the spec (shared/fma_samples)."""
+    """The real FMA files in tests/data/fma_samples."""
     return FMA_SAMPLES
 
 
