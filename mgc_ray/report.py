@@ -69,6 +69,27 @@ def summary_table(arch: str, summary: list[dict], dataset: str) -> str:
             + reference_note(dataset) + "\n")
 
 
+def overall_summary(plan, done: dict[str, dict], best_loss: dict[str, float], best_arch: str,
+                    budget_note: str | None = None) -> str:
+    """summary.md of a search over several archs: each arch's best (and paper) trial beside its
+    Table 1 row, then the best overall."""
+    head = ["arch", "row", "best val loss", *COLUMNS]
+    lines = [f"# {plan.name}", "", f"{plan.num_samples} trial(s) over {', '.join(plan.archs)} on `{plan.dataset}` "
+             f"(one Optuna study, ASHA across all archs; up to {plan.max_epochs} epochs). Test split, crop level.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arch, summary in done.items():
+        for r in summary["rows"]:
+            loss = f"{best_loss[arch]:.3f}" if r["row"] == "ours, best searched" else ""
+            lines.append("| " + " | ".join([arch, r["row"], loss, *(_fmt(r.get(k)) for k in COLUMNS)]) + " |")
+    best = next(r for r in done[best_arch]["rows"] if r["row"] == "ours, best searched")
+    lines += ["", f"Best overall (lowest validation loss): {best_arch}, val loss {best_loss[best_arch]:.3f}, "
+              f"test paper_f1 {_fmt(best.get('paper_f1'))}; each arch's own files are in its folder here.", ""]
+    if budget_note:
+        lines += [budget_note, ""]
+    lines += [reference_note(plan.dataset), ""]
+    return "\n".join(lines)
+
+
 def _history(result) -> list[dict]:
     df = result.metrics_dataframe
     if df is None or df.empty:

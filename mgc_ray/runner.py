@@ -5,6 +5,7 @@ takes nothing but the plan, the search space, the manifest and the trial resourc
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -13,11 +14,11 @@ from pathlib import Path
 
 from mgc_ray import budget, report, search, study, tracking
 from mgc_ray.cache import Manifest
-from mgc_ray.callbacks import DiskGuard, Progress, TrialLogger
+from mgc_ray.callbacks import ArchLoggers, DiskGuard, Progress, TrialLogger
 from mgc_ray.cluster import TrialResources
 from mgc_ray.config import TrainConfig, experiment_path
 from mgc_ray.errors import UserError
-from mgc_ray.files import LOW_FREE_BYTES
+from mgc_ray.files import LOW_FREE_BYTES, atomic_text
 from mgc_ray.metrics import prefixed
 from mgc_ray.tracking import Tag
 
@@ -73,9 +74,9 @@ def quiet_tune_logs() -> None:
             log.addFilter(kind())
 
 
-def _tuner(plan, space, manifest: Manifest, trainable, param_space, concurrent: int, callbacks: list):
-    """The Tuner (a new search, its paper trial alone, or the interrupted search restored).
-    `space`: one `search.SearchSpace`, or a list of them (one study over several archs)."""
+def _tuner(plan, spaces: list, manifest: Manifest, trainable, param_space, concurrent: int, callbacks: list):
+    """The Tuner (a new search, its paper trial alone, or the interrupted search restored);
+    `spaces`: one `search.SearchSpace` per arch (one study over all of them)."""
     from ray import tune
 
     run_config = tune.RunConfig(
@@ -101,19 +102,17 @@ def _tuner(plan, space, manifest: Manifest, trainable, param_space, concurrent: 
         # tune.get_context()). Off until that is understood.
         tune_config = tune.TuneConfig(
             metric=search.METRIC, mode=search.MODE, num_samples=plan.num_samples,
-            search_alg=budget.BudgetLimiter(make_study_searcher(plan, space), max_concurrent=concurrent),
-            scheduler=search.make_scheduler(space if isinstance(space, (list, tuple)) else [space], manifest,
-                                            plan.max_epochs, plan.grace_period))
+            search_alg=budget.BudgetLimiter(make_study_searcher(plan, spaces), max_concurrent=concurrent),
+            scheduler=search.make_scheduler(spaces, manifest, plan.max_epochs, plan.grace_period))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def make_study_searcher(plan, space):
-    """The search's Optuna study (`mgc_ray.study`): PRUNED feedback, RDB storage, warm starts.
-    `space`: one `search.SearchSpace`, or a list of them (one study over several archs)."""
+def make_study_searcher(plan, spaces: list):
+    """The search's Optuna study (`mgc_ray.study`) over `spaces` (one per arch): PRUNED feedback,
+    RDB storage, warm starts."""
     from mgc_ray.searcher import StudySearcher
 
-    spaces = list(space) if isinstance(space, (list, tuple)) else [space]
-    return StudySearcher(plan.optuna_storage, plan.name, spaces, plan.seed, plan.max_epochs,
+    return StudySearcher(plan.optuna_storage, plan.name, list(spaces), plan.seed, plan.max_epochs,
                          metric=search.METRIC, mode=search.MODE, resume=plan.resume, warm_start=plan.warm_start)
 
 
@@ -122,8 +121,6 @@ def _use_callbacks(tuner, callbacks: list) -> None:
     in their place (this run's MLflow URI, and what they record in memory). Ray 2.60 keeps
     the restored RunConfig on the Tuner's `_local_tuner` (no public setter)."""
     run_config = tuner._local_tuner.get_run_config()
-    from mgc_ray.callbacks import ArchLoggers
-
     ours = (TrialLogger, Progress, budget.Budget, DiskGuard, ArchLoggers)
     run_config.callbacks = [cb for cb in run_config.callbacks or [] if not isinstance(cb, ours)] + list(callbacks)
 
@@ -137,15 +134,24 @@ def _report_errors(grid) -> None:
                   file=sys.stderr, flush=True)
 
 
-def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: TrialResources) -> dict:
-    """Search (or one paper trial), then evaluate, log and write results. Returns the summary.
+def run_search(plan, spaces: list[search.SearchSpace], manifest: Manifest, resources: TrialResources) -> dict:
+    """Search one arch or several (or run one paper trial), then evaluate, log and write results.
 
-    The caller has checked the space's batch sizes against the manifest (`search.check_batches`,
+    One code path for any number of archs: the cache's hashes, the GPU share, the budgets, the
+    disk guard, the trial clean-up and Ctrl+C hold for all. With several archs the study draws
+    `arch` first (one study, one Tuner, ASHA across all); each arch keeps its MLflow experiment
+    `mgc_ray/<arch>/<dataset>` with a search run of this search's name, and its own folder under
+    results/<dataset>/<search>/ beside an overall summary.md.
+
+    The caller has checked the spaces' batch sizes against the manifest (`search.check_batches`,
     in `tune.main`, before Ray starts).
 
     Args:
-        plan: `plan.Plan`, what this invocation does.
+        plan: `plan.Plan`, what this invocation does (`plan.archs` set: several archs).
+        spaces: one `search.SearchSpace` per arch searched.
         resources: per trial and at once, from `cluster.resources`.
+    Returns:
+        One arch: `finish`'s summary. Several: {"archs": {arch: summary}, "best_arch", "results_dir"}.
     Raises:
         KeyboardInterrupt: the search was interrupted (SIGINT); `--resume` finishes it.
     """
@@ -154,41 +160,34 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
     from mgc_ray.data import CacheDatasets
     from mgc_ray.trainable import train_trial
 
+    several = len(spaces) > 1
     cpus, gpus, concurrent = resources.cpus, resources.gpus, resources.max_concurrent
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))  # read by Tune's controller
     _verify_cache(manifest)
     datasets = CacheDatasets.build(manifest)
     trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest,
                                                          gpu_share=gpus), {"cpu": cpus, "gpu": gpus})
-    fixed = {"arch": plan.arch, "max_epochs": plan.max_epochs, "seed": plan.seed, "compile": plan.compile}
+    param_space = {"max_epochs": plan.max_epochs, "seed": plan.seed, "compile": plan.compile}
+    if not several:  # several: the study draws `arch` too
+        param_space["arch"] = plan.arch
     if plan.paper_only:
-        param_space = {**fixed, **space.paper_point()}
-    else:
-        param_space = fixed  # the study draws the searched hyperparameters (searcher.StudySearcher)
+        param_space.update(spaces[0].paper_point())  # else the study draws the searched hyperparameters
 
     uri = plan.mlflow_uri
     c = tracking.client(uri)
-    exp_name = tracking.experiment_name(plan.arch, plan.dataset)
-    exp_id = tracking.experiment_id(c, exp_name, uri)
-    tracking.ensure_paper_run(c, exp_id, plan.arch)
-    parent = tracking.ensure_search_run(c, exp_id, plan.name, {
-        "arch": plan.arch, "dataset": plan.dataset, "cache": plan.cache, "num_samples": plan.num_samples,
-        "max_epochs": plan.max_epochs, "seed": plan.seed, "data_seed": manifest.data_seed,
-        "paper_only": plan.paper_only, "first_trial_is_paper": space.starts_at_paper,
-        "optuna_storage": None if plan.paper_only else plan.optuna_storage,
-        "cpus_per_trial": cpus, "gpus_per_trial": gpus, "max_concurrent": concurrent,
-        "split_scheme": manifest.split_scheme, "sample_rate": manifest.sample_rate,
-        "n_classes": manifest.n_classes})
-    logger, progress = TrialLogger(uri, exp_id, parent), Progress()
+    runs = {s.arch: _search_run(c, plan, s, manifest, resources) for s in spaces}  # arch -> (experiment, run)
+    logger = ArchLoggers({a: TrialLogger(uri, e, p) for a, (e, p) in runs.items()})
+    progress = Progress()
     guard = DiskGuard(watched_folders(plan), LOW_FREE_BYTES)
-    status, stale, ledger = "FAILED", [], None
+    status, stale, ledger = dict.fromkeys(runs, "FAILED"), [], None
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
         # resumes take theirs back (TrialLogger), the rest stay KILLED.
-        stale = tracking.close_children(c, exp_id, parent, "KILLED") if plan.resume else []
-        print(f"mgc_ray: MLflow {uri} experiment {exp_name!r} run {parent} "
-              f"(mlflow ui --backend-store-uri {uri})", flush=True)
-        print(f"mgc_ray: {plan.num_samples} trial(s) of {plan.arch}, up to {plan.max_epochs} epochs, "
+        if plan.resume:
+            stale = [x for e, p in runs.values() for x in tracking.close_children(c, e, p, "KILLED")]
+        where = ", ".join(f"{tracking.experiment_name(a, plan.dataset)!r} run {p}" for a, (_, p) in runs.items())
+        print(f"mgc_ray: MLflow {uri}: {where} (mlflow ui --backend-store-uri {uri})", flush=True)
+        print(f"mgc_ray: {plan.num_samples} trial(s) of {', '.join(runs)}, up to {plan.max_epochs} epochs, "
               f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
               f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
         if not plan.paper_only:
@@ -196,18 +195,22 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
                   f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
         quiet_tune_logs()
         ledger = _budget(plan)  # last, so that its clock starts with the search
-        tuner = _tuner(plan, space, manifest, trainable, param_space, concurrent, [logger, progress, guard, ledger])
+        tuner = _tuner(plan, spaces, manifest, trainable, param_space, concurrent, [logger, progress, guard, ledger])
         grid = tuner.fit()
         if progress.interrupted(plan.num_samples, budget_ended=ledger.ended is not None):
             raise KeyboardInterrupt
         _report_errors(grid)
-        summary = finish(plan, space, grid, datasets, manifest, c, exp_id, parent,
-                         budget_note=_log_budget(c, parent, ledger, len(grid), plan.num_samples),
-                         chance_note=_chance_note(tuner))
-        status = "FINISHED"
-        return summary
+        budget_note = _log_budget(c, [p for _, p in runs.values()], ledger, len(grid), plan.num_samples)
+        chance = _chance_note(tuner)  # one scheduler across the archs: its note goes to each
+        if not several:
+            exp_id, parent = runs[plan.arch]
+            summary = finish(plan, spaces[0], grid, datasets, manifest, c, exp_id, parent,
+                             budget_note=budget_note, chance_note=chance)
+            status[plan.arch] = "FINISHED"
+            return summary
+        return _finish_archs(plan, spaces, list(grid), datasets, manifest, c, runs, status, budget_note, chance)
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = dict.fromkeys(runs, "KILLED")
         if guard.full is not None:
             path, what, free = guard.full
             raise UserError(f"{what} {path} is nearly full ({free / 2**20:.1f} MiB free): the search stopped as with "
@@ -218,13 +221,64 @@ def run_search(plan, space: search.SearchSpace, manifest: Manifest, resources: T
               flush=True)
         raise
     finally:
-        tracking.close_children(c, exp_id, parent, "KILLED")
+        for a, (e, p) in runs.items():
+            tracking.close_children(c, e, p, "KILLED")
         tracking.mark_lost(c, [rid for tid, rid in stale if tid not in logger.seen])
-        if ledger is not None:  # what the search has spent so far, every session of it
-            tracking.log_metrics(c, parent, {"search/wall_s": ledger.wall(), "search/gpu_hours": ledger.gpu() / 3600})
-            if ledger.limited():
-                c.set_tag(parent, Tag.BUDGET, ledger.describe())
-        c.set_terminated(parent, status)
+        for a, (_, p) in runs.items():
+            if ledger is not None:  # what the search has spent so far, every session of it
+                tracking.log_metrics(c, p, {"search/wall_s": ledger.wall(), "search/gpu_hours": ledger.gpu() / 3600})
+                if ledger.limited():
+                    c.set_tag(p, Tag.BUDGET, ledger.describe())
+            c.set_terminated(p, status[a])
+
+
+def _search_run(c, plan, space: search.SearchSpace, manifest: Manifest, resources: TrialResources) -> tuple[str, str]:
+    """(experiment id, search run id) of `space.arch` in MLflow, made (or, resumed, found) here."""
+    exp_id = tracking.experiment_id(c, tracking.experiment_name(space.arch, plan.dataset), plan.mlflow_uri)
+    tracking.ensure_paper_run(c, exp_id, space.arch)
+    params = {"arch": space.arch, "dataset": plan.dataset, "cache": plan.cache, "num_samples": plan.num_samples,
+              "max_epochs": plan.max_epochs, "seed": plan.seed, "data_seed": manifest.data_seed,
+              "paper_only": plan.paper_only, "first_trial_is_paper": space.starts_at_paper,
+              "optuna_storage": None if plan.paper_only else plan.optuna_storage,
+              "cpus_per_trial": resources.cpus, "gpus_per_trial": resources.gpus,
+              "max_concurrent": resources.max_concurrent, "split_scheme": manifest.split_scheme,
+              "sample_rate": manifest.sample_rate, "n_classes": manifest.n_classes}
+    if plan.archs:
+        params["archs"] = ",".join(plan.archs)
+    return exp_id, tracking.ensure_search_run(c, exp_id, plan.name, params)
+
+
+def _finish_archs(plan, spaces: list, results: list, datasets, manifest: Manifest, c, runs: dict, status: dict,
+                  budget_note: str | None, chance: str | None) -> dict:
+    """A search over several archs: finish each arch as a one-arch search would (in its own folder),
+    then the best overall. Sets each arch's run status in `status`."""
+    root = Path(plan.results_root) / plan.dataset / plan.name
+    done: dict[str, dict] = {}
+    best_loss: dict[str, float] = {}
+    for s in spaces:
+        mine = [r for r in results if (r.config or {}).get("arch") == s.arch]
+        ok = [r for r in mine if r.error is None and r.metrics and search.METRIC in r.metrics]
+        exp_id, parent = runs[s.arch]
+        if not ok:
+            print(f"mgc_ray: {s.arch}: {'no trial finished' if mine else 'no trial drew it'}; "
+                  "no row for it", file=sys.stderr, flush=True)
+            status[s.arch] = "FINISHED" if not mine else "FAILED"
+            continue
+        arch_plan = dataclasses.replace(plan, arch=s.arch, archs=(), num_samples=len(mine))
+        done[s.arch] = finish(arch_plan, s, mine, datasets, manifest, c, exp_id, parent, out=root / s.arch,
+                              budget_note=budget_note, chance_note=chance)
+        best_loss[s.arch] = min(r.metrics[search.METRIC] for r in ok)
+        status[s.arch] = "FINISHED"
+    if not done:
+        raise UserError(f"every trial failed; see {experiment_path(plan.storage_path, plan.name)}")
+    best_arch = min(best_loss, key=best_loss.get)
+    for _, parent in runs.values():
+        c.set_tag(parent, Tag.BEST_OVERALL, best_arch)
+    text = report.overall_summary(plan, done, best_loss, best_arch, budget_note)
+    atomic_text(root / "summary.md", text)
+    print(text, flush=True)
+    print(f"mgc_ray: results in {root}", flush=True)
+    return {"archs": done, "best_arch": best_arch, "results_dir": str(root)}
 
 
 def _chance_note(tuner) -> str | None:
@@ -246,7 +300,7 @@ def _budget(plan) -> budget.Budget:
                          min_trials=plan.budget_min_trials, plan_ahead=plan.search_ends_by is not None)
 
 
-def _log_budget(c, parent: str, ledger: budget.Budget, n_trials: int, num_samples: int) -> str | None:
+def _log_budget(c, parents: list[str], ledger: budget.Budget, n_trials: int, num_samples: int) -> str | None:
     """If the budget ended the search: say so on the console and in MLflow; return the sentence."""
     if ledger.ended is None:
         return None
@@ -256,8 +310,11 @@ def _log_budget(c, parent: str, ledger: budget.Budget, n_trials: int, num_sample
             f"it ended the search with {n_trials} of {num_samples} trials"
             + (f"; stopped at a report: {stopped}" if stopped else "") + ".")
     print(f"mgc_ray: {note}", flush=True)
-    c.set_tag(parent, Tag.BUDGET_ENDED, note)
+    for parent in parents:
+        c.set_tag(parent, Tag.BUDGET_ENDED, note)
     return note
+
+
 def _verify_cache(manifest: Manifest) -> None:
     """Every shard's bytes against the manifest's SHA-256, before any trial trains on them."""
     from mgc_ray.cache import verify_shards

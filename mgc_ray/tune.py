@@ -224,14 +224,9 @@ def _search(args, plan: P.Plan, spaces: list, storage: str, cache: str, fma_root
         manifest = prepared()  # Ray tasks over the cluster
         for space in spaces:
             search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
-    if plan.archs:
-        from mgc_ray.multi import run_multi_search
-
-        run_multi_search(plan, spaces, manifest, res)
-        return
     from mgc_ray.runner import run_search
 
-    run_search(plan, spaces[0], manifest, res)
+    run_search(plan, spaces, manifest, res)
 
 
 if __name__ == "__main__":

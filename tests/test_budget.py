@@ -77,29 +77,41 @@ def _runs(rel, work):
     return parent, children
 
 
+TWO_ARCHS = ("baseline_a_2d", "baseline_a_1d")  # the two cheapest models: one search, one driver
+
+
 @pytest.mark.slow
-def test_a_spent_budget_ends_the_search_with_results(tmp_path, smoke_home, cli_runs, rel):
-    # A budget that is spent before the first report: the paper trial (always the first) is
-    # stopped at its first epoch, no other trial starts, and the search still finishes.
+@pytest.mark.parametrize("archs", [TWO_ARCHS[:1], TWO_ARCHS], ids=["one-arch", "two-archs"])
+def test_a_spent_budget_ends_the_search_with_results(tmp_path, smoke_home, cli_runs, rel, archs):
+    # A budget that is spent before the first report: the first trial (a paper trial) is
+    # stopped at its first epoch, no other trial starts, and the search still finishes; with
+    # several archs the same budget ends the one search over all of them.
     run = cli_runs("mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard", "--num-samples", str(N_TRIALS),
-                                             "--max-epochs", str(EPOCHS), "--time-budget", "1s"),
+                                             "--max-epochs", str(EPOCHS), "--time-budget", "1s",
+                                             arch=",".join(archs)),
                    cwd=tmp_path, env=rel.env(smoke_home))
     assert run.wait(600) == 0, run.tail()
     out = run.output
     assert "| ours, paper settings |" in out, "the comparison table is printed"
-    parent, children = _runs(rel, tmp_path)
-    assert parent.info.status == "FINISHED"
-    assert not [r for r in children if r.info.status == "RUNNING"]
+    searches = {a: rel.mlflow_search(tmp_path, arch=a) for a in archs}
+    children = [r for _, _, kids in searches.values() for r in kids]
     assert len(children) == 1 < N_TRIALS, "no trial starts once the budget is spent"
-    ended = parent.data.tags["mgc.budget_ended"]
-    assert "time budget of 1s was spent" in ended and f"1 of {N_TRIALS} trials" in ended
-    assert ended in out
-    assert "test/paper_f1" in parent.data.metrics and "test/paper_f1" in children[0].data.metrics
-    assert parent.data.metrics["search/wall_s"] > 1
     trial = children[0]
-    assert [m.step for m in rel.mlflow_search(tmp_path)[0].get_metric_history(trial.info.run_id, "val/loss")] == [0], \
+    for c, parent, kids in searches.values():
+        assert parent.info.status == "FINISHED"
+        assert not [r for r in kids if r.info.status == "RUNNING"]
+        ended = parent.data.tags["mgc.budget_ended"]
+        assert "time budget of 1s was spent" in ended and f"1 of {N_TRIALS} trials" in ended
+        assert ended in out
+        assert parent.data.metrics["search/wall_s"] > 1
+    c, parent, _ = searches[trial.data.params["arch"]]
+    assert "test/paper_f1" in parent.data.metrics and "test/paper_f1" in trial.data.metrics
+    assert [m.step for m in c.get_metric_history(trial.info.run_id, "val/loss")] == [0], \
         "the trial ran one epoch: it was stopped at its first report"
-    results = next((tmp_path / "results" / "demo-smoke").glob("baseline_a_2d-*"))
+    results = next((tmp_path / "results" / "demo-smoke").glob(f"{'+'.join(archs)}-*"))
+    if len(archs) > 1:
+        assert ended in (results / "summary.md").read_text()
+        results = results / trial.data.params["arch"]
     assert (results / "test_metrics.json").is_file() and (results / "leaderboard.csv").is_file()
     assert ended in (results / "summary.md").read_text()
 

@@ -144,14 +144,16 @@ def test_prepare_rebuilds_only_the_damaged_shards(cache, demo_root, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_a_search_on_a_damaged_cache_stops_before_training(cache, tmp_path, smoke_home, run_module, rel, faults):
+@pytest.mark.parametrize("archs", ["baseline_a_2d", "baseline_a_2d,baseline_a_1d"], ids=["one-arch", "two-archs"])
+def test_a_search_on_a_damaged_cache_stops_before_training(cache, tmp_path, smoke_home, run_module, rel, faults,
+                                                           archs):
     copy = str(tmp_path / "cache")
     shutil.copytree(cache, copy)
     victim = _files(copy, ".parquet")[0]
     with open(victim, "r+b") as f:  # 2,000 bytes changed in place, as the bad disk did
         f.seek(len(f.read()) // 2)
         f.write(os.urandom(2000))
-    p = run_module("mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard", "--cache", copy),
+    p = run_module("mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard", "--cache", copy, arch=archs),
                    env=rel.env(smoke_home), cwd=tmp_path)
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-3000:]
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
@@ -159,7 +161,7 @@ def test_a_search_on_a_damaged_cache_stops_before_training(cache, tmp_path, smok
     assert "Traceback" not in p.stdout + p.stderr
     exp = rel.experiment_dir(tmp_path)
     assert exp is None or not rel.trial_results(exp), "no trial trained on the damaged cache"
-    faults.record("2,000 bytes of a shard overwritten, then a search", 1,
+    faults.record(f"2,000 bytes of a shard overwritten, then a search of {archs}", 1,
                   "exit 2 with one line naming the shard, before any trial")
 
 
