@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
+from model_table import cpu_model  # the existing benchmark's CPU name reader
 
 from mgc_ray.errors import Parser, UserError
 from mgc_ray.files import atomic_text
-from model_table import cpu_model  # the existing benchmark's CPU name reader
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
 LIBRARIES = ("torch", "torchvision", "torchaudio", "ray", "librosa", "numpy", "scipy", "soundfile", "pyarrow",
@@ -86,7 +86,7 @@ def machine_line(m: dict) -> str:
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda if there is a GPU else cpu; 'cuda' without a GPU is refused (exit 2)."""
     if name == "auto":
-        from mgc_ray.train import pick_device
+        from mgc_ray.trial.loop import pick_device
 
         return pick_device()
     if name == "cuda" and not torch.cuda.is_available():
@@ -225,7 +225,7 @@ class DemoData:
         """(track_id, label, mp3 path) of one split's good tracks, in cache order."""
         import pyarrow.parquet as pq
 
-        from mgc_ray.fma import audio_path
+        from mgc_ray.data.fma import audio_path
 
         out = []
         for shard in self.manifest.shard_paths(split):
@@ -244,7 +244,7 @@ def demo_data(work: Path, tracks_per_genre: int, seconds: float, address: str | 
     `prepare` runs on the Ray of this process if there is one, else on the cluster at
     `address`, else on a local Ray started (before its timer) and stopped here.
     """
-    from mgc_ray.cache import MANIFEST, read_manifest
+    from mgc_ray.data.cache import MANIFEST, read_manifest
     from mgc_ray.demo import write_demo
     from mgc_ray.prepare import prepare
 

@@ -5,10 +5,10 @@
     python benchmarks/crop_worker.py --smoke             # 1 interpreter each: checks the script
 
 Ray Data pickles `map_batches`' function by reference to its module, so every worker
-process that runs a crop task imports `mgc_ray.data` (and whatever it imports) before
+process that runs a crop task imports `mgc_ray.data.pipeline` (and whatever it imports) before
 its first block. Each figure is a fresh interpreter that has already imported
 `ray.data` (which any Ray Data worker has): the extra seconds and peak resident memory
-of `import mgc_ray.data` and the resident memory it adds, and whether torch / torchaudio
+of `import mgc_ray.data.pipeline` and the resident memory it adds, and whether torch / torchaudio
 came with it. Median of the runs.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import _common as C
 import torch
 
-import _common as C
 from mgc_ray.errors import run_cli
 
 NAME = "crop_worker"
@@ -37,14 +37,14 @@ def rss_mb():
 import ray.data
 base = rss_mb()
 t = time.perf_counter()
-import mgc_ray.data
+import mgc_ray.data.pipeline
 dt = time.perf_counter() - t
-print(dt, base, rss_mb(), 'torch' in sys.modules, 'torchaudio' in sys.modules, mgc_ray.data.__file__)
+print(dt, base, rss_mb(), 'torch' in sys.modules, 'torchaudio' in sys.modules, mgc_ray.data.pipeline.__file__)
 """
 
 
 def probe(checkout: Path, runs: int) -> dict:
-    """Median import cost of `mgc_ray.data` from `checkout`, in fresh interpreters."""
+    """Median import cost of `mgc_ray.data.pipeline` from `checkout`, in fresh interpreters."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     rows = []
     for _ in range(runs):
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     C.print_table(headers, table)
     md = ["# What a Ray Data crop worker imports", "",
           "Written by `benchmarks/crop_worker.py`: a fresh interpreter that has imported `ray.data` imports "
-          f"`mgc_ray.data`, the module of the crop UDF every crop worker unpickles (median of {runs}).", "",
+          f"`mgc_ray.data.pipeline`, the module of the crop UDF every crop worker unpickles (median of {runs}).", "",
           *C.md_table(headers, table, "lrrll"), ""]
     C.write_report(C.out_dir(args), NAME, report, md)
     return report

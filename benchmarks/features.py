@@ -42,15 +42,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
-from mgc_ray.cache import INT16_SCALE
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, ModelConfig
+from mgc_ray.data.cache import INT16_SCALE
 from mgc_ray.errors import run_cli
-from mgc_ray.models.frontend import LogMel
-from mgc_ray.models.frontend import SpectrogramFrontEnd
+from mgc_ray.models.frontend import LogMel, SpectrogramFrontEnd
 
 NAME = "features"
 SETTINGS = ((1976, 224, "DenseNet / fusion"), (3472, 513, "baselines A and B"))  # (window, n_mels, used by)
@@ -172,7 +171,9 @@ def one_thread():
     """Both ways on one thread (one core): the paper's loop is one process; torch and BLAS (librosa's mel
     matmul) would otherwise use every core, and a CPU trial runs torch on one thread anyway."""
     try:
-        from threadpoolctl import threadpool_limits  # installed with librosa (scikit-learn)
+        from threadpoolctl import (
+            threadpool_limits,  # installed with librosa (scikit-learn)
+        )
     except ImportError:  # pragma: no cover
         threadpool_limits = None
     with C.torch_threads(1), (threadpool_limits(1) if threadpool_limits else contextlib.nullcontext()):

@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, PAPER
 from mgc_ray.errors import run_cli
 
@@ -74,7 +74,7 @@ class Deadline:
 # --- 1. training speed ----------------------------------------------------------------
 def _model(device: torch.device, way: str, smoke: bool):
     from mgc_ray.models import build_model
-    from mgc_ray.train import compiled, make_optimizer, prepare_model
+    from mgc_ray.trial.loop import compiled, make_optimizer, prepare_model
 
     kw = dict(SMOKE_INPUT) if smoke else dict(window=1976, n_mels=224, sample_rate=CACHE_SAMPLE_RATE)
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def _model(device: torch.device, way: str, smoke: bool):
 
 def step_speed(device: torch.device, batch: int, way: str, *, steps: int, warmup: int, smoke: bool) -> dict:
     """Samples/s of `train_epoch` at one batch size and way, after `warmup` steps (compiles there)."""
-    from mgc_ray.train import train_epoch
+    from mgc_ray.trial.loop import train_epoch
 
     torch.backends.cudnn.benchmark = device.type == "cuda"
     model, net, opt, n = _model(device, way, smoke)
@@ -109,7 +109,7 @@ def profile_step(device: torch.device, smoke: bool, steps: int = 3) -> list[dict
     """The top kernels (or CPU ops) of a batch-32 channels_last step, by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from mgc_ray.train import train_epoch
+    from mgc_ray.trial.loop import train_epoch
 
     model, net, opt, n = _model(device, "channels_last", smoke)
     batch = 4 if smoke else 32
@@ -201,8 +201,8 @@ class PackedTrial:
     DenseNet-121 at batch 32, trained from `start_at` for `seconds` on each call."""
 
     def __init__(self, share: float, smoke: bool) -> None:
-        from mgc_ray.device import trial_device
-        from mgc_ray.train import train_epoch
+        from mgc_ray.trial.device import trial_device
+        from mgc_ray.trial.loop import train_epoch
 
         self.td = trial_device(share)
         self.device = torch.device(self.td.device)

@@ -56,7 +56,7 @@ def _crc32(path: str) -> None:
 def main(argv=None) -> int:
     import argparse
 
-    from mgc_ray.cache import read_manifest, verify_shards
+    from mgc_ray.data.cache import read_manifest, verify_shards
     from mgc_ray.files import file_sha256
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

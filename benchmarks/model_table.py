@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
-from mgc_ray.augment import Augment
 from mgc_ray.files import atomic_text
 from mgc_ray.models import FrontEnd, build_model, input_shapes, list_models
+from mgc_ray.trial.augment import Augment
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 

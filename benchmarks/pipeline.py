@@ -35,10 +35,10 @@ import statistics
 import time
 from typing import Sequence
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS
 from mgc_ray.errors import run_cli
 
@@ -66,8 +66,8 @@ class Mp3Crops(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         import librosa
 
-        from mgc_ray.augment import Augment
-        from mgc_ray.data import random_crop
+        from mgc_ray.data.pipeline import random_crop
+        from mgc_ray.trial.augment import Augment
 
         path, label = self.items[i]
         y, _ = librosa.load(path, sr=self.sample_rate)  # (n,) float32: decode (+ resample) every epoch
@@ -107,8 +107,8 @@ def _summary(per_epoch: list[dict], batch: int, t: C.Timed) -> dict:
 
 def ours_epochs(datasets, *, crop: int, batch: int, device: torch.device, augment: bool):
     """(make_iter, consume) for our pipeline: Ray Data batches, then Augment on the consumer's device."""
-    from mgc_ray.data import train_batches
-    from mgc_ray.augment import Augment
+    from mgc_ray.data.pipeline import train_batches
+    from mgc_ray.trial.augment import Augment
 
     aug = Augment().to(device)
     gen = np.random.default_rng(0)  # Augment draws on the host
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = C.demo_data(work, tpg, seconds, address=args.address)
         n_train = data.manifest.num_tracks["train"]
         with C.ray_session(args.address, num_cpus=args.workers):
-            from mgc_ray.data import CacheDatasets
+            from mgc_ray.data.pipeline import CacheDatasets
 
             with C.timed() as tm:
                 datasets = CacheDatasets.build(data.manifest)  # once per search, in the driver

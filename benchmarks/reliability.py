@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "reliability.md"
 LEDGER = ROOT / "results" / "reliability.jsonl"
-TESTS = ("tests/test_integrity.py", "tests/test_concurrent.py", "tests/test_full_disk.py", "tests/test_faults.py",
-         "tests/test_faults_at_scale.py", "tests/test_resume.py", "tests/test_bad_input.py")
+TESTS = ("tests/e2e/test_integrity.py", "tests/e2e/test_concurrent.py", "tests/e2e/test_full_disk.py",
+         "tests/e2e/test_faults.py", "tests/e2e/test_faults_at_scale.py", "tests/e2e/test_resume.py",
+         "tests/unit/test_bad_input.py")
 
 
 def run_tests(log: Path, tests: tuple[str, ...]) -> str:

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Sequence
 
 import _common as C
+from trial import trial_wait
+
 from mgc_ray.config import CACHE_SAMPLE_RATE
 from mgc_ray.errors import run_cli
-from trial import trial_wait
 
 NAME = "scale"
 FMA_SMALL_TRACKS = 8000
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tpg, seconds, overrides, arch = args.tracks_per_genre, args.seconds, {}, EPOCH_ARCH
     if args.smoke:
         tpg, seconds, overrides, arch = 3, 3.0, SMOKE_EPOCH, SMOKE_ARCH
-    from mgc_ray.data import CacheDatasets
+    from mgc_ray.data.pipeline import CacheDatasets
 
     with C.work_dir(args.work) as work, C.ray_session(args.address):
         fresh = work / f"scale-{uuid.uuid4().hex[:8]}"  # nothing is reused: both steps are timed from scratch

@@ -30,13 +30,13 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
+import _common as C
 import yaml
 
-import _common as C
 from mgc_ray.config import PAPER
 from mgc_ray.errors import UserError, run_cli
-from mgc_ray.search import REDUCTION_FACTOR
-from mgc_ray.plan import FMA_SEARCH
+from mgc_ray.search.plan import FMA_SEARCH
+from mgc_ray.search.space import REDUCTION_FACTOR
 
 NAME = "search"
 GPU_LEVELS = ((1, 1.0), (2, 0.5), (4, 0.25))  # (concurrent trials, --gpus-per-trial)

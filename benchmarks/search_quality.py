@@ -85,7 +85,7 @@ def surrogate_trial(config: dict) -> None:
     from ray import tune
 
     p = problem(config["problem"])
-    from mgc_ray.rungs import TIME_ATTR
+    from mgc_ray.search.rungs import TIME_ATTR
 
     best = math.inf
     for epoch, v in enumerate(curve(p, config["problem"], config["lr"], config["weight_decay"], config["batch_size"],
@@ -96,7 +96,7 @@ def surrogate_trial(config: dict) -> None:
 
 
 def _space():
-    from mgc_ray.search import SearchSpace
+    from mgc_ray.search.space import SearchSpace
 
     start = {"lr": 1e-4, "weight_decay": 1e-4, "batch_size": 32, "window": 1976, "n_mels": 224, "crop_seconds": 10.0}
     return SearchSpace("densenet", start, {"lr": LR, "weight_decay": WD, "batch_size": BATCH}, "surrogate")
@@ -110,9 +110,9 @@ def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from mgc_ray import search
-    from mgc_ray.rungs import SampleASHA
-    from mgc_ray.searcher import StudySearcher
+    from mgc_ray.config import METRIC, MODE
+    from mgc_ray.search.rungs import REDUCTION_FACTOR, SampleASHA
+    from mgc_ray.search.searcher import StudySearcher
 
     space = _space()
     fixed = {"problem": prob, "max_epochs": MAX_T}
@@ -127,13 +127,13 @@ def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_
     elif method == "random":
         alg, param_space = BasicVariantGenerator(points_to_evaluate=[paper], random_state=seed), {**fixed, **dists}
     else:
-        alg = StudySearcher(storage, name, [space], seed, MAX_T, metric=search.METRIC, mode=search.MODE,
+        alg = StudySearcher(storage, name, [space], seed, MAX_T, metric=METRIC, mode=MODE,
                             warm_start=[warm_from] if warm_from else ())
         param_space = fixed
     tuner = tune.Tuner(surrogate_trial, param_space=param_space, tune_config=tune.TuneConfig(
-        metric=search.METRIC, mode=search.MODE, num_samples=budget, search_alg=alg, max_concurrent_trials=1,
+        metric=METRIC, mode=MODE, num_samples=budget, search_alg=alg, max_concurrent_trials=1,
         scheduler=SampleASHA(max_epochs=MAX_T, grace=1, per_epoch=1, chance=CHANCE,
-                             reduction_factor=search.REDUCTION_FACTOR), reuse_actors=True),
+                             reduction_factor=REDUCTION_FACTOR), reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=str(work / "ray"), verbose=0))
     grid = tuner.fit()
     rows, prob_ = [], problem(prob)

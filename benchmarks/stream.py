@@ -41,9 +41,10 @@ import time
 from typing import Sequence
 
 import _common as C
+
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS
-from mgc_ray.trainable import HELD_VAL_BYTES
 from mgc_ray.errors import UserError, run_cli
+from mgc_ray.trial.trainable import HELD_VAL_BYTES
 
 NAME = "stream"
 MODES = ("streamed", "materialised", "before")
@@ -118,7 +119,7 @@ def _before_batches(manifest, window: int, seed: int, epoch: int):
     import ray
 
     from mgc_ray.config import epoch_seed
-    from mgc_ray.data import CROP_TASK_CPUS, _crop_rows, _to_device
+    from mgc_ray.data.pipeline import CROP_TASK_CPUS, _crop_rows, _to_device
 
     ds = ray.data.read_parquet(manifest.shard_paths("train")).select_columns(["track_id", "label", "samples"])
     epoch_ds = ds.randomize_block_order(seed=epoch_seed(seed, epoch)).map_batches(
@@ -129,7 +130,7 @@ def _before_batches(manifest, window: int, seed: int, epoch: int):
 
 
 def run_mode(mode: str, manifest, window: int, epochs: int, before_batches: int) -> dict:
-    from mgc_ray.data import CacheDatasets, train_batches
+    from mgc_ray.data.pipeline import CacheDatasets, train_batches
 
     rows = []
     with StoreWatch() as watch, C.timed() as t:
@@ -169,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--tracks must be >= 10")
     import torch
 
-    from mgc_ray.augment import Augment
     from mgc_ray.synth_cache import synthetic_dataset, write_synthetic_cache
+    from mgc_ray.trial.augment import Augment
 
     m = C.machine(torch.device("cpu"))
     crop = int(round(CROP_SECONDS * CACHE_SAMPLE_RATE)) if not args.smoke else CACHE_SAMPLE_RATE // 2
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reused = (cache / "manifest.json").is_file()
         with C.timed() as tw:
             if reused:  # a complete one from an earlier run with this --work
-                from mgc_ray.cache import read_manifest
+                from mgc_ray.data.cache import read_manifest
 
                 manifest = read_manifest(cache)
             else:
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fixed = fixed_cost(manifest, crop, work, args.smoke)
         if args.work is None:  # a --work folder keeps its cache for the next run
             shutil.rmtree(cache, ignore_errors=True)
-    from mgc_ray.data import TRIAL_OBJECT_STORE_BYTES
+    from mgc_ray.data.pipeline import TRIAL_OBJECT_STORE_BYTES
 
     report = {"name": NAME, "machine": m, "smoke": args.smoke,
               "settings": {"tracks": tracks, "clip_seconds": seconds, "train_tracks": manifest.num_tracks["train"],
@@ -218,11 +219,11 @@ def fixed_cost(manifest, crop: int, work, smoke: bool) -> dict:
 
     import torch
 
-    from mgc_ray import checkpoint as ckpt
     from mgc_ray.config import TrainConfig
-    from mgc_ray.data import CacheDatasets, eval_batches
+    from mgc_ray.data.pipeline import CacheDatasets, eval_batches
     from mgc_ray.models import build_model
-    from mgc_ray.train import make_optimizer
+    from mgc_ray.models import checkpoint as ckpt
+    from mgc_ray.trial.loop import make_optimizer
 
     datasets = CacheDatasets.build(manifest, materialise=False)
     reads = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import _common as C
+
 from mgc_ray.errors import Parser, UserError, run_cli
 
 SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "search_quality", "stream")
@@ -73,7 +74,7 @@ def machine_short(m: dict) -> str:
 def to_markdown(reports: list[dict], notes: str) -> list[str]:
     smoke = any(r.get("smoke") for r in reports)
     lines = ["# Benchmarks" + (" (SMOKE RUNS: tiny sizes, not measurements)" if smoke else ""), "",
-             "Speed is shown by these scripts, never by timed assertions in tests (`tests/test_benchmarks.py` runs "
+             "Speed is shown by these scripts, never by timed assertions in tests (`tests/e2e/test_benchmarks.py` runs "
              "each one's `--smoke` mode). Each prints a short table and writes `<name>_<device>.json` and `.md` here, "
              "naming the machine (CPU model and cores, GPU, library versions, torch threads, load average).", "",
              C.UNDER_LOAD, "", "## Every target", ""]

@@ -46,16 +46,16 @@ import statistics
 import time
 from typing import Iterator, Sequence
 
+import _common as C
 import numpy as np
 import torch
 import torchaudio
 
-import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, CROP_SECONDS, PAPER
 from mgc_ray.errors import run_cli
-from mgc_ray.augment import Augment
 from mgc_ray.models import build_model, input_shapes, list_models
-from mgc_ray.train import compiled, make_optimizer, prepare_model, train_epoch
+from mgc_ray.trial.augment import Augment
+from mgc_ray.trial.loop import compiled, make_optimizer, prepare_model, train_epoch
 
 NAME = "trial"
 TARGET_DENSENET = 2000  # samples/s, DenseNet-121 at 224 x 224, one H100, bf16
@@ -231,9 +231,8 @@ class WaitTimer:
 
 def _timed_epoch(model, optimizer, augment, generator, datasets, cfg, mcfg, epoch: int, device: torch.device) -> dict:
     """One training epoch of trainable._train with the time blocked in next(batches) summed."""
-    from mgc_ray.data import train_batches
-
     from mgc_ray.config import epoch_seed
+    from mgc_ray.data.pipeline import train_batches
 
     generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # as trainable.py
     crop = mcfg.crop_samples
@@ -332,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Augment, {a['augment']}: {a['seconds_median']:.3f} s per batch of {a['batch']} (median)", flush=True)
     waits = []
     if not (args.skip_wait or args.ops_only):
-        from mgc_ray.data import CacheDatasets
+        from mgc_ray.data.pipeline import CacheDatasets
 
         with C.work_dir(args.work) as work:
             data = C.demo_data(work, tpg, seconds, address=args.address)

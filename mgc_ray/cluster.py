@@ -127,7 +127,9 @@ def _quiet_worker_exits() -> None:
     Ray 2.60 has no public hook: its dispatcher's "ray_print_logs" handler is wrapped, and the
     `print_to_stdstream` its error listener calls (if absent, nothing changes)."""
     import ray._private.worker as ray_worker
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    from ray._private.ray_logging import (
+        global_worker_stdstream_dispatcher as dispatcher,
+    )
 
     printer = getattr(ray_worker, "print_to_stdstream", None)
     if printer is not None and not getattr(printer, "mgc_quiet", False):
@@ -267,7 +269,7 @@ def default_gpu_share(need_gib: float, gpu_gib: float | None) -> float:
     """The share of a GPU a trial needing `need_gib` takes by default: the smallest multiple of
     1/SHARE_STEPS whose memory cap (`device.memory_fraction`) holds it; a whole GPU when the GPU's
     memory is unknown."""
-    from mgc_ray.device import GPU_HEADROOM
+    from mgc_ray.trial.device import GPU_HEADROOM
 
     if not gpu_gib:
         return 1.0
@@ -312,7 +314,7 @@ def plan_resources(nodes: list[dict], gpus_per_trial: float | None, cpus_per_tri
     # Some CPUs per node stay free for Ray Data (trials holding every CPU hang Ray Data). Ray places a
     # trial retried after a node is lost wherever it fits: when a trial needs no more CPUs than a node
     # keeps, it may take them, and that node's Ray Data hangs (1-CPU trials on 2-CPU nodes did in
-    # tests/test_faults_at_scale.py). Not guarded yet: trials reserving their Ray Data CPUs would.
+    # tests/e2e/test_faults_at_scale.py). Not guarded yet: trials reserving their Ray Data CPUs would.
     keep = data_cpus if cpus_per_trial is None else 1
     by_cpu = max(1, sum(int((n["Resources"].get("CPU", 0) - keep) // cpus) for n in nodes))
     by_gpu = int(total_gpus / gpus + 1e-9) if gpus else by_cpu
@@ -371,7 +373,7 @@ def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage
                         "only, and trials or tasks on other nodes must reach them: put them on a filesystem every "
                         "node mounts at the same path and add --shared-storage (--storage-path may instead be "
                         "a URI such as s3://bucket/path)")
-    from mgc_ray.cache import MANIFEST
+    from mgc_ray.data.cache import MANIFEST
 
     token = f".mgc-shared-probe-{uuid.uuid4().hex[:12]}"
     writable = [] if is_uri(storage) else [storage]

@@ -37,8 +37,8 @@ from typing import Sequence
 from mgc_ray.config import PAPER, is_paper_point
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.metrics import TABLE_COLUMNS, definitions
-from mgc_ray.report import PAPER_DATASET, reference_note
-from mgc_ray.tracking import EXPERIMENT_PREFIX, Tag
+from mgc_ray.results.report import PAPER_DATASET, reference_note
+from mgc_ray.search.tracking import EXPERIMENT_PREFIX, Tag
 
 LABELS = {"paper_f1": "F1 (paper)", "paper_accuracy": "accuracy (paper)", "macro_precision": "precision",
           "macro_recall": "recall", "macro_f1": "macro F1", "top1_accuracy": "top-1"}
@@ -130,7 +130,7 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
 
 def collect(uri: str) -> dict[str, dict[str, list[dict]]]:
     """dataset -> arch -> rows, for every `mgc_ray/<arch>/<dataset>` experiment in the store."""
-    from mgc_ray.tracking import open_store
+    from mgc_ray.search.tracking import open_store
 
     c = open_store(uri)
     out: dict[str, dict[str, list[dict]]] = {}
@@ -154,7 +154,7 @@ def _fmt(v, signed: bool = False) -> str:
 
 def genre_counts(uri: str) -> dict[str, int]:
     """dataset -> number of genres, from its search runs' `n_classes` param (fma_small: 8)."""
-    from mgc_ray.tracking import open_store
+    from mgc_ray.search.tracking import open_store
 
     c = open_store(uri)
     out = {PAPER_DATASET: 8}
@@ -211,8 +211,8 @@ def csv_text(tables: dict[str, dict[str, list[dict]]]) -> str:
 
 def write(tables: dict, out: Path, uri: str) -> list[Path]:
     """Write the markdown, CSV and PNG; return them."""
-    from mgc_ray import plots
     from mgc_ray.files import atomic_text, writable_dir
+    from mgc_ray.results import plots
 
     writable_dir(out.parent, f"--out {out}: its folder")
     fig_rows = {d: [{"arch": PAPER[a].label, **r} for a, rows in archs.items() for r in rows] for d, archs in tables.items()}

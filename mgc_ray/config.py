@@ -6,9 +6,9 @@ CLI reads these dataclasses, never Tune's flat config dict (STYLE habit 1).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,7 +32,7 @@ SILENCE_PEAK = 1e-4          # a track whose peak |x| stays below this (-80 dBFS
 TRACKS_PER_SHARD = 64        # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size
 SPLITS = ("train", "val", "test")
 
-# Training-recipe options a search may turn on (TrainConfig fields; mgc_ray.recipe applies them), each at
+# Training-recipe options a search may turn on (TrainConfig fields; mgc_ray.trial.recipe applies them), each at
 # its "off" value here: the paper uses none of them. A run recorded before they existed trained with them off.
 RECIPE_OFF = {
     "spec_mask": 0.0,        # SpecAugment-style masks: widths up to this fraction of the time / mel axis
@@ -44,6 +44,11 @@ MASK_SHARE_MAX = 0.5  # a mask of half an axis or more hides more than it keeps:
 # The hyperparameters a search may vary (TrainConfig fields); every other module
 # (search spaces, MLflow params, the leaderboard, compare) takes this list from here.
 SEARCHED = ("lr", "weight_decay", "batch_size", "window", "n_mels", "crop_seconds", *RECIPE_OFF)
+
+# The metric every search ranks trials by: each trial's lowest validation loss so far, the
+# paper's rule for choosing an epoch, applied to choosing a trial too; VAL_LOSS is the epoch's own.
+METRIC, MODE = "best/val_loss", "min"
+VAL_LOSS = "val/loss"
 
 # Where the built-in demo dataset and its cache live when no data is given.
 DEFAULT_HOME = "~/.cache/mgc_ray"

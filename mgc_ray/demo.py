@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from mgc_ray.config import home
-from mgc_ray.demo_synth import GENRES, synth_track
+from mgc_ray.data.fma import audio_path, metadata_dir
+from mgc_ray.data.synth import GENRES, synth_track
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import atomic_text, atomic_write
-from mgc_ray.fma import audio_path, metadata_dir
 
 # FMA's genre ids of the eight fma_small genres (genres.csv; all top level, parent 0).
 GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,

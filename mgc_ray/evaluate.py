@@ -71,8 +71,8 @@ def _scores(model, payload, manifest, split: str):
     import ray
 
     from mgc_ray import cluster
-    from mgc_ray.cache import verify_shards
-    from mgc_ray.scoring import score_split
+    from mgc_ray.data.cache import verify_shards
+    from mgc_ray.trial.scoring import score_split
 
     verify_shards(manifest, [split])  # a damaged shard is one line, never scores from altered audio
     started = not ray.is_initialized()
@@ -126,8 +126,8 @@ def per_class_table(rows: list[dict]) -> str:
 
 def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list[Path]:
     """Write metrics.json, the confusion PNGs and the per-class tables; return the files."""
-    from mgc_ray import plots
     from mgc_ray.files import atomic_text
+    from mgc_ray.results import plots
 
     rows = per_class_rows(scores, label_names)
     files = [atomic_text(out / "metrics.json", json.dumps({
@@ -154,12 +154,12 @@ def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mgc_ray import checkpoint as ckpt
-    from mgc_ray.cache import check_cache
+    from mgc_ray.data.cache import check_cache
+    from mgc_ray.models import checkpoint as ckpt
 
     run = None
     if args.run_id:
-        from mgc_ray.tracking import resolve_run
+        from mgc_ray.search.tracking import resolve_run
 
         run = resolve_run(args.mlflow_uri, args.run_id)
         path = run.checkpoint
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is not None:
         metrics = {f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": v[k]
                    for lvl, v in _levels(scores).items() for k in HEADLINE}
-        from mgc_ray import tracking
+        from mgc_ray.search import tracking
 
         c = tracking.open_store(args.mlflow_uri)
         tracking.log_metrics(c, run.run_id, metrics)

@@ -48,7 +48,7 @@ def probabilities(model: torch.nn.Module, wave: np.ndarray, crop_len: int) -> tu
     Returns:
         (probabilities (n_classes,), number of windows).
     """
-    from mgc_ray.data import cover_crops
+    from mgc_ray.data.pipeline import cover_crops
 
     crops = torch.from_numpy(cover_crops(np.ascontiguousarray(wave, dtype=np.float32), crop_len))  # (n, crop_len)
     probs = [torch.softmax(model(crops[i:i + BATCH]).float(), dim=1) for i in range(0, len(crops), BATCH)]
@@ -57,7 +57,7 @@ def probabilities(model: torch.nn.Module, wave: np.ndarray, crop_len: int) -> tu
 
 def predict_file(model, path: str, sample_rate: int, crop_len: int, label_names: list[str]) -> dict:
     """One file's answer; raises ValueError with a one-line reason when it cannot be read."""
-    from mgc_ray.audio import decode_audio
+    from mgc_ray.data.audio import decode_audio
 
     if not os.path.exists(path):
         raise ValueError("no such file")
@@ -89,11 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 1:
         raise UserError(f"--top must be >= 1, got {args.top}")
-    from mgc_ray import checkpoint as ckpt
+    from mgc_ray.models import checkpoint as ckpt
 
     expect, run_id = None, None
     if args.run_id:
-        from mgc_ray.tracking import resolve_run
+        from mgc_ray.search.tracking import resolve_run
 
         run = resolve_run(args.mlflow_uri, args.run_id)
         path, expect, run_id = run.checkpoint, run.arch, run.run_id

@@ -5,21 +5,21 @@
     python -m mgc_ray.prepare --audio-dir DIR | --csv FILE [--split paper|artist|given] ...
 
 Any collection: --audio-dir (one sub-folder per genre) or --csv (path,label[,split][,artist]);
-see `mgc_ray.collection`. The same cache and manifest follow.
+see `mgc_ray.data.collection`. The same cache and manifest follow.
 
 One Ray task per shard (TRACKS_PER_SHARD tracks of one split, in a seeded
 random order: neighbouring track ids often share a genre, so shards of
 consecutive ids would give genre-correlated blocks), so a cluster shares the decoding; the driver only plans, tallies and
-writes the manifest. Layout: see `mgc_ray.cache`.
+writes the manifest. Layout: see `mgc_ray.data.cache`.
 
 Idempotent and atomic: each task writes its parquet, then a JSON sidecar (bad
 tracks, sample sums, the parquet's SHA-256), both under temporary names renamed
 into place; a shard counts as done only when both are there, the sidecar's own
 checksum holds, the parquet's bytes match its SHA-256 and the settings agree, so
 a re-run redoes exactly what a killed run left unfinished or a bad disk damaged.
-manifest.json (sealed with its own checksum, see `mgc_ray.cache`) is written last. A cache made with other settings is refused, never mixed.
+manifest.json (sealed with its own checksum, see `mgc_ray.data.cache`) is written last. A cache made with other settings is refused, never mixed.
 
-Decoding: `mgc_ray.audio.decode_audio`. Bad tracks (missing, empty, undecodable,
+Decoding: `mgc_ray.data.audio.decode_audio`. Bad tracks (missing, empty, undecodable,
 shorter than MIN_TRACK_SECONDS, silent) are reported and skipped.
 """
 from __future__ import annotations
@@ -32,16 +32,40 @@ from typing import Sequence
 
 import numpy as np
 
-from mgc_ray import cluster, collection
-from mgc_ray.audio import decode_audio
-from mgc_ray.cache import INT16_SCALE, MANIFEST, SHARD_DIR, Manifest, default_cache_dir, shard_sha256, to_int16
-from mgc_ray.collection import COLLECTION_SPLITS
-from mgc_ray.config import (CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, FMA_ROOT_ENV, MIN_TRACK_SECONDS, SILENCE_PEAK,
-                            SPLITS, TRACKS_PER_SHARD, ray_address)
+from mgc_ray import cluster
+from mgc_ray.config import (
+    CACHE_SAMPLE_RATE,
+    CACHE_SCHEMA_VERSION,
+    FMA_ROOT_ENV,
+    MIN_TRACK_SECONDS,
+    SILENCE_PEAK,
+    SPLITS,
+    TRACKS_PER_SHARD,
+    ray_address,
+)
+from mgc_ray.data import collection
+from mgc_ray.data.audio import decode_audio
+from mgc_ray.data.cache import (
+    INT16_SCALE,
+    MANIFEST,
+    SHARD_DIR,
+    Manifest,
+    default_cache_dir,
+    shard_sha256,
+    to_int16,
+)
+from mgc_ray.data.collection import COLLECTION_SPLITS
+from mgc_ray.data.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
 from mgc_ray.errors import Parser, UserError, run_cli
-from mgc_ray.files import (Damaged, atomic_write, clean_temporaries, file_sha256, read_json, read_sealed_json,
-                           write_sealed_json)
-from mgc_ray.fma import SPLIT_SCHEMES, SUBSETS, load_dataset
+from mgc_ray.files import (
+    Damaged,
+    atomic_write,
+    clean_temporaries,
+    file_sha256,
+    read_json,
+    read_sealed_json,
+    write_sealed_json,
+)
 
 # Tasks return small dicts and write their shards to disk: the object store barely
 # holds anything, so a local Ray needs little of it (75 MiB is Ray's minimum).

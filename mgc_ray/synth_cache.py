@@ -5,7 +5,7 @@
 For scale benchmarks and pipeline tests: FMA small's 8,000 x 30 s cache takes
 hours to synthesise and encode as mp3 on 2 cores, and FMA medium's 25,000
 tracks more; this writes the same Parquet shards, sidecars and manifest
-(`mgc_ray.cache`'s layout, shards planned by `prepare.plan_shards`) from random
+(`mgc_ray.data.cache`'s layout, shards planned by `prepare.plan_shards`) from random
 int16 noise in minutes. The tracks' labels can come from a real genre list
 (`--genres-csv`, e.g. tests/data/fma_samples/derived/fma_small_genre_top.csv: filename,genre,
 track ids from the file names), so the genre order of real track ids is kept.
@@ -22,12 +22,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mgc_ray.cache import MANIFEST, Manifest
 from mgc_ray.config import CACHE_SAMPLE_RATE, TRACKS_PER_SHARD
+from mgc_ray.data.cache import MANIFEST, Manifest
+from mgc_ray.data.fma import Dataset, paper_split
 from mgc_ray.errors import Parser, UserError, run_cli
-from mgc_ray.fma import Dataset, paper_split
 from mgc_ray.files import file_sha256, write_sealed_json
-from mgc_ray.prepare import _manifest, _shard_files, cache_settings, plan_shards, write_parquet
+from mgc_ray.prepare import (
+    _manifest,
+    _shard_files,
+    cache_settings,
+    plan_shards,
+    write_parquet,
+)
 
 SUBSET = "synthetic"  # the manifest's subset: no one mistakes this cache for FMA
 NOISE_PEAK = 8192  # int16 noise in [-8192, 8192): a quarter of full scale, like loud music's level

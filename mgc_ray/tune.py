@@ -31,11 +31,17 @@ from pathlib import Path
 from typing import Sequence
 
 from mgc_ray import cluster
-from mgc_ray import plan as P
 from mgc_ray.cluster import is_uri
-from mgc_ray.config import CACHE_SAMPLE_RATE, FMA_ROOT_ENV, PAPER, experiment_path, ray_address
+from mgc_ray.config import (
+    CACHE_SAMPLE_RATE,
+    FMA_ROOT_ENV,
+    PAPER,
+    experiment_path,
+    ray_address,
+)
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import check_free, free_bytes, is_disk_full, locked, writable_dir
+from mgc_ray.search import plan as P
 
 
 def build_parser() -> Parser:
@@ -113,10 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.arch = P.arch_label(archs)
     P.check_flags(args)
     P.check_dashboard_host(args)
-    from mgc_ray import search
+    from mgc_ray.search.space import check_batches, load_space
 
     # 1. Everything that needs no Ray: most bad input costs a second, not a Ray start.
-    spaces = [search.load_space(a, args.space) for a in archs]
+    spaces = [load_space(a, args.space) for a in archs]
     storage = P.resolve_storage(args.storage_path)
     results_root = writable_dir(Path(args.results_dir).expanduser().resolve(), "--results-dir")
     if args.mlflow_uri.startswith("sqlite:///"):
@@ -133,11 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest, fma_dataset = P.check_data(args, cache, fma_root)
     plan = P.make_plan(args, archs, cache, dataset, name, storage, results_root, optuna_storage, warm)
     spaces = P.smoke_spaces(args, spaces)
-    from mgc_ray.cache import check_cache
+    from mgc_ray.data.cache import check_cache
     from mgc_ray.prepare import prepare
 
     def prepared():
-        from mgc_ray.collection import source_kind
+        from mgc_ray.data.collection import source_kind
 
         subset = source_kind(args.audio_dir) if (args.audio_dir or args.csv) else args.subset
         with locked(f"{cache}.lock"):  # searches started side by side prepare it once, in turn
@@ -149,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fma_root is not None:
             manifest = prepared()  # done already: confirms the cache holds these tracks, starts no Ray
         for space in spaces:
-            search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+            check_batches(space, manifest.num_tracks["train"], plan.paper_only)
 
     # 2. Ray, then what needs the cluster, still before any expensive work.
     if not args.experiment_name and not args.resume:
@@ -170,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _folders(args, storage: str, results_root: Path, cache: str, fma_root: str | None) -> list[tuple[str, str]]:
     """(folder, how the user names it) for every local folder the search writes to."""
-    from mgc_ray.cache import MANIFEST
+    from mgc_ray.data.cache import MANIFEST
 
     folders = [] if is_uri(storage) else [(storage, "--storage-path")]
     folders.append((str(results_root), "--results-dir"))
@@ -206,16 +212,16 @@ def _search(args, plan: P.Plan, spaces: list, storage: str, cache: str, fma_root
     Args:
         started: time.monotonic() when the command started (the demo's budget counts from it).
     """
-    from mgc_ray import search
+    from mgc_ray.search.space import check_batches, largest_batch
 
     address = ray_address(args.address)
     store = int(args.object_store_gb * 1e9) if args.object_store_gb else None
     cluster.start_for_search(address, args.dashboard_host, dashboard=not args.no_dashboard, object_store_memory=store)
     cluster.check_cluster(storage, cache, fma_root if manifest is None else None, args.shared_storage)
     # the default GPU share fits the heaviest trial the search may start
-    heaviest = max(spaces, key=lambda s: cluster.trial_memory_gib(s.arch, search.largest_batch(s, plan.paper_only)))
+    heaviest = max(spaces, key=lambda s: cluster.trial_memory_gib(s.arch, largest_batch(s, plan.paper_only)))
     res = cluster.resources(args.gpus_per_trial, args.cpus_per_trial, args.max_concurrent, arch=heaviest.arch,
-                            max_batch=search.largest_batch(heaviest, plan.paper_only))
+                            max_batch=largest_batch(heaviest, plan.paper_only))
     if args.gpu_hours and not res.gpus:
         raise UserError("--gpu-hours counts the trials' GPU time, but they get no GPU here (no GPU in the cluster, "
                         "or --gpus-per-trial 0): use --time-budget instead")
@@ -223,8 +229,8 @@ def _search(args, plan: P.Plan, spaces: list, storage: str, cache: str, fma_root
     if manifest is None:
         manifest = prepared()  # Ray tasks over the cluster
         for space in spaces:
-            search.check_batches(space, manifest.num_tracks["train"], plan.paper_only)
-    from mgc_ray.runner import run_search
+            check_batches(space, manifest.num_tracks["train"], plan.paper_only)
+    from mgc_ray.search.driver import run_search
 
     run_search(plan, spaces, manifest, res)
 

@@ -1,5 +1,5 @@
 # ---- data fixtures: FMA samples, demo dataset, Ray (owner: fma/demo/prepare) ----
-# Shared by tests/test_fma.py, test_demo.py and test_prepare.py; add other blocks below, not inside.
+# Shared by tests/unit/test_fma.py, test_demo.py and tests/e2e/test_prepare.py; add other blocks below, not inside.
 import os as _os
 
 import pytest as _pytest
@@ -57,7 +57,7 @@ def ray_local():
 
 # ---- one trained search for evaluate/predict/compare/plots (owner: evaluate/predict/compare/plots) ----
 # A `--smoke` baseline_a_2d search run once per session, as a user runs it; its MLflow store,
-# checkpoints, cache and results folder are shared by tests/test_evaluate.py, test_predict.py,
+# checkpoints, cache and results folder are shared by tests/e2e/test_evaluate.py, test_predict.py,
 # test_compare.py and test_plots.py. Treat them as read-only, except that evaluate --run-id adds
 # its artifacts to the search's runs (what it is for).
 import dataclasses as _dataclasses
@@ -125,7 +125,7 @@ def smoke_search(tmp_path_factory) -> SmokeSearch:
 
 
 # ---- reliability: CLI runs watched while they run, a Ray cluster, fault injection ----
-# (owner: tune/runner/tracking/trainable) Used by tests/test_cluster.py, test_faults.py,
+# (owner: search/driver, trial/trainable) Used by tests/e2e/test_cluster.py, test_faults.py,
 # test_resume.py and test_bad_input.py.
 import json as _json
 import signal as _signal

@@ -9,8 +9,8 @@ its front end, and has `forward_features(wave) -> (B, D)`,
 `forward_head(features) -> (B, n_classes)` logits, `forward = head(features)`,
 `reset_classifier(n)` and `config` (its ModelConfig).
 """
-from mgc_ray.models.registry import build_model, list_models, register_model
 from mgc_ray.models.frontend import FrontEnd, input_shapes
+from mgc_ray.models.registry import build_model, list_models, register_model
 
 # Importing the architecture modules registers them (class and function definitions only).
 from mgc_ray.models import baseline_a, baseline_b, densenet, fusion  # noqa: E402,F401  isort: skip

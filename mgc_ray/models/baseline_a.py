@@ -14,7 +14,12 @@ from torch import nn
 
 from mgc_ray.config import ModelConfig
 from mgc_ray.models.frontend import SpectrogramFrontEnd, WaveformFrontEnd
-from mgc_ray.models.layers import ConvSame1d, MaxMeanPool, PaperClassifierNet, check_wave
+from mgc_ray.models.layers import (
+    ConvSame1d,
+    MaxMeanPool,
+    PaperClassifierNet,
+    check_wave,
+)
 from mgc_ray.models.registry import register_model
 
 
@@ -78,7 +83,7 @@ class BaselineA(PaperClassifierNet):
         self.reset_classifier(config.n_classes)
 
     def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`).
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`models.frontend.Masks`).
         Returns: (B, num_features) pooled features."""
         check_wave(wave)
         x = self.frontend(wave, masks)  # 2D: (B, 1, n_mels, T); 1D: (B, 1, N16)

@@ -16,7 +16,13 @@ from torch import nn
 
 from mgc_ray.config import ModelConfig
 from mgc_ray.models.frontend import SpectrogramFrontEnd
-from mgc_ray.models.layers import ConvSame1d, MaxMeanPool, PaperClassifierNet, check_wave, pad_to_match
+from mgc_ray.models.layers import (
+    ConvSame1d,
+    MaxMeanPool,
+    PaperClassifierNet,
+    check_wave,
+    pad_to_match,
+)
 from mgc_ray.models.registry import register_model
 
 
@@ -67,7 +73,7 @@ class BaselineB(PaperClassifierNet):
         self.reset_classifier(config.n_classes)
 
     def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`).
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`models.frontend.Masks`).
         Returns: (B, num_features) pooled features."""
         check_wave(wave)
         x = self.frontend(wave, masks).squeeze(1)  # (B, n_mels, T): mel bands as channels

@@ -106,7 +106,7 @@ class DenseNet(HeadNet):
                             f"({str(exc).splitlines()[0]}): give a torchvision densenet121 state dict") from None
 
     def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`).
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`models.frontend.Masks`).
         Returns: (B, num_features) pooled features."""
         check_wave(wave)
         x = self.frontend(wave, masks)  # (B, 1, n_mels, T); (B, 1, 224, 224) at paper settings

@@ -6,14 +6,14 @@ computed on the model's device (sota-music-tagging-models' habit). This module
 holds every layer of that front end: the log-mel spectrogram (librosa parity),
 resampling and the two z-scores. It runs wherever the model runs (the trial's
 device), never in the data pipeline. In training a front end may be handed one
-batch's SpecAugment-style masks (`mgc_ray.recipe.Masks`), which it applies to its
+batch's SpecAugment-style masks (`Masks`, drawn by `mgc_ray.trial.recipe`), which it applies to its
 network input: time and frequency on a spectrogram, time on a waveform.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 import torchaudio
@@ -21,11 +21,47 @@ from torch import nn
 
 from mgc_ray.config import TOP_DB, WAVE_1D_SAMPLE_RATE, ModelConfig
 
-if TYPE_CHECKING:
-    from mgc_ray.recipe import Masks
-
 AMIN = 1e-10  # librosa.power_to_db's default floor on power before the log
 ZSCORE_EPS = 1e-5  # keeps a silent (constant) spectrogram at 0 instead of NaN
+
+
+# --- SpecAugment-style masks (drawn by mgc_ray.trial.recipe, applied here) ---------
+class Masks(NamedTuple):
+    """One batch's masks as fractions of an axis, each (B,) float32 on the model's device.
+
+    A mask covers positions [floor(start x L), floor(start x L) + floor(width x L)) of an axis
+    of length L (`span`); width 0 masks nothing. The front ends call `time` and `freq`.
+    """
+
+    time_start: torch.Tensor
+    time_width: torch.Tensor
+    freq_start: torch.Tensor
+    freq_width: torch.Tensor
+
+    def time(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero each example's time mask on the last axis of (B, T) or (B, n_mels, T)."""
+        hide = span(self.time_start, self.time_width, x.shape[-1])  # (B, T)
+        return x.masked_fill(hide.view(x.shape[0], *[1] * (x.dim() - 2), x.shape[-1]), 0.0)
+
+    def freq(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero each example's frequency mask on the mel axis of (B, n_mels, T)."""
+        hide = span(self.freq_start, self.freq_width, x.shape[1])  # (B, n_mels)
+        return x.masked_fill(hide[:, :, None], 0.0)  # (B, n_mels, T)
+
+
+def span(start: torch.Tensor, width: torch.Tensor, length: int) -> torch.Tensor:
+    """Which positions of an axis of `length` each example's mask covers.
+
+    Args:
+        start, width: (B,) fractions of the axis (`Masks`).
+
+    Returns:
+        (B, length) bool, True inside the mask; built on the device, no host read.
+    """
+    pos = torch.arange(length, device=start.device)  # (L,)
+    lo = torch.floor(start * length)  # (B,)
+    hi = lo + torch.floor(width * length)  # (B,)
+    return (pos >= lo[:, None]) & (pos < hi[:, None])  # (B, L)
 
 
 # --- log-mel -----------------------------------------------------------------

@@ -52,7 +52,7 @@ class FusionNet(PaperClassifierNet):
         self.reset_classifier(config.n_classes)
 
     def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
-        """Args: wave (B, N) at config.sample_rate; masks: training only (`mgc_ray.recipe.Masks`), the same
+        """Args: wave (B, N) at config.sample_rate; masks: training only (`models.frontend.Masks`), the same
         time span hidden from both branches, the mel band from the 2D one. Returns: (B, num_features)."""
         check_wave(wave)
         f1 = self.wave_net.forward_features(wave, masks)  # (B, 128)

@@ -72,7 +72,7 @@ class HeadNet(nn.Module):
         return self.head(features)
 
     def forward(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
-        """Args: wave (B, N) float in [-1, 1]; masks: training only (`mgc_ray.recipe.Masks`).
+        """Args: wave (B, N) float in [-1, 1]; masks: training only (`models.frontend.Masks`).
         Returns: logits (B, n_classes)."""
         return self.forward_head(self.forward_features(wave, masks))
 

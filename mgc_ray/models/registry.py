@@ -1,7 +1,7 @@
 """The model registry: `@register_model` builders, one factory, the list of names.
 
 A builder takes the ModelConfig it is given and returns a model whose `config` is
-that ModelConfig, so `build_model(model.config)` rebuilds it (mgc_ray.checkpoint).
+that ModelConfig, so `build_model(model.config)` rebuilds it (mgc_ray.models.checkpoint).
 """
 from __future__ import annotations
 

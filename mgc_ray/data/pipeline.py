@@ -1,0 +1,390 @@
+"""Ray Data pipelines: cache shards -> crops -> batches on the trial's device.
+
+Where each step runs, and why:
+  - the driver decides once (`CacheDatasets.build`) whether the cache's decoded
+    blocks fit comfortably in the object store; if so it materialises them
+    there, so every trial on every node reads the same blocks (no trial holds
+    its own copy of the cache); a larger cache streams from the shards' shared
+    path instead;
+  - cropping runs in Ray Data tasks on CPUs (`map_batches`): only the crop (10 s
+    of int16, 441 kB; a little more for training, see `train_batches`) travels to
+    the trial, not the 30-s clip;
+  - noise and time stretch run on the trial's device (`augment.Augment`), where
+    they cost nothing beside the model.
+This module imports no torch: the crop UDF is pickled by reference to it, so
+every Ray Data worker imports it, and torch + torchaudio would cost each worker
+more than a second and ~640 MB (benchmarks/crop_worker.py).
+
+An epoch has no barrier: a streamed cache is read file by file in a new seeded
+order (map tasks over a permuted shard list), a materialised one block by
+block in a new seeded order (its blocks are already there, so the reorder waits
+for nothing); prepare put tracks in shards in a seeded random order, so every
+block holds every genre and a bounded local shuffle window mixes batches as
+independent sampling would. A trial's Ray Data use of the object store is capped
+(TRIAL_OBJECT_STORE_BYTES). Everything is seeded by (seed, epoch) and each crop
+by (seed, epoch, track_id), with block order kept (`preserve_order`), so a
+restarted epoch sees the same batches in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from mgc_ray.config import SPLITS, epoch_seed
+from mgc_ray.data.cache import INT16_SCALE  # int16 full scale -> [-1, 1)
+
+if TYPE_CHECKING:
+    import torch
+
+# Materialise the cache in the object store when it takes at most this share of it:
+# below that, sharing one in-memory copy is cheaper than every trial re-reading Parquet.
+MATERIALISE_SHARE = 0.3
+# Streamed blocks in flight per trial (read -> crop -> the trial's prefetch): about 8 shards'
+# worth (64 tracks x 30 s x 22,050 Hz x 2 B = 85 MB each), bounded whatever the cache's size.
+TRIAL_OBJECT_STORE_BYTES = 1 * 2**30
+# The local shuffle window, in batches: shards are genre-mixed (prepare), so a small window suffices.
+# Every epoch's first batch waits for the window to fill: on 2 cores at FMA small's size a streamed
+# epoch's first batch took 1.5-2.1 s with 2 batches, 2.4-2.5 s with 4 (results/benchmarks/stream_cpu.md).
+SHUFFLE_BATCHES = 2
+# A shard read takes a whole CPU: at a fraction, many reads run at once on a small node and all
+# finish together, so with the order kept the first block (and batch) waits for nearly all of them
+# (29 s for 10 shards of 85 MB on 2 busy cores at 0.25 CPU per read).
+READ_TASK_CPUS = 1
+READ_ROWS = 16  # tracks per block read: 16 x 30 s x 22,050 Hz x 2 B = 21 MB
+CROP_ROWS = 64  # tracks per crop task (several blocks): fewer tasks, whose overhead dominates on a busy node
+# Crop tasks are light (slicing); a fraction of a CPU lets them run beside trials that
+# hold whole CPUs on a small machine without starving the trials' Ray Data (trials holding every CPU hang it).
+CROP_TASK_CPUS = 0.25
+
+
+# --- crops (CPU, in Ray Data tasks) --------------------------------------------
+# numpy in, numpy out; a torch tensor (predict, tests) works too without this module
+# importing torch: a Ray Data worker that unpickles the crop UDF imports only numpy.
+def _is_tensor(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _pad_end(x, length: int):
+    """Zero-pad the last axis of a numpy array or torch tensor at its end to `length`."""
+    n = x.shape[-1]
+    if n >= length:
+        return x
+    if _is_tensor(x):
+        import torch  # only a caller holding a tensor gets here, so torch is loaded already
+
+        return torch.nn.functional.pad(x, (0, length - n))
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - n)])
+
+
+def random_crop(x, crop_len: int, rng: np.random.Generator):
+    """A uniformly placed crop of `crop_len` samples along the last axis.
+
+    A track shorter than the crop is returned whole, zero-padded at its end
+    (the audio starts at sample 0 of the crop, as it does in `centre_crop`).
+
+    Args:
+        x: (..., N) numpy array (int16 or float) or torch tensor.
+        crop_len: samples in the crop.
+        rng: numpy Generator (the data pipeline's, seeded per epoch).
+
+    Returns:
+        (..., crop_len), same type and dtype as `x`.
+    """
+    n = x.shape[-1]
+    if n <= crop_len:
+        return _pad_end(x, crop_len)
+    start = int(rng.integers(0, n - crop_len + 1))
+    return x[..., start:start + crop_len]
+
+
+def centre_crop(x, crop_len: int):
+    """The middle `crop_len` samples (validation crops); shorter tracks are zero-padded at the end.
+
+    Args:
+        x: (..., N) numpy array or torch tensor.
+        crop_len: samples in the crop.
+
+    Returns:
+        (..., crop_len), same type and dtype as `x`.
+    """
+    n = x.shape[-1]
+    if n <= crop_len:
+        return _pad_end(x, crop_len)
+    start = (n - crop_len) // 2
+    return x[..., start:start + crop_len]
+
+
+def cover_crops(x, crop_len: int, hop: int | None = None):
+    """Crops that together cover the whole clip, for track-level scores.
+
+    Crops start at 0, hop, 2 hop, ...; the last one is aligned to the end of
+    the clip (so it may overlap its neighbour). A clip no longer than the crop
+    gives one crop, zero-padded at the end. A 30-s clip with 10-s crops gives 3.
+
+    Args:
+        x: (N,) numpy array or torch tensor.
+        crop_len: samples per crop.
+        hop: distance between crop starts (default crop_len: no overlap but the last).
+
+    Returns:
+        (n, crop_len) with n = 1 + ceil((N - crop_len) / hop), same type and dtype as `x`.
+    """
+    hop = crop_len if hop is None else int(hop)
+    if hop < 1:
+        raise ValueError(f"hop must be >= 1, got {hop}")
+    n = x.shape[-1]
+    if n <= crop_len:
+        crops = [_pad_end(x, crop_len)]
+    else:
+        starts = list(range(0, n - crop_len, hop)) + [n - crop_len]
+        crops = [x[..., s:s + crop_len] for s in starts]
+    if _is_tensor(x):
+        import torch
+
+        return torch.stack(crops)
+    return np.stack(crops)
+
+
+
+
+def _samples(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.int16)
+
+
+def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: int = 0) -> dict:
+    """Ray Data batch UDF: whole clips -> fixed-length int16 crops.
+
+    Args:
+        batch: numpy batch with track_id, label, samples (one array per clip).
+        crop_len: samples per crop at the cache rate.
+        mode: "random" (training: new crop per track per epoch), "centre"
+            (validation/test at crop level) or "cover" (crops covering the clip,
+            one row each, for track-level scores).
+    Returns:
+        numpy batch with wave (n, crop_len) int16, label int64, track_id int64.
+    """
+    waves, labels, ids = [], [], []
+    for tid, lab, s in zip(batch["track_id"], batch["label"], batch["samples"]):
+        x = _samples(s)
+        if mode == "random":
+            rng = np.random.default_rng((int(seed), int(epoch), int(tid)))
+            crops = [random_crop(x, crop_len, rng)]
+        elif mode == "centre":
+            crops = [centre_crop(x, crop_len)]
+        elif mode == "cover":
+            crops = list(cover_crops(x, crop_len))
+        else:
+            raise ValueError(f"unknown crop mode {mode!r}")
+        waves.extend(crops)
+        labels.extend([int(lab)] * len(crops))
+        ids.extend([int(tid)] * len(crops))
+    return {"wave": np.stack(waves).astype(np.int16, copy=False),
+            "label": np.asarray(labels, dtype=np.int64),
+            "track_id": np.asarray(ids, dtype=np.int64)}
+
+
+@dataclass(frozen=True)
+class CacheDatasets:
+    """The cache's splits as Ray Datasets, built once in the driver and shared by trials.
+
+    Attributes:
+        train, val, test: Ray Datasets with columns track_id, label, samples.
+        sample_rate: the cache's rate (every crop length is counted in it).
+        materialised: whether the blocks sit in the object store (else streamed from Parquet).
+        train_files: the training split's shard paths (a streamed epoch reads them in its own order).
+    """
+
+    train: object
+    val: object
+    test: object
+    sample_rate: int
+    materialised: bool
+    train_files: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, manifest, materialise: bool | None = None) -> "CacheDatasets":
+        """Read every split's shards (a `cache.Manifest`); materialise them if they fit (see MATERIALISE_SHARE).
+
+        The decision (when `materialise` is None) compares the decoded size of the
+        shards (their int16 samples: what the blocks take in memory, see `decoded_bytes`)
+        with the object store memory Ray has free now, and prints both figures once.
+        """
+        import ray
+
+        files = {s: manifest.shard_paths(s) for s in SPLITS}
+        if materialise is None:
+            size = sum(decoded_bytes(p) for paths in files.values() for p in paths)
+            store = ray.available_resources().get("object_store_memory", 0)
+            materialise = size <= MATERIALISE_SHARE * store
+            how = "materialised in the object store" if materialise else "streamed from the shards every epoch"
+            print(f"mgc_ray: cache {size / 1e9:.2f} GB decoded, object store {store / 1e9:.2f} GB free: {how} "
+                  f"(materialised up to {100 * MATERIALISE_SHARE:.0f} % of the store; tune --object-store-gb "
+                  "sets a local Ray's store)", flush=True)
+        _quiet_ray_data()
+        splits = {}
+        for split, paths in files.items():
+            ds = _read(paths)
+            splits[split] = ds.materialize() if materialise else ds
+        return cls(splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise,
+                   tuple(files["train"]))
+
+
+COLUMNS = ["track_id", "label", "samples"]
+
+
+def _load_shards(batch):
+    """Ray Data batch UDF: shard paths -> their rows (track_id, label, samples), READ_ROWS tracks per block.
+
+    A generator: the first tracks of a shard go on to be cropped while the rest is still decoding,
+    and a task holds a few tracks in memory at a time, not the whole shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in batch["path"].to_pylist():
+        with pq.ParquetFile(str(path)) as f:
+            for rb in f.iter_batches(batch_size=READ_ROWS, columns=COLUMNS):
+                yield pa.Table.from_batches([rb])
+
+
+def _read_crops(batch, **crop) -> Iterator[dict]:
+    """Ray Data batch UDF of a streamed epoch: shard paths -> crops, READ_ROWS tracks at a time (see `_crop_rows`).
+
+    Reading and cropping in one task: only crops enter the object store, and an epoch of FMA small
+    is ~100 tasks, not ~100 reads plus ~400 crop tasks (a task's overhead is what a busy node pays)."""
+    for table in _load_shards(batch):
+        yield _crop_rows({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, **crop)
+
+
+def _paths(paths: list[str]):
+    """A Dataset of the paths, one block each, in the order given (kept: see `_bounded`)."""
+    import ray
+
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def _read(paths: list[str]):
+    """The shards as a Dataset of one block per file, in the order given.
+
+    A list of paths read by map tasks, not `read_parquet`: read_parquet plans its reads by
+    sampling files first (2.4-2.8 s before the first batch of a 26-track demo cache, every
+    epoch), a list of paths starts at once (0.11 s). With order kept, file order is block order.
+    """
+    # order kept: materialised blocks in file order, run after run
+    return _paths(paths).map_batches(_load_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
+
+
+def decoded_bytes(path: str) -> int:
+    """A shard's size in memory as Arrow blocks: its int16 samples (2 B each) and per track an offset, id and label.
+
+    Read from the shard's small num_samples column; Parquet's own "uncompressed" size counts the list
+    column's repetition and definition levels too (about twice the samples on short clips)."""
+    import pyarrow.parquet as pq
+
+    n = pq.read_table(path, columns=["num_samples"]).column("num_samples")
+    return int(_column_sum(n)) * 2 + len(n) * (4 + 8 + 4)  # int16 samples; int32 offset, int64 id, int32 label
+
+
+def _column_sum(column) -> int:
+    import pyarrow.compute as pc
+
+    total = pc.sum(column).as_py()
+    return int(total or 0)
+
+
+def epoch_order(datasets: "CacheDatasets", seed: int, epoch: int):
+    """The training split in this epoch's seeded order, with no all-input barrier.
+
+    Streamed: the shard files' paths in a seeded permutation (read, and cropped, by `train_batches`).
+    Materialised: the blocks in a seeded permutation (they are in the object store
+    already, so reordering their references waits for nothing).
+    """
+    if datasets.materialised or not datasets.train_files:
+        return datasets.train.randomize_block_order(seed=epoch_seed(seed, epoch))
+    order = np.random.default_rng((int(seed), int(epoch))).permutation(len(datasets.train_files))
+    return _paths([datasets.train_files[i] for i in order])
+
+
+def _quiet_ray_data() -> None:
+    """Tune's table is the progress display: no per-epoch Ray Data bars or plan logs.
+
+    Datasets capture the DataContext where they are built, so the driver calls this
+    too (in `CacheDatasets.build`)."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "Dataset ... execution finished" line per epoch
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "Progress bars disabled": on purpose
+
+
+def _bounded(ds, streamed: bool):
+    """Keep the block order (a restarted epoch sees the same batches); cap a streamed epoch's object store use
+    (a materialised cache's blocks are shared, not the trial's: only its crops are new)."""
+    ctx = ds.context
+    ctx.execution_options.preserve_order = True
+    if streamed:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=TRIAL_OBJECT_STORE_BYTES)
+    return ds
+
+
+def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, seed: int, epoch: int,
+                  device: str = "cpu", with_ids: bool = False) -> Iterator[tuple["torch.Tensor", ...]]:
+    """One training epoch: new block order, local shuffle and random crops, no barrier.
+
+    Args:
+        datasets: from `CacheDatasets.build`.
+        crop_len: samples per training example handed out; with time stretch on, the
+            trial asks for `Augment.input_len(crop)` so the stretch has audio to read,
+            and the device cuts to the crop after stretching.
+        with_ids: also yield each example's track_id (what a test counts an epoch by).
+    Yields:
+        (wave (B, crop_len) float32 in [-1, 1) on `device`, label (B,) int64[, track_id (B,)]).
+    """
+    _quiet_ray_data()
+    streamed = not datasets.materialised and bool(datasets.train_files)
+    crop = dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch)
+    ordered = _bounded(epoch_order(datasets, seed, epoch), streamed)
+    if streamed:
+        epoch_ds = ordered.map_batches(_read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow",
+                                       num_cpus=READ_TASK_CPUS)
+    else:
+        epoch_ds = ordered.map_batches(_crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy",
+                                       num_cpus=CROP_TASK_CPUS)
+    yield from _to_device(epoch_ds, batch_size=batch_size, device=device, drop_last=True,
+                          shuffle_buffer=SHUFFLE_BATCHES * batch_size, shuffle_seed=epoch_seed(seed, epoch),
+                          with_ids=with_ids)
+
+
+def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
+                 device: str = "cpu") -> Iterator[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]]:
+    """Deterministic crops for validation/test.
+
+    Args:
+        mode: "centre" (one centred crop per track, the paper's) or "cover"
+            (crops covering the whole clip; average their logits per track_id).
+    Yields:
+        (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
+    """
+    _quiet_ray_data()
+    crops = ds.map_batches(_crop_rows, fn_kwargs=dict(crop_len=crop_len, mode=mode), batch_size=CROP_ROWS,
+                           batch_format="numpy", num_cpus=CROP_TASK_CPUS)
+    yield from _to_device(crops, batch_size=batch_size, device=device, drop_last=False, with_ids=True)
+
+
+def _to_device(ds, *, batch_size: int, device: str, drop_last: bool, shuffle_buffer: int | None = None,
+               shuffle_seed: int | None = None, with_ids: bool = False):
+    for b in ds.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, device="cpu",
+                                   drop_last=drop_last, local_shuffle_buffer_size=shuffle_buffer,
+                                   local_shuffle_seed=shuffle_seed,
+                                   pin_memory=str(device).startswith("cuda")):
+        wave = b["wave"].to(device, non_blocking=True).float().div_(INT16_SCALE)  # (B, crop_len)
+        label = b["label"].to(device, non_blocking=True).long()  # (B,)
+        yield (wave, label, b["track_id"]) if with_ids else (wave, label)

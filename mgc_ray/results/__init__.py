@@ -1,0 +1,1 @@
+"""What a user reads after a search: reports, tables and figures."""
