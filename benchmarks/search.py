@@ -1,8 +1,8 @@
 """Trials per hour of a whole search: `python -m mgc_ray.tune` run as a user runs it, wall time read outside.
 
-    python benchmarks/search.py                  # CPU: 1 concurrent trial, baseline_a_2d and densenet (4-5 min)
-    python benchmarks/search.py --device cuda    # GPU: 1, 2 and 4 concurrent trials (--gpus-per-trial 1, 0.5, 0.25)
-    python benchmarks/search.py --smoke          # tiny: one 1-trial search, checks the script
+    python -m benchmarks.search                  # CPU: 1 concurrent trial, baseline_a_2d and densenet (4-5 min)
+    python -m benchmarks.search --device cuda    # GPU: 1, 2 and 4 concurrent trials (--gpus-per-trial 1, 0.5, 0.25)
+    python -m benchmarks.search --smoke          # tiny: one 1-trial search, checks the script
 
 Each search runs in a subprocess: `python -m mgc_ray.tune --arch A --cache C
 --num-samples N --max-epochs E --grace-period E --max-concurrent K
@@ -20,6 +20,7 @@ trial), so each concurrency level runs twice, with N = K and N = 3K trials:
 A CPU trial holds 1 CPU and one CPU per node stays with Ray Data, so a 2-core
 machine fits one trial at a time: 2 and 4 concurrent trials are not measured there.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,17 +31,18 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-import _common as C
 import yaml
 
+from benchmarks import _common as C
 from mgc_ray.config import PAPER
 from mgc_ray.errors import UserError, run_cli
 from mgc_ray.search.plan import FMA_SEARCH
-from mgc_ray.search.space import REDUCTION_FACTOR
+from mgc_ray.search.rungs import REDUCTION_FACTOR
+from mgc_ray.search.space import LogUniform
 
 NAME = "search"
 GPU_LEVELS = ((1, 1.0), (2, 0.5), (4, 0.25))  # (concurrent trials, --gpus-per-trial)
-CPU_LEVELS = ((1, None),)                      # what fits on 2 cores (see the module doc)
+CPU_LEVELS = ((1, None),)  # what fits on 2 cores (see the module doc)
 DEFAULT_ARCHS = ("baseline_a_2d", "densenet")
 FMA_SMALL_TRAIN_CLIPS = 6400  # the paper split's training share of FMA small's 8,000 clips
 TARGET_HOURS = 1.0  # the issue: 32 DenseNet trials with ASHA on an FMA-small-sized dataset within an hour on one H100
@@ -50,26 +52,70 @@ SMOKE_PAPER = dict(window=512, n_mels=32, crop_seconds=2.0, batch_size=4)  # lik
 def space_yaml(arch: str, path: Path, overrides: dict | None = None) -> Path:
     """A search space with the arch's paper settings fixed and only lr / weight decay searched."""
     pre = PAPER[arch]
-    paper = {"lr": pre.lr, "weight_decay": pre.weight_decay, "batch_size": pre.batch_size, "window": pre.window,
-             "n_mels": pre.n_mels, "crop_seconds": pre.crop_seconds, **(overrides or {})}
+    paper = {
+        "lr": pre.lr,
+        "weight_decay": pre.weight_decay,
+        "batch_size": pre.batch_size,
+        "window": pre.window,
+        "n_mels": pre.n_mels,
+        "crop_seconds": pre.crop_seconds,
+        **(overrides or {}),
+    }
     # a `paper:` block must restate the paper's settings exactly: with other (smoke) inputs it is a `start:` one
-    doc = {"arch": arch, ("start" if overrides else "paper"): paper,
-           "space": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
-                     "weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-2}}}
-    path.write_text("# written by benchmarks/search.py: fixed inputs, every trial costs the same\n"
-                    + yaml.safe_dump(doc, sort_keys=False))
+    doc = {
+        "arch": arch,
+        ("start" if overrides else "paper"): paper,
+        "space": {"lr": LogUniform(1e-5, 1e-3).to_dict(), "weight_decay": LogUniform(1e-6, 1e-2).to_dict()},
+    }
+    path.write_text(
+        "# written by benchmarks/search.py: fixed inputs, every trial costs the same\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
     return path
 
 
-def run_search(work: Path, cache: str, arch: str, space: Path, *, trials: int, epochs: int, concurrent: int,
-               gpus: float | None, address: str | None) -> dict:
+def run_search(
+    work: Path,
+    cache: str,
+    arch: str,
+    space: Path,
+    *,
+    trials: int,
+    epochs: int,
+    concurrent: int,
+    gpus: float | None,
+    address: str | None,
+) -> dict:
     """One `python -m mgc_ray.tune` in a subprocess; returns its wall time and Tune's own running time."""
     name = f"bench-{arch}-{trials}x{concurrent}-{uuid.uuid4().hex[:6]}"
-    cmd = [sys.executable, "-m", "mgc_ray.tune", "--arch", arch, "--cache", cache, "--num-samples", str(trials),
-           "--max-epochs", str(epochs), "--grace-period", str(epochs), "--max-concurrent", str(concurrent),
-           "--space", str(space), "--no-dashboard", "--experiment-name", name,
-           "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}", "--results-dir", str(work / "results"),
-           "--storage-path", str(work / "ray")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgc_ray.tune",
+        "--arch",
+        arch,
+        "--cache",
+        cache,
+        "--num-samples",
+        str(trials),
+        "--max-epochs",
+        str(epochs),
+        "--grace-period",
+        str(epochs),
+        "--max-concurrent",
+        str(concurrent),
+        "--space",
+        str(space),
+        "--no-dashboard",
+        "--experiment-name",
+        name,
+        "--mlflow-uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+        "--results-dir",
+        str(work / "results"),
+        "--storage-path",
+        str(work / "ray"),
+    ]
     if gpus is not None:
         cmd += ["--gpus-per-trial", f"{gpus:g}"]
     if address:
@@ -86,9 +132,17 @@ def run_search(work: Path, cache: str, arch: str, space: Path, *, trials: int, e
     if proc.returncode != 0:
         tail = (proc.stdout[-2000:] + proc.stderr[-3000:]).strip()
         raise UserError(f"the tune command failed (exit {proc.returncode}); its output ends with:\n{tail}")
-    return {"arch": arch, "trials": trials, "epochs": epochs, "concurrent": concurrent, "gpus_per_trial": gpus,
-            "command": "python " + shown, **t.as_dict(), "trials_per_hour": C.rate(trials * 3600, t.seconds),
-            "tune_running_s": _tune_running_s(proc.stdout)}
+    return {
+        "arch": arch,
+        "trials": trials,
+        "epochs": epochs,
+        "concurrent": concurrent,
+        "gpus_per_trial": gpus,
+        "command": "python " + shown,
+        **t.as_dict(),
+        "trials_per_hour": C.rate(trials * 3600, t.seconds),
+        "tune_running_s": _tune_running_s(proc.stdout),
+    }
 
 
 def _tune_running_s(out: str) -> float | None:
@@ -101,12 +155,16 @@ def _tune_running_s(out: str) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = C.parser("python benchmarks/search.py", __doc__)
+    p = C.parser("python -m benchmarks.search", __doc__)
     p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=sorted(PAPER))
     p.add_argument("--max-epochs", type=int, default=1, help="epochs per trial (default 1)")
     p.add_argument("--waves", type=int, default=3, help="the second run of each level has waves x K trials")
-    p.add_argument("--tracks-per-genre", type=int, default=8,
-                   help="demo tracks per genre (default 8: 51 training clips, one batch of 32 per epoch)")
+    p.add_argument(
+        "--tracks-per-genre",
+        type=int,
+        default=8,
+        help="demo tracks per genre (default 8: 51 training clips, one batch of 32 per epoch)",
+    )
     p.add_argument("--seconds", type=float, default=15.0, help="demo clip length (tune's demo: 15 s)")
     args = p.parse_args(argv)
     device = C.resolve_device(args.device)
@@ -122,16 +180,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             space = space_yaml(arch, work / f"space-{arch}{'-smoke' if args.smoke else ''}.yaml", overrides)
             for k, gpus in levels:
                 for n in sorted({k, waves * k}):
-                    r = run_search(work, data.cache, arch, space, trials=n, epochs=args.max_epochs, concurrent=k,
-                                   gpus=gpus, address=args.address)
+                    r = run_search(
+                        work,
+                        data.cache,
+                        arch,
+                        space,
+                        trials=n,
+                        epochs=args.max_epochs,
+                        concurrent=k,
+                        gpus=gpus,
+                        address=args.address,
+                    )
                     runs.append(r)
-                    print(f"  {arch}: {n} trial(s), {k} at once: {r['seconds']:.1f} s, "
-                          f"{r['trials_per_hour']:.0f} trials/hour (whole command)", flush=True)
+                    print(
+                        f"  {arch}: {n} trial(s), {k} at once: {r['seconds']:.1f} s, "
+                        f"{r['trials_per_hour']:.0f} trials/hour (whole command)",
+                        flush=True,
+                    )
         n_train = data.manifest.num_tracks["train"]
-    report = {"name": NAME, "machine": m, "smoke": args.smoke,
-              "settings": {"train_tracks": n_train, "clip_seconds": seconds, "max_epochs": args.max_epochs,
-                           "waves": waves, "inputs": overrides or "paper", "joined_cluster": bool(args.address)},
-              "runs": runs, "levels": _levels(runs)}
+    report = {
+        "name": NAME,
+        "machine": m,
+        "smoke": args.smoke,
+        "settings": {
+            "train_tracks": n_train,
+            "clip_seconds": seconds,
+            "max_epochs": args.max_epochs,
+            "waves": waves,
+            "inputs": overrides or "paper",
+            "joined_cluster": bool(args.address),
+        },
+        "runs": runs,
+        "levels": _levels(runs),
+    }
     report["targets"] = _targets(report)
     C.write_report(C.out_dir(args), NAME, report, to_markdown(report))
     return 0
@@ -144,12 +225,22 @@ def _levels(runs: list[dict]) -> list[dict]:
         for k in dict.fromkeys(r["concurrent"] for r in runs if r["arch"] == arch):
             rs = sorted((r for r in runs if r["arch"] == arch and r["concurrent"] == k), key=lambda r: r["trials"])
             lo, hi = rs[0], rs[-1]
-            marginal = (C.rate((hi["trials"] - lo["trials"]) * 3600, hi["seconds"] - lo["seconds"])
-                        if hi is not lo and hi["seconds"] > lo["seconds"] else None)
+            marginal = (
+                C.rate((hi["trials"] - lo["trials"]) * 3600, hi["seconds"] - lo["seconds"])
+                if hi is not lo and hi["seconds"] > lo["seconds"]
+                else None
+            )
             fixed = lo["seconds"] - lo["trials"] * 3600 / marginal if marginal else None
-            out.append({"arch": arch, "concurrent": k, "gpus_per_trial": lo["gpus_per_trial"],
-                        "whole_command_trials_per_hour": hi["trials_per_hour"],
-                        "marginal_trials_per_hour": marginal, "fixed_cost_s": fixed})
+            out.append(
+                {
+                    "arch": arch,
+                    "concurrent": k,
+                    "gpus_per_trial": lo["gpus_per_trial"],
+                    "whole_command_trials_per_hour": hi["trials_per_hour"],
+                    "marginal_trials_per_hour": marginal,
+                    "fixed_cost_s": fixed,
+                }
+            )
     return out
 
 
@@ -158,27 +249,46 @@ def _targets(report: dict) -> list[dict]:
     out = []
     for lv in report["levels"]:
         rate = lv["marginal_trials_per_hour"] or lv["whole_command_trials_per_hour"]
-        out.append(C.target(f"search: trials/hour, {lv['arch']}, {lv['concurrent']} concurrent"
-                            + (f" ({lv['gpus_per_trial']:g} GPU each)" if gpu else " (CPU)"),
-                            "none set: report", f"{rate:,.0f} trials/hour ({report['settings']['max_epochs']} "
-                            f"epoch(s) of {report['settings']['train_tracks']} clips)", C.MEASURED,
-                            "marginal rate" if lv["marginal_trials_per_hour"] else "whole command"))
+        out.append(
+            C.target(
+                f"search: trials/hour, {lv['arch']}, {lv['concurrent']} concurrent"
+                + (f" ({lv['gpus_per_trial']:g} GPU each)" if gpu else " (CPU)"),
+                "none set: report",
+                f"{rate:,.0f} trials/hour ({report['settings']['max_epochs']} "
+                f"epoch(s) of {report['settings']['train_tracks']} clips)",
+                C.MEASURED,
+                "marginal rate" if lv["marginal_trials_per_hour"] else "whole command",
+            )
+        )
     epochs = halving_epochs(FMA_SEARCH["num_samples"], FMA_SEARCH["max_epochs"], 1, REDUCTION_FACTOR)
     need = epochs * FMA_SMALL_TRAIN_CLIPS / (3600 * TARGET_HOURS)
-    out.append(C.target(
-        f"search: {FMA_SEARCH['num_samples']} DenseNet trials with ASHA on an FMA-small-sized dataset, one H100",
-        f"within {TARGET_HOURS:g} hour", (C.NO_GPU + "; " if not gpu else "") + (
-            f"arithmetic, not a measurement: the default FMA search ({FMA_SEARCH['num_samples']} trials, ASHA "
-            f"halving from epoch 1 to {FMA_SEARCH['max_epochs']}) trains ~{epochs} epochs of "
-            f"{FMA_SMALL_TRAIN_CLIPS:,} clips, so it needs >= {need:,.0f} training samples/s sustained over the "
-            "search (besides validation and start-up)"), C.NOT_MEASURED,
-        "this script times demo-sized searches; to measure: `time python -m mgc_ray.tune --arch densenet "
-        "--cache <scale.py's 8,000-clip cache> --gpus-per-trial 0.25` on the GPU node"))
+    out.append(
+        C.target(
+            f"search: {FMA_SEARCH['num_samples']} DenseNet trials with ASHA on an FMA-small-sized dataset, one H100",
+            f"within {TARGET_HOURS:g} hour",
+            (C.NO_GPU + "; " if not gpu else "")
+            + (
+                f"arithmetic, not a measurement: the default FMA search ({FMA_SEARCH['num_samples']} trials, ASHA "
+                f"halving from epoch 1 to {FMA_SEARCH['max_epochs']}) trains ~{epochs} epochs of "
+                f"{FMA_SMALL_TRAIN_CLIPS:,} clips, so it needs >= {need:,.0f} training samples/s sustained over the "
+                "search (besides validation and start-up)"
+            ),
+            C.NOT_MEASURED,
+            "this script times demo-sized searches; to measure: `time python -m mgc_ray.tune --arch densenet "
+            "--cache <scale.py's 8,000-clip cache> --gpus-per-trial 0.25` on the GPU node",
+        )
+    )
     if not gpu:
         for arch in dict.fromkeys(r["arch"] for r in report["runs"]):
-            out.append(C.target(f"search: trials/hour, {arch}, 2 and 4 concurrent (0.5 / 0.25 GPU each)",
-                                "none set: report", C.NO_GPU, C.NOT_MEASURED,
-                                "a 2-core CPU fits one trial; run search.py --device cuda"))
+            out.append(
+                C.target(
+                    f"search: trials/hour, {arch}, 2 and 4 concurrent (0.5 / 0.25 GPU each)",
+                    "none set: report",
+                    C.NO_GPU,
+                    C.NOT_MEASURED,
+                    "a 2-core CPU fits one trial; run search.py --device cuda",
+                )
+            )
     return out
 
 
@@ -200,29 +310,60 @@ def halving_epochs(trials: int, max_epochs: int, grace: int, rf: int) -> int:
 def to_markdown(report: dict) -> list[str]:
     s = report["settings"]
     gpu = report["machine"]["device"].startswith("cuda")
-    lines = [C.title("Search throughput: trials per hour of `python -m mgc_ray.tune`", report["smoke"]), "",
-             f"Written by `benchmarks/search.py`. Demo cache of {s['train_tracks']} training clips of "
-             f"{s['clip_seconds']:g} s; {s['max_epochs']} epoch(s) per trial at "
-             f"{'the paper' if s['inputs'] == 'paper' else 'tiny'} input settings, only lr and weight decay searched "
-             "(every trial costs the same; ASHA stops none). Wall time of the whole command, measured outside it.", ""]
-    lines += C.md_table(["arch", "trials", "at once", "GPU / trial", "wall s", "Tune's own s", "trials/hour (whole)",
-                         "load 1-min"],
-                        [[r["arch"], r["trials"], r["concurrent"], "–" if r["gpus_per_trial"] is None else
-                          f"{r['gpus_per_trial']:g}", f"{r['seconds']:.1f}",
-                          "–" if r["tune_running_s"] is None else r["tune_running_s"],
-                          C.fmt(r["trials_per_hour"]), f"{r['load_start']} -> {r['load_end']}"]
-                         for r in report["runs"]], "lrrrrrrl")
-    lines += ["", "Per concurrency level: 'marginal' = extra trials / extra wall time between the two runs (the rate "
-              "inside a running search); 'fixed cost' = what one search pays besides its trials (Ray start, datasets, "
-              "MLflow, the test evaluation).", ""]
-    lines += C.md_table(["arch", "at once", "trials/hour (whole command)", "trials/hour (marginal)", "fixed cost s"],
-                        [[lv["arch"], lv["concurrent"], C.fmt(lv["whole_command_trials_per_hour"]),
-                          f"**{C.fmt(lv['marginal_trials_per_hour'])}**", C.fmt(lv["fixed_cost_s"])]
-                         for lv in report["levels"]], "lrrrr")
+    lines = [
+        C.title("Search throughput: trials per hour of `python -m mgc_ray.tune`", report["smoke"]),
+        "",
+        f"Written by `benchmarks/search.py`. Demo cache of {s['train_tracks']} training clips of "
+        f"{s['clip_seconds']:g} s; {s['max_epochs']} epoch(s) per trial at "
+        f"{'the paper' if s['inputs'] == 'paper' else 'tiny'} input settings, only lr and weight decay searched "
+        "(every trial costs the same; ASHA stops none). Wall time of the whole command, measured outside it.",
+        "",
+    ]
+    lines += C.md_table(
+        ["arch", "trials", "at once", "GPU / trial", "wall s", "Tune's own s", "trials/hour (whole)", "load 1-min"],
+        [
+            [
+                r["arch"],
+                r["trials"],
+                r["concurrent"],
+                "–" if r["gpus_per_trial"] is None else f"{r['gpus_per_trial']:g}",
+                f"{r['seconds']:.1f}",
+                "–" if r["tune_running_s"] is None else r["tune_running_s"],
+                C.fmt(r["trials_per_hour"]),
+                f"{r['load_start']} -> {r['load_end']}",
+            ]
+            for r in report["runs"]
+        ],
+        "lrrrrrrl",
+    )
+    lines += [
+        "",
+        "Per concurrency level: 'marginal' = extra trials / extra wall time between the two runs (the rate "
+        "inside a running search); 'fixed cost' = what one search pays besides its trials (Ray start, datasets, "
+        "MLflow, the test evaluation).",
+        "",
+    ]
+    lines += C.md_table(
+        ["arch", "at once", "trials/hour (whole command)", "trials/hour (marginal)", "fixed cost s"],
+        [
+            [
+                lv["arch"],
+                lv["concurrent"],
+                C.fmt(lv["whole_command_trials_per_hour"]),
+                f"**{C.fmt(lv['marginal_trials_per_hour'])}**",
+                C.fmt(lv["fixed_cost_s"]),
+            ]
+            for lv in report["levels"]
+        ],
+        "lrrrr",
+    )
     if not gpu:
-        lines += ["", f"2 and 4 concurrent trials (`--gpus-per-trial 0.5` / `0.25`): not measured here ({C.NO_GPU}; "
-                  "on 2 CPU cores one CPU trial fits, the other core stays with Ray Data). Run "
-                  "`python benchmarks/search.py --device cuda` on a GPU node."]
+        lines += [
+            "",
+            f"2 and 4 concurrent trials (`--gpus-per-trial 0.5` / `0.25`): not measured here ({C.NO_GPU}; "
+            "on 2 CPU cores one CPU trial fits, the other core stays with Ray Data). Run "
+            "`python -m benchmarks.search --device cuda` on a GPU node.",
+        ]
     lines += ["", "Commands (MGC_HOME, MLflow store, results and Tune storage in a temporary folder):", ""]
     lines += [f"    {r['command']}" for r in report["runs"]]
     return lines

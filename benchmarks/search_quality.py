@@ -1,7 +1,7 @@
 """Search quality at equal trial budgets: stock OptunaSearch, ours (pruned feedback), random, warm-started ours.
 
-    python benchmarks/search_quality.py                 # 20 seeds x 4 searchers x 32 trials (CPU, minutes)
-    python benchmarks/search_quality.py --smoke         # 2 seeds x 8 trials: checks the script
+    python -m benchmarks.search_quality                 # 20 seeds x 4 searchers x 32 trials (CPU, minutes)
+    python -m benchmarks.search_quality --smoke         # 2 seeds x 8 trials: checks the script
 
 Every search runs through the real machinery a search uses: Ray Tune, ASHA
 (`rungs.SampleASHA`, the search's scheduler, here with a grace of 1 epoch, reduction 2) and the searcher under test,
@@ -36,6 +36,7 @@ searcher decide on earlier trials only). Reported: the median over seeds against
 and the smallest B at which each searcher's median reaches stock's median at the
 full budget.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,16 +48,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import _common as C  # noqa: E402
+from benchmarks import _common as C
+from mgc_ray.search.space import Choice, LogUniform
 
 CHANCE = math.log(10)
 MAX_T = 16
-LR = {"type": "loguniform", "low": 1.0e-5, "high": 1.0e-3}
-WD = {"type": "loguniform", "low": 1.0e-6, "high": 1.0e-2}
-BATCH = {"type": "choice", "values": [16, 32, 64]}
+LR = LogUniform(1.0e-5, 1.0e-3)  # as in search_spaces/densenet.yaml
+WD = LogUniform(1.0e-6, 1.0e-2)
+BATCH = Choice((16, 32, 64))
 METHODS = ("stock", "ours", "random", "warm")
 TARGET_SHARE = 0.70  # the issue's target: stock's final best with at most 70 % of its trials
 
@@ -69,8 +68,12 @@ def problem(seed: int) -> dict:
 
 def final_loss(p: dict, lr: float, wd: float, batch: int) -> float:
     x_opt = -3.8 + 0.3 * math.log2(batch / 32) + p["lr_shift"]
-    return (p["floor"] + 0.45 * (math.log10(lr) - x_opt) ** 2 + 0.04 * (math.log10(wd) - p["wd_opt"]) ** 2
-            + 0.03 * abs(math.log2(batch / 32)))
+    return (
+        p["floor"]
+        + 0.45 * (math.log10(lr) - x_opt) ** 2
+        + 0.04 * (math.log10(wd) - p["wd_opt"]) ** 2
+        + 0.03 * abs(math.log2(batch / 32))
+    )
 
 
 def curve(p: dict, seed: int, lr: float, wd: float, batch: int, epochs: int) -> list[float]:
@@ -88,8 +91,9 @@ def surrogate_trial(config: dict) -> None:
     from mgc_ray.search.rungs import TIME_ATTR
 
     best = math.inf
-    for epoch, v in enumerate(curve(p, config["problem"], config["lr"], config["weight_decay"], config["batch_size"],
-                                    config["max_epochs"])):
+    for epoch, v in enumerate(
+        curve(p, config["problem"], config["lr"], config["weight_decay"], config["batch_size"], config["max_epochs"])
+    ):
         best = min(best, v)
         # samples seen: an epoch of the same training split for every batch size (one unit here)
         tune.report({"best/val_loss": best, "val/loss": v, TIME_ATTR: epoch + 1})
@@ -102,8 +106,9 @@ def _space():
     return SearchSpace("densenet", start, {"lr": LR, "weight_decay": WD, "batch_size": BATCH}, "surrogate")
 
 
-def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_from: str | None = None,
-               label: str | None = None) -> list[dict]:
+def run_search(
+    method: str, prob: int, seed: int, budget: int, work: Path, warm_from: str | None = None, label: str | None = None
+) -> list[dict]:
     """One search; returns its trials in start order: {config, epochs, final (None if stopped), values}."""
     import optuna
     from ray import tune
@@ -117,32 +122,55 @@ def run_search(method: str, prob: int, seed: int, budget: int, work: Path, warm_
     space = _space()
     fixed = {"problem": prob, "max_epochs": MAX_T}
     paper = {"lr": 1e-4, "weight_decay": 1e-4, "batch_size": 32}
-    dists = {"lr": tune.loguniform(LR["low"], LR["high"]), "weight_decay": tune.loguniform(WD["low"], WD["high"]),
-             "batch_size": tune.choice(BATCH["values"])}
+    dists = {
+        "lr": tune.loguniform(LR.low, LR.high),
+        "weight_decay": tune.loguniform(WD.low, WD.high),
+        "batch_size": tune.choice(list(BATCH.values)),
+    }
     storage = f"sqlite:///{work / 'optuna.db'}"
     name = f"{label or method}-p{prob}-s{seed}-b{budget}"
     if method == "stock":
-        alg, param_space = OptunaSearch(points_to_evaluate=[paper], sampler=optuna.samplers.TPESampler(seed=seed)), \
-            {**fixed, **dists}
+        alg, param_space = (
+            OptunaSearch(points_to_evaluate=[paper], sampler=optuna.samplers.TPESampler(seed=seed)),
+            {**fixed, **dists},
+        )
     elif method == "random":
         alg, param_space = BasicVariantGenerator(points_to_evaluate=[paper], random_state=seed), {**fixed, **dists}
     else:
-        alg = StudySearcher(storage, name, [space], seed, MAX_T, metric=METRIC, mode=MODE,
-                            warm_start=[warm_from] if warm_from else ())
+        alg = StudySearcher(
+            storage, name, [space], seed, MAX_T, metric=METRIC, mode=MODE, warm_start=[warm_from] if warm_from else ()
+        )
         param_space = fixed
-    tuner = tune.Tuner(surrogate_trial, param_space=param_space, tune_config=tune.TuneConfig(
-        metric=METRIC, mode=MODE, num_samples=budget, search_alg=alg, max_concurrent_trials=1,
-        scheduler=SampleASHA(max_epochs=MAX_T, grace=1, per_epoch=1, chance=CHANCE,
-                             reduction_factor=REDUCTION_FACTOR), reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(work / "ray"), verbose=0))
+    tuner = tune.Tuner(
+        surrogate_trial,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            num_samples=budget,
+            search_alg=alg,
+            max_concurrent_trials=1,
+            scheduler=SampleASHA(
+                max_epochs=MAX_T, grace=1, per_epoch=1, chance=CHANCE, reduction_factor=REDUCTION_FACTOR
+            ),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(work / "ray"), verbose=0),
+    )
     grid = tuner.fit()
     rows, prob_ = [], problem(prob)
     for r in grid:  # the values a trial reported, recomputed (the surrogate is deterministic)
         epochs = int(r.metrics.get("training_iteration", 0))
         values = curve(prob_, prob, r.config["lr"], r.config["weight_decay"], r.config["batch_size"], epochs)
-        rows.append({"trial_id": r.metrics.get("trial_id"), "index": _creation_index(r),
-                     "config": {k: r.config[k] for k in paper}, "epochs": len(values),
-                     "final": min(values) if len(values) == MAX_T else None})
+        rows.append(
+            {
+                "trial_id": r.metrics.get("trial_id"),
+                "index": _creation_index(r),
+                "config": {k: r.config[k] for k in paper},
+                "epochs": len(values),
+                "final": min(values) if len(values) == MAX_T else None,
+            }
+        )
     # The creation index is the start order with one trial at a time (Tune's trial ids are random).
     rows.sort(key=lambda row: row["index"])
     return rows
@@ -165,13 +193,18 @@ def best_by_budget(rows: list[dict], budget: int) -> list[float]:
 
 
 def main(argv=None) -> int:
-    p = C.parser("python benchmarks/search_quality.py", __doc__, device=False, ray=False)
+    p = C.parser("python -m benchmarks.search_quality", __doc__, device=False, ray=False)
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--budget", type=int, default=32)
     p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--time-limit", type=float, default=3000, help="seconds: stop starting searches after this")
-    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                   help="combine the reports of runs over other seeds (same budget) into one report in --out")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="combine the reports of runs over other seeds (same budget) into one report in --out",
+    )
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, C.out_dir(args))
@@ -183,8 +216,13 @@ def main(argv=None) -> int:
     searches: dict[str, list[float]] = {m: [] for m in METHODS}
     import torch
 
-    report = {"machine": C.machine(torch.device("cpu")), "max_t": MAX_T, "budget": budget, "seeds": [],
-              "surrogate": "analytic (see the script's doc)"}
+    report = {
+        "machine": C.machine(torch.device("cpu")),
+        "max_t": MAX_T,
+        "budget": budget,
+        "seeds": [],
+        "surrogate": "analytic (see the script's doc)",
+    }
     with C.work_dir(args.work) as work, C.ray_session(num_cpus=2):
         for s in range(args.first_seed, args.first_seed + seeds):
             if time.time() - t0 > args.time_limit:
@@ -195,13 +233,23 @@ def main(argv=None) -> int:
             run_search("ours", s, 1000 + s, earlier, d, label="earlier")
             for m in METHODS:
                 t = time.time()
-                rows = run_search("ours" if m == "warm" else m, s, s, budget, d, label=m,
-                                  warm_from=f"earlier-p{s}-s{1000 + s}-b{earlier}" if m == "warm" else None)
+                rows = run_search(
+                    "ours" if m == "warm" else m,
+                    s,
+                    s,
+                    budget,
+                    d,
+                    label=m,
+                    warm_from=f"earlier-p{s}-s{1000 + s}-b{earlier}" if m == "warm" else None,
+                )
                 curves[m].append(best_by_budget(rows, budget))
                 searches[m].append(time.time() - t)
-                print(f"seed {s} {m}: best final {curves[m][-1][-1]:.4f} "
-                      f"({sum(r['final'] is not None for r in rows)} of {len(rows)} full-length) "
-                      f"in {time.time() - t:.1f} s; load {C.load1()}", flush=True)
+                print(
+                    f"seed {s} {m}: best final {curves[m][-1][-1]:.4f} "
+                    f"({sum(r['final'] is not None for r in rows)} of {len(rows)} full-length) "
+                    f"in {time.time() - t:.1f} s; load {C.load1()}",
+                    flush=True,
+                )
             report["seeds"].append(s)
             write(out, report, curves, searches, budget, t0)  # after every seed: a cut-short run keeps its figures
     return 0 if report["seeds"] else 1
@@ -216,8 +264,9 @@ def merge(paths: list[Path], out: Path) -> int:
     report = dict(parts[0])
     report["seeds"] = [s for r in parts for s in r["seeds"]]
     report["merged_from"] = [str(p) for p in paths]
-    report["machine"] = dict(parts[0]["machine"], load_avg_1min_at_start=max(
-        r["machine"]["load_avg_1min_at_start"] or 0 for r in parts))
+    report["machine"] = dict(
+        parts[0]["machine"], load_avg_1min_at_start=max(r["machine"]["load_avg_1min_at_start"] or 0 for r in parts)
+    )
     curves = {m: [c for r in parts for c in r["curves"][m]] for m in METHODS}
     wall = max(r["wall_s"] for r in parts)
     searches = {m: [r["seconds_per_search"][m] for r in parts if r["seconds_per_search"][m]] for m in METHODS}
@@ -230,31 +279,50 @@ def write(out: Path, report: dict, curves: dict, searches: dict, budget: int, t0
     medians = {m: [statistics.median(c[b] for c in curves[m]) for b in range(budget)] for m in METHODS}
     target = medians["stock"][-1]
     needed = {m: next((b + 1 for b in range(budget) if medians[m][b] <= target), None) for m in METHODS}
-    report.update(curves=curves, medians=medians, stock_final_best=target, budget_to_reach_stock=needed,
-                  per_seed_best={m: [c[-1] for c in curves[m]] for m in METHODS},
-                  seconds_per_search={m: statistics.median(v) if v else None for m, v in searches.items()},
-                  wall_s=time.time() - t0)
+    report.update(
+        curves=curves,
+        medians=medians,
+        stock_final_best=target,
+        budget_to_reach_stock=needed,
+        per_seed_best={m: [c[-1] for c in curves[m]] for m in METHODS},
+        seconds_per_search={m: statistics.median(v) if v else None for m, v in searches.items()},
+        wall_s=time.time() - t0,
+    )
     share = needed["ours"] / budget if needed["ours"] else None
     met = share is not None and share <= TARGET_SHARE
-    report["target"] = C.target("search quality", f"ours reaches stock's final best with <= {TARGET_SHARE:.0%} "
-                                f"of its {budget} trials", f"{needed['ours']} trials" if needed["ours"] else "never",
-                                C.MET if met else C.NOT_MET, f"{n} seeds, budget {budget}")
+    report["target"] = C.target(
+        "search quality",
+        f"ours reaches stock's final best with <= {TARGET_SHARE:.0%} of its {budget} trials",
+        f"{needed['ours']} trials" if needed["ours"] else "never",
+        C.MET if met else C.NOT_MET,
+        f"{n} seeds, budget {budget}",
+    )
     report["name"], report["targets"] = "search_quality", [report["target"]]  # benchmarks/summary.py reads these
     marks = sorted({1, 2, 4, 8, 12, 16, 24, budget} & set(range(1, budget + 1)))
-    lines = [f"# Search quality at equal trial budgets ({n} seeds, max_t {MAX_T} epochs, ASHA grace 1, rf 2)", "",
-             "Median over seeds of the best full-length final value (lower is better) among the first B trials:", ""]
-    lines += C.md_table(["searcher"] + [f"B={b}" for b in marks] + ["B to reach stock's final best"],
-                        [[m] + [C.fmt(medians[m][b - 1], 4) for b in marks] + [needed[m] or f"> {budget}"]
-                         for m in METHODS])
+    lines = [
+        f"# Search quality at equal trial budgets ({n} seeds, max_t {MAX_T} epochs, ASHA grace 1, rf 2)",
+        "",
+        "Median over seeds of the best full-length final value (lower is better) among the first B trials:",
+        "",
+    ]
+    lines += C.md_table(
+        ["searcher"] + [f"B={b}" for b in marks] + ["B to reach stock's final best"],
+        [[m] + [C.fmt(medians[m][b - 1], 4) for b in marks] + [needed[m] or f"> {budget}"] for m in METHODS],
+    )
     wins = sum(o < st for o, st in zip(report["per_seed_best"]["ours"], report["per_seed_best"]["stock"]))
-    lines += ["", f"Stock's median final best at B={budget}: {target:.4f}. Ours needs "
-              f"{needed['ours'] or f'more than {budget}'} trials ({'met' if met else 'not met'}: the target is "
-              f"<= {TARGET_SHARE:.0%} of {budget}); at B={budget} ours is better than stock on {wins} of {n} seeds. "
-              "warm has also seen an earlier search of half the budget on the same problem.",
-              "", "Median seconds per search: " + ", ".join(f"{m} {C.fmt(v)}" for m, v in
-                                                           report["seconds_per_search"].items() if v),
-              "", "The surrogate and the method: see the doc of benchmarks/search_quality.py."
-              + (f" Seeds ran as {how}, each with its own local Ray, on a machine shared with other jobs." if how else "")]
+    lines += [
+        "",
+        f"Stock's median final best at B={budget}: {target:.4f}. Ours needs "
+        f"{needed['ours'] or f'more than {budget}'} trials ({'met' if met else 'not met'}: the target is "
+        f"<= {TARGET_SHARE:.0%} of {budget}); at B={budget} ours is better than stock on {wins} of {n} seeds. "
+        "warm has also seen an earlier search of half the budget on the same problem.",
+        "",
+        "Median seconds per search: "
+        + ", ".join(f"{m} {C.fmt(v)}" for m, v in report["seconds_per_search"].items() if v),
+        "",
+        "The surrogate and the method: see the doc of benchmarks/search_quality.py."
+        + (f" Seeds ran as {how}, each with its own local Ray, on a machine shared with other jobs." if how else ""),
+    ]
     C.write_report(out, "search_quality", report, lines)
 
 

@@ -6,6 +6,7 @@ tells COMPLETE, PRUNED (stopped before `max_epochs` without an error) or FAIL.
 Its own pickled state is small (the sampler and which study trial each live Tune
 trial is); the study's history is the storage's, so `--resume` keeps it whole.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,21 @@ class StudySearcher(Searcher):
             stock OptunaSearch does (the search-quality benchmark's comparison only).
     """
 
-    def __init__(self, storage: str, study_name: str, spaces: Sequence, seed: int, max_epochs: int, *,
-                 metric: str, mode: str, resume: bool = False, warm_start: Sequence[str] = (),
-                 sampler: Any = None, pruned_feedback: bool = True):
+    def __init__(
+        self,
+        storage: str,
+        study_name: str,
+        spaces: Sequence,
+        seed: int,
+        max_epochs: int,
+        *,
+        metric: str,
+        mode: str,
+        resume: bool = False,
+        warm_start: Sequence[str] = (),
+        sampler: Any = None,
+        pruned_feedback: bool = True,
+    ):
         import optuna
 
         super().__init__(metric=metric, mode=mode)
@@ -57,11 +70,18 @@ class StudySearcher(Searcher):
 
         exists = S.study_exists(self.storage, self.study_name)
         if exists and not resume:
-            raise UserError(f"an Optuna study named {self.study_name!r} already exists in {self.storage}: "
-                            "add --resume to continue it, or choose another --experiment-name")
+            raise UserError(
+                f"an Optuna study named {self.study_name!r} already exists in {self.storage}: "
+                "add --resume to continue it, or choose another --experiment-name"
+            )
         direction = "minimize" if self.mode == "min" else "maximize"
-        self._study = optuna.create_study(storage=self.storage, study_name=self.study_name, direction=direction,
-                                          sampler=self.sampler, load_if_exists=True)
+        self._study = optuna.create_study(
+            storage=self.storage,
+            study_name=self.study_name,
+            direction=direction,
+            sampler=self.sampler,
+            load_if_exists=True,
+        )
         if exists:
             return
         self._study.set_user_attr("archs", [s.arch for s in self.spaces])
@@ -100,15 +120,10 @@ class StudySearcher(Searcher):
         space = self.spaces[archs.index(arch)]
         config: dict[str, Any] = {"arch": arch}
         for name in SEARCHED:
-            spec = space.space.get(name)
-            key = S.param_name(arch, name, self.multi)
-            if spec is None:
-                config[name] = space.start[name]
-            elif spec["type"] == "choice":
-                config[name] = trial.suggest_categorical(key, list(spec["values"]))
-            else:
-                config[name] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
-                                                   log=spec["type"] == "loguniform")
+            entry = space.space.get(name)
+            config[name] = (
+                space.start[name] if entry is None else entry.suggest(trial, S.param_name(arch, name, self.multi))
+            )
         trial.set_user_attr(S.TUNE_ID_ATTR, trial_id)
         trial.set_user_attr(S.ARCH_PARAM, arch)
         self.live[trial_id] = trial.number

@@ -21,6 +21,7 @@ storage (a sqlite file beside the MLflow store by default), driven by ask/tell:
 Only the driver writes to the storage (Tune's searcher runs there), so sqlite
 serves a cluster of any size.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from mgc_ray.config import RECIPE_OFF
 from mgc_ray.errors import UserError
+from mgc_ray.files import SQLITE, sqlite_path
 
 ARCH_PARAM = "arch"
 TUNE_ID_ATTR = "tune_trial_id"  # a study trial's Tune trial id (user attribute)
@@ -37,11 +39,9 @@ STORAGE_FILE = "optuna.db"
 
 def default_storage(mlflow_uri: str, fallback_dir: Path) -> str:
     """The study's storage: `optuna.db` beside a sqlite MLflow store, else in `fallback_dir`."""
-    if mlflow_uri.startswith("sqlite:///"):
-        folder = Path(mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent
-    else:
-        folder = Path(fallback_dir)
-    return f"sqlite:///{folder / STORAGE_FILE}"
+    db = sqlite_path(mlflow_uri)
+    folder = db.parent if db is not None else Path(fallback_dir)
+    return f"{SQLITE}{folder / STORAGE_FILE}"
 
 
 def dashboard_command(storage: str) -> str:
@@ -61,20 +61,23 @@ def study_point(space, multi: bool) -> dict[str, Any]:
 
 
 def distributions(spaces: Sequence, multi: bool) -> dict[str, Any]:
-    """Every study parameter's Optuna distribution."""
+    """Every study parameter's Optuna distribution.
+
+    Args:
+        spaces: one `space.SearchSpace` per arch of the search.
+        multi: a study over several archs (`arch` is a parameter, the others `<arch>.<name>`).
+
+    Returns:
+        {study parameter: distribution}, each searched entry's own (`space.Entry.distribution`).
+    """
     import optuna.distributions as d
 
     out: dict[str, Any] = {}
     if multi:
         out[ARCH_PARAM] = d.CategoricalDistribution([s.arch for s in spaces])
     for s in spaces:
-        for name, spec in s.space.items():
-            key = param_name(s.arch, name, multi)
-            if spec["type"] == "choice":
-                out[key] = d.CategoricalDistribution(list(spec["values"]))
-            else:
-                out[key] = d.FloatDistribution(float(spec["low"]), float(spec["high"]),
-                                               log=spec["type"] == "loguniform")
+        for name, entry in s.space.items():
+            out[param_name(s.arch, name, multi)] = entry.distribution()
     return out
 
 
@@ -86,15 +89,17 @@ def open_study(storage: str, name: str):
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise UserError(f"no Optuna study {name!r} in {storage} (studies there: {names[:300]}); "
-                        "give the name of an earlier search") from None
+        raise UserError(
+            f"no Optuna study {name!r} in {storage} (studies there: {names[:300]}); give the name of an earlier search"
+        ) from None
 
 
 def study_exists(storage: str, name: str) -> bool:
     """Whether `storage` holds a study `name`; a sqlite file that does not exist yet is not created."""
     import optuna
 
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).expanduser().is_file():
+    db = sqlite_path(storage)
+    if db is not None and not db.is_file():
         return False
 
     try:
@@ -134,10 +139,15 @@ def warm_trials(storage: str, names: Iterable[str], spaces: Sequence, multi: boo
                 continue
             if multi:
                 params[ARCH_PARAM] = arch
-            out.append(optuna.trial.create_trial(
-                params=params, distributions={k: dists[k] for k in params}, value=t.value,
-                intermediate_values=dict(t.intermediate_values),
-                user_attrs={"warm_start_from": f"{name}#{t.number}"}))
+            out.append(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions={k: dists[k] for k in params},
+                    value=t.value,
+                    intermediate_values=dict(t.intermediate_values),
+                    user_attrs={"warm_start_from": f"{name}#{t.number}"},
+                )
+            )
     return out
 
 

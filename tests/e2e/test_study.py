@@ -1,6 +1,7 @@
 """The search's Optuna study tells Optuna what Tune saw: a trial ASHA stopped is PRUNED with its
 per-epoch values as intermediate values, a finished one COMPLETE, an error FAIL; the study
 lives in its RDB storage, where `optuna.load_study` finds every trial of a real search."""
+
 import math
 import sys
 
@@ -10,14 +11,15 @@ import pytest
 from mgc_ray.config import METRIC, MODE
 from mgc_ray.search import rungs, study
 from mgc_ray.search.rungs import REDUCTION_FACTOR
-from mgc_ray.search.space import SearchSpace
+from mgc_ray.search.space import Choice, LogUniform, SearchSpace
 
 MAX_T = 4
-SPACE = SearchSpace(arch="densenet", path="test",
-                    start={"lr": 1e-4, "weight_decay": 1e-4, "batch_size": 32, "window": 1976, "n_mels": 224,
-                           "crop_seconds": 10.0},
-                    space={"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
-                           "batch_size": {"type": "choice", "values": [16, 32, 64]}})
+SPACE = SearchSpace(
+    arch="densenet",
+    path="test",
+    start={"lr": 1e-4, "weight_decay": 1e-4, "batch_size": 32, "window": 1976, "n_mels": 224, "crop_seconds": 10.0},
+    space={"lr": LogUniform(1e-5, 1e-3), "batch_size": Choice((16, 32, 64))},
+)
 
 
 def _curve(config):
@@ -40,11 +42,22 @@ def _search(tmp_path, name, n, **kw):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = StudySearcher(storage, name, [SPACE], 0, MAX_T, metric=METRIC, mode=MODE, **kw)
-    grid = tune.Tuner(_curve, param_space={"max_epochs": MAX_T}, tune_config=tune.TuneConfig(
-        metric=METRIC, mode=MODE, num_samples=n, search_alg=searcher, max_concurrent_trials=2, reuse_actors=True,
-        scheduler=rungs.SampleASHA(max_epochs=MAX_T, grace=1, per_epoch=1, chance=math.log(10),
-                                   reduction_factor=REDUCTION_FACTOR)),
-        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path / "ray"), verbose=0)).fit()
+    grid = tune.Tuner(
+        _curve,
+        param_space={"max_epochs": MAX_T},
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            num_samples=n,
+            search_alg=searcher,
+            max_concurrent_trials=2,
+            reuse_actors=True,
+            scheduler=rungs.SampleASHA(
+                max_epochs=MAX_T, grace=1, per_epoch=1, chance=math.log(10), reduction_factor=REDUCTION_FACTOR
+            ),
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path / "ray"), verbose=0),
+    ).fit()
     return storage, grid
 
 
@@ -81,10 +94,11 @@ def test_warm_start_adds_finished_trials_and_keeps_the_paper_trial_once(tmp_path
     second = optuna.load_study(study_name="second", storage=storage).trials
     warm = [t for t in second if "warm_start_from" in t.user_attrs]
     assert [(t.params, t.value) for t in warm] == [(t.params, t.value) for t in done]
-    assert warm == second[:len(warm)], "the warm-start trials come before any draw"
+    assert warm == second[: len(warm)], "the warm-start trials come before any draw"
     assert len(second) == len(warm) + 3
-    assert all(t.params != {"lr": 1e-4, "batch_size": 32} for t in second[len(warm):]), \
+    assert all(t.params != {"lr": 1e-4, "batch_size": 32} for t in second[len(warm) :]), (
         "the paper's settings are not trained again when a warm-start trial holds them"
+    )
 
 
 def test_warm_start_from_a_study_without_the_recipe_options_takes_them_as_off(tmp_path):
@@ -92,10 +106,14 @@ def test_warm_start_from_a_study_without_the_recipe_options_takes_them_as_off(tm
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     old = optuna.create_study(study_name="old", storage=storage)
     old_space = {k: SPACE.space[k] for k in ("lr", "batch_size")}
-    old.add_trial(optuna.trial.create_trial(params={"lr": 3e-4, "batch_size": 16}, value=1.5,
-                                            distributions=study.distributions([SearchSpace(
-                                                "densenet", SPACE.start, old_space, "old")], False)))
-    recipe = {"spec_mask": {"type": "choice", "values": [0.0, 0.1]}, "mixup": {"type": "choice", "values": [0.0, 0.2]}}
+    old.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 3e-4, "batch_size": 16},
+            value=1.5,
+            distributions=study.distributions([SearchSpace("densenet", SPACE.start, old_space, "old")], False),
+        )
+    )
+    recipe = {"spec_mask": Choice((0.0, 0.1)), "mixup": Choice((0.0, 0.2))}
     now = SearchSpace("densenet", SPACE.start, {**old_space, **recipe}, "now")
     (t,) = study.warm_trials(storage, ["old"], [now], False)
     assert t.params == {"lr": 3e-4, "batch_size": 16, "spec_mask": 0.0, "mixup": 0.0} and t.value == 1.5
@@ -108,8 +126,7 @@ def test_a_new_search_refuses_an_existing_study_name(tmp_path, ray_local):
 
     _search(tmp_path, "taken", 1)
     with pytest.raises(UserError, match="already exists"):
-        StudySearcher(f"sqlite:///{tmp_path / 'optuna.db'}", "taken", [SPACE], 0, MAX_T,
-                      metric=METRIC, mode=MODE)
+        StudySearcher(f"sqlite:///{tmp_path / 'optuna.db'}", "taken", [SPACE], 0, MAX_T, metric=METRIC, mode=MODE)
 
 
 def test_smoke_search_study_holds_every_trial(smoke_search):
@@ -134,9 +151,23 @@ def test_all_archs_is_one_study_with_a_row_per_arch(tmp_path, run_module):
     from mgc_ray.config import PAPER
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_module("mgc_ray.tune", "--arch", "all", "--smoke", "--no-dashboard", "--mlflow-uri", uri,
-                      "--results-dir", str(tmp_path / "results"), "--storage-path", str(tmp_path / "ray"),
-                      "--experiment-name", "every-arch", env={"MGC_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    proc = run_module(
+        "mgc_ray.tune",
+        "--arch",
+        "all",
+        "--smoke",
+        "--no-dashboard",
+        "--mlflow-uri",
+        uri,
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--storage-path",
+        str(tmp_path / "ray"),
+        "--experiment-name",
+        "every-arch",
+        env={"MGC_HOME": str(tmp_path / "home")},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in proc.stdout
     s = optuna.load_study(study_name="every-arch", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
