@@ -1,14 +1,15 @@
 """What every benchmark script shares: machine facts, load-stamped timers, the demo data, reports.
 
-Not a benchmark itself. Each script (`features.py`, `pipeline.py`, `trial.py`,
-`search.py`, `scale.py`) prints a short table and writes
-`results/benchmarks/<name>_<device>.json` and `.md`; `summary.py` gathers
-their `targets` into `results/benchmarks/README.md`.
+Not a benchmark itself. Each benchmark (`python -m benchmarks.features`, `.pipeline`,
+`.trial`, `.search`, `.scale`, ...) prints a short table and writes
+`results/benchmarks/<name>_<device>.json` and `.md`; `python -m benchmarks.summary`
+gathers their `targets` into `results/benchmarks/README.md`.
 
 Every timed section records the 1-min load average at its start and end: the
 development machine is shared (other engineers run tests on it), so a figure
 taken under load is an upper bound on time (a lower bound on throughput).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,20 +27,33 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from model_table import cpu_model  # the existing benchmark's CPU name reader
 
+from benchmarks.model_table import cpu_model  # the existing benchmark's CPU name reader
 from mgc_ray.errors import Parser, UserError
 from mgc_ray.files import atomic_text
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
-LIBRARIES = ("torch", "torchvision", "torchaudio", "ray", "librosa", "numpy", "scipy", "soundfile", "pyarrow",
-             "optuna", "mlflow")
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "ray",
+    "librosa",
+    "numpy",
+    "scipy",
+    "soundfile",
+    "pyarrow",
+    "optuna",
+    "mlflow",
+)
 NO_GPU = "no GPU on this machine"  # what a CPU run says where a GPU figure would go
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured here"
 MEASURED = "measured (no target set)"  # a figure the issue asks for without a bar to clear
-UNDER_LOAD = ("Timings were taken on a shared machine: the 1-min load average at the start and end of each "
-              "measurement is shown beside it. Above the core count, other processes took CPU time from the "
-              "benchmark, so such figures are upper bounds on time (lower bounds on throughput).")
+UNDER_LOAD = (
+    "Timings were taken on a shared machine: the 1-min load average at the start and end of each "
+    "measurement is shown beside it. Above the core count, other processes took CPU time from the "
+    "benchmark, so such figures are upper bounds on time (lower bounds on throughput)."
+)
 
 
 # --- machine -------------------------------------------------------------------
@@ -68,19 +82,30 @@ def machine(device: torch.device) -> dict:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             versions[lib] = None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cores_available": cores_available(),
-            "gpu": gpu_name(), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "device": str(device), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions, "load_avg_1min_at_start": load1()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_available": cores_available(),
+        "gpu": gpu_name(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "load_avg_1min_at_start": load1(),
+    }
 
 
 def machine_line(m: dict) -> str:
     v = m["versions"]
     libs = ", ".join(f"{k} {v[k]}" for k in LIBRARIES if v.get(k))
     gpu = f"GPU {m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else NO_GPU
-    return (f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_available']} available to this process), {gpu}; "
-            f"torch using {m['torch_threads']} threads; Python {m['python']}, {m['platform']}; {libs}. "
-            f"1-min load average at start {m['load_avg_1min_at_start']}, at end {m.get('load_avg_1min_at_end')}.")
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_available']} available to this process), {gpu}; "
+        f"torch using {m['torch_threads']} threads; Python {m['python']}, {m['platform']}; {libs}. "
+        f"1-min load average at start {m['load_avg_1min_at_start']}, at end {m.get('load_avg_1min_at_end')}."
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,8 +115,7 @@ def resolve_device(name: str) -> torch.device:
 
         return pick_device()
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device cuda: {NO_GPU} (torch sees no CUDA device); run with --device cpu, "
-                        "or on a GPU node")
+        raise UserError(f"--device cuda: {NO_GPU} (torch sees no CUDA device); run with --device cpu, or on a GPU node")
     return torch.device(name)
 
 
@@ -153,13 +177,19 @@ def rate(n: float, seconds: float) -> float:
 def parser(prog: str, doc: str, *, device: bool = True, ray: bool = True) -> Parser:
     p = Parser(prog=prog, description=doc.strip().splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds): checks the script, not the machine")
-    p.add_argument("--out", type=Path, help=f"folder for the .json/.md report (default {RESULTS}; "
-                   "with --smoke a temporary folder)")
-    p.add_argument("--work", type=Path, help="folder for the demo data and caches (default: a temporary folder, "
-                   "deleted at the end); reuse it across runs to skip writing the demo again")
+    p.add_argument(
+        "--out", type=Path, help=f"folder for the .json/.md report (default {RESULTS}; with --smoke a temporary folder)"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        help="folder for the demo data and caches (default: a temporary folder, "
+        "deleted at the end); reuse it across runs to skip writing the demo again",
+    )
     if device:
-        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="auto: cuda when there is a GPU, else cpu")
+        p.add_argument(
+            "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when there is a GPU, else cpu"
+        )
     if ray:
         p.add_argument("--address", help="join this running Ray cluster instead of starting a local one")
     return p
@@ -217,8 +247,8 @@ class DemoData:
     cache: str
     manifest: dict
     tracks: int
-    write: Timed = field(default_factory=Timed)     # write_demo (about zero seconds when reused: it only checks)
-    prepare: Timed = field(default_factory=Timed)   # prepare.prepare (zero seconds when reused)
+    write: Timed = field(default_factory=Timed)  # write_demo (about zero seconds when reused: it only checks)
+    prepare: Timed = field(default_factory=Timed)  # prepare.prepare (zero seconds when reused)
     reused: bool = False
 
     def split_tracks(self, split: str) -> list[tuple[int, int, str]]:

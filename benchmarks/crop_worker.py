@@ -1,8 +1,8 @@
 """What a Ray Data crop worker pays to run the crop UDF: the import of the module it lives in.
 
-    python benchmarks/crop_worker.py                     # this checkout (5 fresh interpreters each)
-    python benchmarks/crop_worker.py --before DIR        # and an older checkout at DIR, for comparison
-    python benchmarks/crop_worker.py --smoke             # 1 interpreter each: checks the script
+    python -m benchmarks.crop_worker                     # this checkout (5 fresh interpreters each)
+    python -m benchmarks.crop_worker --before DIR        # and an older checkout at DIR, for comparison
+    python -m benchmarks.crop_worker --smoke             # 1 interpreter each: checks the script
 
 Ray Data pickles `map_batches`' function by reference to its module, so every worker
 process that runs a crop task imports `mgc_ray.data.pipeline` (and whatever it imports) before
@@ -11,6 +11,7 @@ its first block. Each figure is a fresh interpreter that has already imported
 of `import mgc_ray.data.pipeline` and the resident memory it adds, and whether torch / torchaudio
 came with it. Median of the runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import _common as C
 import torch
 
+from benchmarks import _common as C
 from mgc_ray.errors import run_cli
 
 NAME = "crop_worker"
@@ -48,37 +49,50 @@ def probe(checkout: Path, runs: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     rows = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True,
-                             cwd=checkout).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True, cwd=checkout
+        ).stdout.split()
         rows.append(out)
     assert all(Path(r[5]).resolve().is_relative_to(checkout.resolve()) for r in rows), "imported another checkout"
-    return {"checkout": str(checkout), "runs": runs,
-            "import_s": statistics.median(float(r[0]) for r in rows),
-            "rss_before_mb": statistics.median(float(r[1]) for r in rows),
-            "rss_after_mb": statistics.median(float(r[2]) for r in rows),
-            "extra_rss_mb": statistics.median(float(r[2]) - float(r[1]) for r in rows),
-            "torch_loaded": rows[0][3] == "True", "torchaudio_loaded": rows[0][4] == "True"}
+    return {
+        "checkout": str(checkout),
+        "runs": runs,
+        "import_s": statistics.median(float(r[0]) for r in rows),
+        "rss_before_mb": statistics.median(float(r[1]) for r in rows),
+        "rss_after_mb": statistics.median(float(r[2]) for r in rows),
+        "extra_rss_mb": statistics.median(float(r[2]) - float(r[1]) for r in rows),
+        "torch_loaded": rows[0][3] == "True",
+        "torchaudio_loaded": rows[0][4] == "True",
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = C.parser("python benchmarks/crop_worker.py", __doc__, device=False, ray=False)
+    p = C.parser("python -m benchmarks.crop_worker", __doc__, device=False, ray=False)
     p.add_argument("--before", type=Path, help="an older checkout to measure the same way")
     args = p.parse_args(argv)
     runs = 1 if args.smoke else 5
     rows = {"this checkout": probe(ROOT, runs)}
     if args.before:
-        rev = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip() or str(args.before)
+        rev = subprocess.run(
+            ["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip() or str(args.before)
         rows = {f"before ({rev})": probe(args.before, runs), **rows}
     report = {"name": NAME, "machine": C.machine(torch.device("cpu")), "rows": rows}
     headers = ["checkout", "import s", "extra resident MB", "torch", "torchaudio"]
-    table = [[k, f"{r['import_s']:.3f}", f"{r['extra_rss_mb']:.1f}", r["torch_loaded"], r["torchaudio_loaded"]]
-             for k, r in rows.items()]
+    table = [
+        [k, f"{r['import_s']:.3f}", f"{r['extra_rss_mb']:.1f}", r["torch_loaded"], r["torchaudio_loaded"]]
+        for k, r in rows.items()
+    ]
     C.print_table(headers, table)
-    md = ["# What a Ray Data crop worker imports", "",
-          "Written by `benchmarks/crop_worker.py`: a fresh interpreter that has imported `ray.data` imports "
-          f"`mgc_ray.data.pipeline`, the module of the crop UDF every crop worker unpickles (median of {runs}).", "",
-          *C.md_table(headers, table, "lrrll"), ""]
+    md = [
+        "# What a Ray Data crop worker imports",
+        "",
+        "Written by `python -m benchmarks.crop_worker`: a fresh interpreter that has imported `ray.data` imports "
+        f"`mgc_ray.data.pipeline`, the module of the crop UDF every crop worker unpickles (median of {runs}).",
+        "",
+        *C.md_table(headers, table, "lrrll"),
+        "",
+    ]
     C.write_report(C.out_dir(args), NAME, report, md)
     return report
 

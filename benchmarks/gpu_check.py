@@ -1,7 +1,7 @@
 """One GPU check: does a DenseNet-121 trial keep one H100/H200 busy? (<= 8 minutes, installs nothing)
 
-    python benchmarks/gpu_check.py           # one CUDA GPU: writes results/benchmarks/gpu_check_cuda.{json,md}
-    python benchmarks/gpu_check.py --smoke   # the CPU, tiny sizes: checks the script (the tests run it)
+    python -m benchmarks.gpu_check           # one CUDA GPU: writes results/benchmarks/gpu_check_cuda.{json,md}
+    python -m benchmarks.gpu_check --smoke   # the CPU, tiny sizes: checks the script (the tests run it)
 
 Four parts, each with its own share of the time budget (a part that runs out of
 time says what it skipped):
@@ -28,6 +28,7 @@ time says what it skipped):
 Targets (one H200): >= 5,000 samples/s at the best batch and >= 2,500 at batch 32;
 the GPU waits < 5 % of a trial's time; 4 packed trials >= 3x one trial.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,10 +41,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import _common as C
 import numpy as np
 import torch
 
+from benchmarks import _common as C
 from mgc_ray.config import CACHE_SAMPLE_RATE, PAPER
 from mgc_ray.errors import run_cli
 
@@ -55,8 +56,8 @@ BATCHES = (32, 64, 128, 256)
 WAYS = ("eager", "channels_last", "compiled")
 PACKS = (1, 2, 4, 8)
 TARGET_BEST, TARGET_32, TARGET_WAIT, TARGET_PACK4 = 5000, 2500, 0.05, 3.0
-FMA = dict(tracks=8000, seconds=30.0)                       # FMA small: 8,000 clips of 30 s
-SMOKE = dict(tracks=48, seconds=3.0)                        # 38 training clips: one paper batch of 32
+FMA = dict(tracks=8000, seconds=30.0)  # FMA small: 8,000 clips of 30 s
+SMOKE = dict(tracks=48, seconds=3.0)  # 38 training clips: one paper batch of 32
 SMOKE_INPUT = dict(sample_rate=8000, window=256, n_mels=32, crop_seconds=1.0)
 GENRES = 8
 
@@ -98,8 +99,15 @@ def step_speed(device: torch.device, batch: int, way: str, *, steps: int, warmup
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     r = train_epoch(net, itertools.repeat((wave, label), steps), opt, device=device)
-    out = {"batch": batch, "way": way, "steps": steps, "warmup": warmup, "warmup_s": warm_s,
-           "samples_per_s": r["samples_per_s"], "step_s": r["seconds"] / steps}
+    out = {
+        "batch": batch,
+        "way": way,
+        "steps": steps,
+        "warmup": warmup,
+        "warmup_s": warm_s,
+        "samples_per_s": r["samples_per_s"],
+        "step_s": r["seconds"] / steps,
+    }
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
@@ -122,8 +130,15 @@ def profile_step(device: torch.device, smoke: bool, steps: int = 3) -> list[dict
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:12]
     total = sum(getattr(e, key) for e in prof.key_averages()) or 1
-    return [{"name": e.key[:80], "calls": e.count // steps, "ms_per_step": getattr(e, key) / 1000 / steps,
-             "share": getattr(e, key) / total} for e in rows]
+    return [
+        {
+            "name": e.key[:80],
+            "calls": e.count // steps,
+            "ms_per_step": getattr(e, key) / 1000 / steps,
+            "share": getattr(e, key) / total,
+        }
+        for e in rows
+    ]
 
 
 def speed_part(device: torch.device, smoke: bool, deadline: Deadline) -> dict:
@@ -132,8 +147,9 @@ def speed_part(device: torch.device, smoke: bool, deadline: Deadline) -> dict:
     steps, warmup = (1, 1) if smoke else (20, 5)
     rows, skipped = [], []
     # eager and channels_last first (seconds each); then compiled, batch 32 first (a compile each)
-    order = [(b, w) for w in ways if w != "compiled" for b in batches] + \
-            [(b, "compiled") for b in sorted(batches, key=lambda b: (b != 32, b)) if "compiled" in ways]
+    order = [(b, w) for w in ways if w != "compiled" for b in batches] + [
+        (b, "compiled") for b in sorted(batches, key=lambda b: (b != 32, b)) if "compiled" in ways
+    ]
     for batch, way in order:
         need = 60 if way == "compiled" else 5
         if deadline.left() < need:
@@ -146,8 +162,11 @@ def speed_part(device: torch.device, smoke: bool, deadline: Deadline) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append(r)
-        print(f"speed  batch {batch:4d} {way:14s} "
-              + (f"{r['samples_per_s']:9.1f} samples/s" if "error" not in r else r["error"]), flush=True)
+        print(
+            f"speed  batch {batch:4d} {way:14s} "
+            + (f"{r['samples_per_s']:9.1f} samples/s" if "error" not in r else r["error"]),
+            flush=True,
+        )
     prof = profile_step(device, smoke) if deadline.left() > 10 else []
     return {"rows": rows, "skipped": skipped, "profile": prof}
 
@@ -169,10 +188,27 @@ def trial_part(work: Path, smoke: bool, deadline: Deadline) -> dict:
     write_s = time.perf_counter() - t0
     arch = "baseline_a_2d" if smoke else "densenet"
     name = "gpu-check-trial"
-    cmd = [sys.executable, "-m", "mgc_ray.tune", "--arch", arch, "--cache", str(cache), "--paper",
-           "--max-epochs", "1" if smoke else "3", "--no-dashboard", "--experiment-name", name,
-           "--storage-path", str(work / "ray_results"), "--results-dir", str(work / "results"),
-           "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}"] + (["--smoke"] if smoke else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgc_ray.tune",
+        "--arch",
+        arch,
+        "--cache",
+        str(cache),
+        "--paper",
+        "--max-epochs",
+        "1" if smoke else "3",
+        "--no-dashboard",
+        "--experiment-name",
+        name,
+        "--storage-path",
+        str(work / "ray_results"),
+        "--results-dir",
+        str(work / "results"),
+        "--mlflow-uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+    ] + (["--smoke"] if smoke else [])
     env = {**os.environ, "MGC_HOME": str(work / "home")}
     left = max(30.0, deadline.left())
     t1 = time.perf_counter()
@@ -186,13 +222,39 @@ def trial_part(work: Path, smoke: bool, deadline: Deadline) -> dict:
     for result in sorted((work / "ray_results" / name).glob("*/result.json")):
         for line in result.read_text().splitlines():
             r = json.loads(line)
-            epochs.append({k: r.get(k) for k in ("epoch", "train/gpu_wait_share", "train/data_wait_s",
-                                                 "train/samples_per_s", "device", "time_this_iter_s")})
-    print(f"trial  {arch}: rc {rc}, {len(epochs)} epoch(s) "
-          + ", ".join(f"GPU wait {100 * e['train/gpu_wait_share']:.1f} %" for e in epochs
-                      if e.get("train/gpu_wait_share") is not None), flush=True)
-    return {"arch": arch, "tracks": size["tracks"], "clip_seconds": size["seconds"], "cache_write_s": write_s,
-            "run_s": run_s, "rc": rc, "epochs": epochs, "log_tail": tail if rc != 0 else "", "command": " ".join(cmd)}
+            epochs.append(
+                {
+                    k: r.get(k)
+                    for k in (
+                        "epoch",
+                        "train/gpu_wait_share",
+                        "train/data_wait_s",
+                        "train/samples_per_s",
+                        "device",
+                        "time_this_iter_s",
+                    )
+                }
+            )
+    print(
+        f"trial  {arch}: rc {rc}, {len(epochs)} epoch(s) "
+        + ", ".join(
+            f"GPU wait {100 * e['train/gpu_wait_share']:.1f} %"
+            for e in epochs
+            if e.get("train/gpu_wait_share") is not None
+        ),
+        flush=True,
+    )
+    return {
+        "arch": arch,
+        "tracks": size["tracks"],
+        "clip_seconds": size["seconds"],
+        "cache_write_s": write_s,
+        "run_s": run_s,
+        "rc": rc,
+        "epochs": epochs,
+        "log_tail": tail if rc != 0 else "",
+        "command": " ".join(cmd),
+    }
 
 
 # --- 3. packed trials ---------------------------------------------------------------------
@@ -211,8 +273,10 @@ class PackedTrial:
         setattr(importlib.import_module("torch.backends.cudnn"), "benchmark", self.device.type == "cuda")
         _, self.net, self.opt, n = _model(self.device, "channels_last", smoke)
         batch = 4 if smoke else 32
-        self.data = ((0.3 * torch.randn(batch, n)).clamp(-1, 1).to(self.device),
-                     torch.randint(0, GENRES, (batch,), device=self.device))
+        self.data = (
+            (0.3 * torch.randn(batch, n)).clamp(-1, 1).to(self.device),
+            torch.randint(0, GENRES, (batch,), device=self.device),
+        )
         train_epoch(self.net, itertools.repeat(self.data, 3), self.opt, device=self.device)  # cuDNN autotuner
         self.train_epoch = train_epoch
 
@@ -224,10 +288,19 @@ class PackedTrial:
         time.sleep(max(0.0, start_at - time.time()))
         t0, samples = time.time(), 0
         while time.time() - t0 < seconds:
-            samples += self.train_epoch(self.net, itertools.repeat(self.data, 5), self.opt, device=self.device)["samples"]
+            samples += self.train_epoch(self.net, itertools.repeat(self.data, 5), self.opt, device=self.device)[
+                "samples"
+            ]
         t1 = time.time()
-        out = {"device": self.td.name, "share": self.td.share, "memory_fraction": self.td.memory_fraction,
-               "start": t0, "end": t1, "late_s": max(0.0, late), "samples_per_s": samples / max(t1 - t0, 1e-9)}
+        out = {
+            "device": self.td.name,
+            "share": self.td.share,
+            "memory_fraction": self.td.memory_fraction,
+            "start": t0,
+            "end": t1,
+            "late_s": max(0.0, late),
+            "samples_per_s": samples / max(t1 - t0, 1e-9),
+        }
         if self.device.type == "cuda":
             out["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
@@ -251,8 +324,12 @@ def packing_part(smoke: bool, deadline: Deadline, address: str | None) -> dict:
         try:
             ray.get([t.ready.remote() for t in trials], timeout=max(10.0, deadline.left()))  # all warmed up
         except Exception as exc:  # noqa: BLE001 - an OOM while packing is the figure
-            return {"rows": [{"trials": k, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-                             for k in packs], "share": share}
+            return {
+                "rows": [
+                    {"trials": k, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"} for k in packs
+                ],
+                "share": share,
+            }
         for k in packs:
             if deadline.left() < seconds + 5:
                 rows.append({"trials": k, "skipped": "out of time"})
@@ -260,10 +337,20 @@ def packing_part(smoke: bool, deadline: Deadline, address: str | None) -> dict:
             start_at = time.time() + 2
             got = ray.get([t.run.remote(start_at, seconds) for t in trials[:k]], timeout=max(10.0, deadline.left()))
             overlap = max(0.0, min(g["end"] for g in got) - max(g["start"] for g in got))
-            rows.append({"trials": k, "aggregate_samples_per_s": sum(g["samples_per_s"] for g in got),
-                         "per_trial": got, "overlap_s": overlap, "window_s": seconds})
-            print(f"pack   {k} trial(s): {rows[-1]['aggregate_samples_per_s']:9.1f} samples/s together "
-                  f"(all ran together for {overlap:.1f} of {seconds:g} s)", flush=True)
+            rows.append(
+                {
+                    "trials": k,
+                    "aggregate_samples_per_s": sum(g["samples_per_s"] for g in got),
+                    "per_trial": got,
+                    "overlap_s": overlap,
+                    "window_s": seconds,
+                }
+            )
+            print(
+                f"pack   {k} trial(s): {rows[-1]['aggregate_samples_per_s']:9.1f} samples/s together "
+                f"(all ran together for {overlap:.1f} of {seconds:g} s)",
+                flush=True,
+            )
         for t in trials:
             ray.kill(t)
     return {"rows": rows, "share": share}
@@ -301,10 +388,20 @@ def frontend_part(device: torch.device, smoke: bool) -> dict:
             db = librosa.power_to_db(s, ref=np.max)
             (db - db.mean()) / (db.std() + 1e-5)
         cpu_rate = len(clips) / (time.perf_counter() - t0)
-    print(f"front  {dev_rate:9.1f} clips/s on {device.type} ({with_copy:.1f} with the copy from the host), "
-          f"{cpu_rate:.1f} clips/s per CPU core with librosa", flush=True)
-    return {"device": str(device), "batch": batch, "clip_seconds": secs, "clips_per_s": dev_rate,
-            "clips_per_s_with_copy": with_copy, "librosa_clips_per_s_one_core": cpu_rate, "librosa_clips": len(clips)}
+    print(
+        f"front  {dev_rate:9.1f} clips/s on {device.type} ({with_copy:.1f} with the copy from the host), "
+        f"{cpu_rate:.1f} clips/s per CPU core with librosa",
+        flush=True,
+    )
+    return {
+        "device": str(device),
+        "batch": batch,
+        "clip_seconds": secs,
+        "clips_per_s": dev_rate,
+        "clips_per_s_with_copy": with_copy,
+        "librosa_clips_per_s_one_core": cpu_rate,
+        "librosa_clips": len(clips),
+    }
 
 
 # --- report -------------------------------------------------------------------------------
@@ -315,85 +412,169 @@ def targets(report: dict) -> list[dict]:
     out = []
     best = max(ok, key=lambda r: r["samples_per_s"], default=None)
     b32 = max((r for r in ok if r["batch"] == 32), key=lambda r: r["samples_per_s"], default=None)
-    wait = [e["train/gpu_wait_share"] for e in report["trial"]["epochs"][1:]
-            if e.get("train/gpu_wait_share") is not None]
+    wait = [
+        e["train/gpu_wait_share"] for e in report["trial"]["epochs"][1:] if e.get("train/gpu_wait_share") is not None
+    ]
     packs = {r["trials"]: r.get("aggregate_samples_per_s") for r in report["packing"]["rows"]}
     items = [
-        ("gpu_check: DenseNet-121 at its best batch, one H200", f">= {TARGET_BEST:,} samples/s",
-         best and best["samples_per_s"], TARGET_BEST,
-         best and f"{best['samples_per_s']:,.0f} samples/s (batch {best['batch']}, {best['way']}) on {gpu}"),
-        ("gpu_check: DenseNet-121 at batch 32, one H200", f">= {TARGET_32:,} samples/s",
-         b32 and b32["samples_per_s"], TARGET_32, b32 and f"{b32['samples_per_s']:,.0f} samples/s ({b32['way']}) on {gpu}"),
+        (
+            "gpu_check: DenseNet-121 at its best batch, one H200",
+            f">= {TARGET_BEST:,} samples/s",
+            best and best["samples_per_s"],
+            TARGET_BEST,
+            best and f"{best['samples_per_s']:,.0f} samples/s (batch {best['batch']}, {best['way']}) on {gpu}",
+        ),
+        (
+            "gpu_check: DenseNet-121 at batch 32, one H200",
+            f">= {TARGET_32:,} samples/s",
+            b32 and b32["samples_per_s"],
+            TARGET_32,
+            b32 and f"{b32['samples_per_s']:,.0f} samples/s ({b32['way']}) on {gpu}",
+        ),
     ]
     for name, goal, value, bar, text in items:
         status = (C.MET if value >= bar else C.NOT_MET) if cuda and value is not None else C.NOT_MEASURED
-        out.append(C.target(name, goal, text if cuda and text else C.NO_GPU, status,
-                            "" if cuda else "run benchmarks/gpu_check.py on a GPU node"))
+        out.append(
+            C.target(
+                name,
+                goal,
+                text if cuda and text else C.NO_GPU,
+                status,
+                "" if cuda else "run python -m benchmarks.gpu_check on a GPU node",
+            )
+        )
     w = max(wait) if wait else None
-    out.append(C.target("gpu_check: GPU waiting for data in a Ray Tune trial", f"< {100 * TARGET_WAIT:g} %",
-                        f"{100 * w:.1f} % (worst epoch after the first)" if cuda and w is not None else C.NO_GPU,
-                        (C.MET if w < TARGET_WAIT else C.NOT_MET) if cuda and w is not None else C.NOT_MEASURED))
+    out.append(
+        C.target(
+            "gpu_check: GPU waiting for data in a Ray Tune trial",
+            f"< {100 * TARGET_WAIT:g} %",
+            f"{100 * w:.1f} % (worst epoch after the first)" if cuda and w is not None else C.NO_GPU,
+            (C.MET if w < TARGET_WAIT else C.NOT_MET) if cuda and w is not None else C.NOT_MEASURED,
+        )
+    )
     ratio = packs[4] / packs[1] if cuda and packs.get(4) and packs.get(1) else None
-    out.append(C.target("gpu_check: 4 packed DenseNet trials vs one", f">= {TARGET_PACK4:g}x",
-                        f"{ratio:.2f}x" if ratio else C.NO_GPU,
-                        (C.MET if ratio >= TARGET_PACK4 else C.NOT_MET) if ratio else C.NOT_MEASURED))
+    out.append(
+        C.target(
+            "gpu_check: 4 packed DenseNet trials vs one",
+            f">= {TARGET_PACK4:g}x",
+            f"{ratio:.2f}x" if ratio else C.NO_GPU,
+            (C.MET if ratio >= TARGET_PACK4 else C.NOT_MET) if ratio else C.NOT_MEASURED,
+        )
+    )
     return out
 
 
 def to_markdown(report: dict) -> list[str]:
     dev = report["machine"]["device"]
-    lines = [C.title("GPU check: DenseNet-121 trials on one GPU", report["smoke"],
-                     "tiny sizes on the CPU, not a measurement"), "",
-             f"Written by `benchmarks/gpu_check.py` on {dev} ({report['machine'].get('gpu') or C.NO_GPU}) in "
-             f"{report['seconds']:.0f} s. See the script's docstring for what each part runs.", "",
-             "## 1. Training samples/s (bf16 autocast, fused Adam, cuDNN autotuner)", ""]
+    lines = [
+        C.title(
+            "GPU check: DenseNet-121 trials on one GPU", report["smoke"], "tiny sizes on the CPU, not a measurement"
+        ),
+        "",
+        f"Written by `python -m benchmarks.gpu_check` on {dev} ({report['machine'].get('gpu') or C.NO_GPU}) in "
+        f"{report['seconds']:.0f} s. See the script's docstring for what each part runs.",
+        "",
+        "## 1. Training samples/s (bf16 autocast, fused Adam, cuDNN autotuner)",
+        "",
+    ]
     rows = report["speed"]["rows"]
-    lines += C.md_table(["batch", "way", "samples/s", "s / step", "warm-up s", "peak GiB"],
-                        [[r["batch"], r["way"], f"**{C.fmt(r['samples_per_s'])}**" if "samples_per_s" in r
-                          else r["error"], f"{r['step_s']:.4f}" if "step_s" in r else "",
-                          f"{r['warmup_s']:.1f}" if "warmup_s" in r else "",
-                          f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else ""] for r in rows], "rlrrrr")
+    lines += C.md_table(
+        ["batch", "way", "samples/s", "s / step", "warm-up s", "peak GiB"],
+        [
+            [
+                r["batch"],
+                r["way"],
+                f"**{C.fmt(r['samples_per_s'])}**" if "samples_per_s" in r else r["error"],
+                f"{r['step_s']:.4f}" if "step_s" in r else "",
+                f"{r['warmup_s']:.1f}" if "warmup_s" in r else "",
+                f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "",
+            ]
+            for r in rows
+        ],
+        "rlrrrr",
+    )
     if report["speed"]["skipped"]:
         lines += ["", "Skipped (the part's time budget): " + ", ".join(report["speed"]["skipped"])]
     if report["speed"]["profile"]:
         lines += ["", "Where a batch-32 channels_last step spends its time (`torch.profiler`, self time):", ""]
-        lines += C.md_table(["op / kernel", "calls / step", "ms / step", "share"],
-                            [[f"`{p['name']}`", p["calls"], f"{p['ms_per_step']:.2f}", f"{100 * p['share']:.1f} %"]
-                             for p in report["speed"]["profile"]], "lrrr")
+        lines += C.md_table(
+            ["op / kernel", "calls / step", "ms / step", "share"],
+            [
+                [f"`{p['name']}`", p["calls"], f"{p['ms_per_step']:.2f}", f"{100 * p['share']:.1f} %"]
+                for p in report["speed"]["profile"]
+            ],
+            "lrrr",
+        )
     t = report["trial"]
-    lines += ["", "## 2. A real Ray Tune trial fed by Ray Data", "",
-              f"`{t['arch']}` at the paper's settings on a synthetic cache of {t['tracks']:,} tracks x "
-              f"{t['clip_seconds']:g} s (written in {t['cache_write_s']:.0f} s); the search took {t['run_s']:.0f} s "
-              f"(exit code {t['rc']}).", ""]
-    lines += C.md_table(["epoch", "device", "samples/s", "GPU wait share", "host data wait s"],
-                        [[e["epoch"], e["device"], C.fmt(e["train/samples_per_s"] or 0),
-                          f"{100 * e['train/gpu_wait_share']:.1f} %" if e.get("train/gpu_wait_share") is not None
-                          else "(no GPU)", f"{e['train/data_wait_s']:.2f}" if e.get("train/data_wait_s") is not None
-                          else ""] for e in t["epochs"]], "rlrrr")
+    lines += [
+        "",
+        "## 2. A real Ray Tune trial fed by Ray Data",
+        "",
+        f"`{t['arch']}` at the paper's settings on a synthetic cache of {t['tracks']:,} tracks x "
+        f"{t['clip_seconds']:g} s (written in {t['cache_write_s']:.0f} s); the search took {t['run_s']:.0f} s "
+        f"(exit code {t['rc']}).",
+        "",
+    ]
+    lines += C.md_table(
+        ["epoch", "device", "samples/s", "GPU wait share", "host data wait s"],
+        [
+            [
+                e["epoch"],
+                e["device"],
+                C.fmt(e["train/samples_per_s"] or 0),
+                f"{100 * e['train/gpu_wait_share']:.1f} %" if e.get("train/gpu_wait_share") is not None else "(no GPU)",
+                f"{e['train/data_wait_s']:.2f}" if e.get("train/data_wait_s") is not None else "",
+            ]
+            for e in t["epochs"]
+        ],
+        "rlrrr",
+    )
     if t["log_tail"]:
         lines += ["", "The search failed; its last output:", "", "```", t["log_tail"], "```"]
-    lines += ["", "## 3. Packed trials on one GPU (DenseNet-121, batch 32, each actor holding and capped at "
-              f"{report['packing'].get('share', 0):g} of the GPU)", ""]
-    lines += C.md_table(["trials", "together samples/s", "per trial", "overlap s"],
-                        [[r["trials"], f"**{C.fmt(r['aggregate_samples_per_s'])}**" if "aggregate_samples_per_s" in r
-                          else r.get("error") or r.get("skipped"),
-                          ", ".join(C.fmt(g["samples_per_s"]) for g in r.get("per_trial", [])),
-                          f"{r['overlap_s']:.1f} of {r['window_s']:g}" if "overlap_s" in r else ""]
-                         for r in report["packing"]["rows"]], "rrlr")
+    lines += [
+        "",
+        "## 3. Packed trials on one GPU (DenseNet-121, batch 32, each actor holding and capped at "
+        f"{report['packing'].get('share', 0):g} of the GPU)",
+        "",
+    ]
+    lines += C.md_table(
+        ["trials", "together samples/s", "per trial", "overlap s"],
+        [
+            [
+                r["trials"],
+                f"**{C.fmt(r['aggregate_samples_per_s'])}**"
+                if "aggregate_samples_per_s" in r
+                else r.get("error") or r.get("skipped"),
+                ", ".join(C.fmt(g["samples_per_s"]) for g in r.get("per_trial", [])),
+                f"{r['overlap_s']:.1f} of {r['window_s']:g}" if "overlap_s" in r else "",
+            ]
+            for r in report["packing"]["rows"]
+        ],
+        "rrlr",
+    )
     f = report["frontend"]
-    lines += ["", "## 4. The front end (log-mel + z-score)", "",
-              f"On {f['device']}: **{C.fmt(f['clips_per_s'])} clips/s** in batches of {f['batch']} "
-              f"({C.fmt(f['clips_per_s_with_copy'])} with the copy from the host); the paper's way, librosa per "
-              f"clip on one CPU core: **{C.fmt(f['librosa_clips_per_s_one_core'])} clips/s** "
-              f"({f['clip_seconds']:g}-s clips).", "", "## Targets", ""]
-    lines += C.md_table(["target", "goal", "measured", "status", "note"],
-                        [[x["target"], x["goal"], x["measured"], x["status"], x["note"]] for x in report["targets"]],
-                        "lllll")
+    lines += [
+        "",
+        "## 4. The front end (log-mel + z-score)",
+        "",
+        f"On {f['device']}: **{C.fmt(f['clips_per_s'])} clips/s** in batches of {f['batch']} "
+        f"({C.fmt(f['clips_per_s_with_copy'])} with the copy from the host); the paper's way, librosa per "
+        f"clip on one CPU core: **{C.fmt(f['librosa_clips_per_s_one_core'])} clips/s** "
+        f"({f['clip_seconds']:g}-s clips).",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += C.md_table(
+        ["target", "goal", "measured", "status", "note"],
+        [[x["target"], x["goal"], x["measured"], x["status"], x["note"]] for x in report["targets"]],
+        "lllll",
+    )
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = C.parser("python benchmarks/gpu_check.py", __doc__)
+    p = C.parser("python -m benchmarks.gpu_check", __doc__)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     device = torch.device("cpu") if args.smoke else C.resolve_device("cuda" if args.device == "auto" else args.device)
@@ -401,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overall = Deadline(sum(budget.values()))
 
     def part(name: str) -> Deadline:  # its own budget, less what an overrun before it took from the rest
-        later = list(budget)[list(budget).index(name) + 1:]
+        later = list(budget)[list(budget).index(name) + 1 :]
         return Deadline(max(5.0, min(budget[name], overall.left() - sum(budget[k] for k in later))))
 
     report = {"name": NAME, "machine": C.machine(device), "smoke": args.smoke, "budget_s": budget}

@@ -1,7 +1,7 @@
 """Model table at the paper's settings: input shape, parameters, CPU forward time per batch.
 
-    python benchmarks/model_table.py            # writes results/model_table.md and .json (a few minutes on 2 cores)
-    python benchmarks/model_table.py --smoke    # tiny sizes, one run: checks the script, not the machine
+    python -m benchmarks.model_table            # writes results/model_table.md and .json (a few minutes on 2 cores)
+    python -m benchmarks.model_table --smoke    # tiny sizes, one run: checks the script, not the machine
 
 For each registered architecture: ModelConfig at the paper's window / n_mels
 (config.PAPER), 10-s crops at 22,050 Hz (220,500 samples), the paper's batch
@@ -10,6 +10,7 @@ runs after `--warmup` untimed ones, with the front end (log-mel or resample +
 z-score) timed on its own as well. Also times `augment.Augment` on a batch of
 32 crops with both stretch methods. The figures name the machine they ran on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,15 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg_1min_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_1min_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def timed(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
@@ -72,11 +79,18 @@ def measure_model(name: str, n_samples: int, batch: int, runs: int, warmup: int,
     with torch.no_grad():
         fwd = timed(lambda: model(wave), runs, warmup)
         front = timed(lambda: [f(wave) for f in fronts], runs, warmup)
-    return {"arch": name, "label": preset.label, "window": kw["window"], "n_mels": kw["n_mels"],
-            "input_shapes": [list(s) for s in input_shapes(model, n_samples)],
-            "params": sum(p.numel() for p in model.parameters()), "batch": batch,
-            "forward_s": statistics.median(fwd), "forward_runs_s": fwd,
-            "frontend_s": statistics.median(front)}
+    return {
+        "arch": name,
+        "label": preset.label,
+        "window": kw["window"],
+        "n_mels": kw["n_mels"],
+        "input_shapes": [list(s) for s in input_shapes(model, n_samples)],
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch": batch,
+        "forward_s": statistics.median(fwd),
+        "forward_runs_s": fwd,
+        "frontend_s": statistics.median(front),
+    }
 
 
 def measure_augment(n_samples: int, batch: int, runs: int, warmup: int) -> list[dict]:
@@ -99,7 +113,7 @@ def to_markdown(report: dict) -> str:
     lines = [
         "# Model table at the paper's settings" + (" (SMOKE RUN: tiny sizes, not the paper's)" if s["smoke"] else ""),
         "",
-        f"Written by `benchmarks/model_table.py`. Input: {s['crop_seconds']:g}-s crops at "
+        f"Written by `python -m benchmarks.model_table`. Input: {s['crop_seconds']:g}-s crops at "
         f"{s['sample_rate']:,} Hz ({s['n_samples']:,} samples), the paper's batch size, "
         f"forward in eval mode under torch.no_grad on CPU, median of {s['runs']} runs after {s['warmup']} warm-up.",
         "",
@@ -108,21 +122,32 @@ def to_markdown(report: dict) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["models"]:
-        lines.append(f"| {r['arch']} | {r['label']} | {r['window']} / {r['n_mels']} | {shape_str(r['input_shapes'])} | "
-                     f"{r['params']:,} | {r['batch']} | {r['forward_s']:.3f} | {r['frontend_s']:.3f} | "
-                     f"{1000 * r['forward_s'] / r['batch']:.1f} |")
-    lines += ["", "Training augmentation (`augment.Augment`, noise p = 0.5, stretch p = 0.5), one batch on CPU:", "",
-              "| stretch method | batch | samples | s / batch |", "|---|---:|---:|---:|"]
+        lines.append(
+            f"| {r['arch']} | {r['label']} | {r['window']} / {r['n_mels']} | {shape_str(r['input_shapes'])} | "
+            f"{r['params']:,} | {r['batch']} | {r['forward_s']:.3f} | {r['frontend_s']:.3f} | "
+            f"{1000 * r['forward_s'] / r['batch']:.1f} |"
+        )
+    lines += [
+        "",
+        "Training augmentation (`augment.Augment`, noise p = 0.5, stretch p = 0.5), one batch on CPU:",
+        "",
+        "| stretch method | batch | samples | s / batch |",
+        "|---|---:|---:|---:|",
+    ]
     for a in report["augment"]:
         lines.append(f"| {a['stretch_method']} | {a['batch']} | {a['n_samples']:,} | {a['seconds']:.3f} |")
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} using {m['torch_threads']} threads, "
-              f"Python {m['python']}, {m['platform']}; 1-min load average at start "
-              f"{m['load_avg_1min_at_start']} (other processes share the machine when it is above 0).", ""]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} using {m['torch_threads']} threads, "
+        f"Python {m['python']}, {m['platform']}; 1-min load average at start "
+        f"{m['load_avg_1min_at_start']} (other processes share the machine when it is above 0).",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.model_table", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="timed runs per model (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for model_table.md/.json")
@@ -135,15 +160,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         small = dict(sample_rate=8_000, window=256, n_mels=32)
     rate = small.get("sample_rate", CACHE_SAMPLE_RATE)
     n_samples = int(round(seconds * rate))
-    report = {"machine": machine(),
-              "settings": {"sample_rate": rate, "crop_seconds": seconds, "n_samples": n_samples,
-                           "runs": runs, "warmup": warmup, "smoke": args.smoke},
-              "models": [], "augment": []}
+    report = {
+        "machine": machine(),
+        "settings": {
+            "sample_rate": rate,
+            "crop_seconds": seconds,
+            "n_samples": n_samples,
+            "runs": runs,
+            "warmup": warmup,
+            "smoke": args.smoke,
+        },
+        "models": [],
+        "augment": [],
+    }
     for name in list_models():
         batch = 2 if args.smoke else PAPER[name].batch_size
         r = measure_model(name, n_samples, batch, runs, warmup, **small)
-        print(f"{name:14s} input {shape_str(r['input_shapes']):26s} params {r['params']:>10,}  batch {batch:2d}  "
-              f"forward {r['forward_s']:.3f} s (front end {r['frontend_s']:.3f} s)", flush=True)
+        print(
+            f"{name:14s} input {shape_str(r['input_shapes']):26s} params {r['params']:>10,}  batch {batch:2d}  "
+            f"forward {r['forward_s']:.3f} s (front end {r['frontend_s']:.3f} s)",
+            flush=True,
+        )
         report["models"].append(r)
     report["augment"] = measure_augment(n_samples, 2 if args.smoke else 32, runs, warmup)
     args.out.mkdir(parents=True, exist_ok=True)

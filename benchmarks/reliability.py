@@ -1,13 +1,14 @@
 """results/reliability.md: every fault and bad input the tests inject, how often, and what survived.
 
-    python benchmarks/reliability.py            # run the reliability tests, then write the table
-    python benchmarks/reliability.py --log F    # write the table from a ledger an earlier run left
+    python -m benchmarks.reliability            # run the reliability tests, then write the table
+    python -m benchmarks.reliability --log F    # write the table from a ledger an earlier run left
 
 The tests record what they inject through the `faults` fixture (tests/conftest.py) into a
 JSON-lines ledger named by $MGC_RELIABILITY_LOG, and only after the checks that prove it
 survived: a failed test records nothing for the fault it failed on, so the table lists
 what held. The ledger is kept beside the table (results/reliability.jsonl).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "reliability.md"
 LEDGER = ROOT / "results" / "reliability.jsonl"
-TESTS = ("tests/e2e/test_integrity.py", "tests/e2e/test_concurrent.py", "tests/e2e/test_full_disk.py",
-         "tests/e2e/test_faults.py", "tests/e2e/test_faults_at_scale.py", "tests/e2e/test_resume.py",
-         "tests/unit/test_bad_input.py")
+TESTS = (
+    "tests/e2e/test_integrity.py",
+    "tests/e2e/test_concurrent.py",
+    "tests/e2e/test_full_disk.py",
+    "tests/e2e/test_faults.py",
+    "tests/e2e/test_faults_at_scale.py",
+    "tests/e2e/test_resume.py",
+    "tests/unit/test_bad_input.py",
+)
 
 
 def run_tests(log: Path, tests: tuple[str, ...]) -> str:
     """Run the tests with the ledger on; returns pytest's last line (its counts)."""
     env = {**os.environ, "MGC_RELIABILITY_LOG": str(log), "PYTHONPATH": str(ROOT)}
     env.setdefault("MGC_HOME", tempfile.mkdtemp(prefix="mgc-reliability-"))
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     lines = [ln for ln in p.stdout.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else f"pytest exited {p.returncode}"
 
@@ -49,18 +61,33 @@ def render(records: list[dict], outcome: str) -> str:
     bad = {k: v for k, v in rows.items() if k.startswith("bad input:")}
     faults = {k: v for k, v in rows.items() if k not in bad}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines = ["# Reliability: what the tests inject and what survived", "",
-             f"Written by `python benchmarks/reliability.py` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
-             f"({platform.machine()}, {os.cpu_count()} cores, 1-min load {load:.1f}: a shared machine). "
-             f"pytest: {outcome}.", "",
-             "Each row is recorded by the test only after its checks passed; a count is how many times the fault "
-             "was injected in that run.", "",
-             "## Faults", "", "| fault | injected | what survived | test |", "|---|---:|---|---|"]
+    lines = [
+        "# Reliability: what the tests inject and what survived",
+        "",
+        f"Written by `python -m benchmarks.reliability` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"({platform.machine()}, {os.cpu_count()} cores, 1-min load {load:.1f}: a shared machine). "
+        f"pytest: {outcome}.",
+        "",
+        "Each row is recorded by the test only after its checks passed; a count is how many times the fault "
+        "was injected in that run.",
+        "",
+        "## Faults",
+        "",
+        "| fault | injected | what survived | test |",
+        "|---|---:|---|---|",
+    ]
     lines += [f"| {k} | {v['times']} | {v['survived']} | {', '.join(v['tests'])} |" for k, v in faults.items()]
-    lines += ["", f"## Bad input ({len(bad)} kinds, {sum(v['times'] for v in bad.values())} runs)", "",
-              "| input | runs | outcome | test |", "|---|---:|---|---|"]
-    lines += [f"| {k[len('bad input: '):]} | {v['times']} | {v['survived']} | {', '.join(v['tests'])} |"
-              for k, v in sorted(bad.items())]
+    lines += [
+        "",
+        f"## Bad input ({len(bad)} kinds, {sum(v['times'] for v in bad.values())} runs)",
+        "",
+        "| input | runs | outcome | test |",
+        "|---|---:|---|---|",
+    ]
+    lines += [
+        f"| {k[len('bad input: ') :]} | {v['times']} | {v['survived']} | {', '.join(v['tests'])} |"
+        for k, v in sorted(bad.items())
+    ]
     missing = [t for t in TESTS if not any(r["test"].startswith(t) for r in records)]
     if missing:
         lines += ["", f"Not in this ledger (their faults are not counted above): {', '.join(missing)}."]
@@ -68,7 +95,7 @@ def render(records: list[dict], outcome: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__.split("\n")[0])
     p.add_argument("--log", help="render this ledger instead of running the tests")
     p.add_argument("--tests", nargs="*", default=list(TESTS), help="test files to run")
     p.add_argument("--outcome", help="with --log: pytest's summary line of the run that wrote it")

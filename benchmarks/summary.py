@@ -1,21 +1,21 @@
 """Gather every benchmark report's targets into results/benchmarks/README.md.
 
-    python benchmarks/summary.py                       # after running the scripts (CPU here, GPU on a GPU node)
-    python benchmarks/summary.py --results DIR         # another folder of reports (the test's smoke runs)
+    python -m benchmarks.summary                       # after running the scripts (CPU here, GPU on a GPU node)
+    python -m benchmarks.summary --results DIR         # another folder of reports (the test's smoke runs)
 
-Reads `<name>_<device>.json` written by features.py, pipeline.py, trial.py,
-search.py, scale.py, gpu_check.py and search_quality.py and writes one table of every target: what was asked,
+Reads `<name>_<device>.json` written by `benchmarks.features`, `pipeline`, `trial`, `search`,
+`scale`, `gpu_check`, `search_quality` and `stream`, and writes one table of every target: what was asked,
 what was measured, on which machine, and met / not met / not measured here. A
 GPU session adds its `*_cuda.json` beside the CPU ones and runs this again.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Sequence
 
-import _common as C
-
+from benchmarks import _common as C
 from mgc_ray.errors import Parser, UserError, run_cli
 
 SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "search_quality", "stream")
@@ -35,20 +35,20 @@ samples/s at batch 32-256 eager / channels_last / compiled, the GPU's wait in a 
 FMA-sized synthetic cache, 1/2/4/8 packed trials, the front end against the paper's CPU way. No GPU was lent
 to the session that wrote it, so its figures are not measured yet:
 
-    python benchmarks/gpu_check.py          # writes gpu_check_cuda.json and .md here
+    python -m benchmarks.gpu_check          # writes gpu_check_cuda.json and .md here
 
-The other scripts, all but scale.py sized for a 10-minute limit per command (not timed on a GPU yet);
+The other benchmarks, all but scale sized for a 10-minute limit per command (not timed on a GPU yet);
 `--work` keeps the demo data between them:
 
-    python benchmarks/trial.py --device cuda --work /tmp/mgcb      # bf16 x channels_last (+ cudnn.benchmark), DenseNet >= 2,000 samples/s?,
+    python -m benchmarks.trial --device cuda --work /tmp/mgcb      # bf16 x channels_last (+ cudnn.benchmark), DenseNet >= 2,000 samples/s?,
                                                                    # Augment's share of a step, GPU data wait on a 2,000-clip demo (written first)
-    python benchmarks/features.py --device cuda --work /tmp/mgcb   # our front end on the GPU against the paper's CPU way
-    python benchmarks/pipeline.py --device cuda --work /tmp/mgcb --tracks-per-genre 100   # batches to the GPU (workers: CPUs - 1)
-    python benchmarks/search.py --device cuda --work /tmp/mgcb --archs baseline_a_2d --tracks-per-genre 40 --seconds 30
-    python benchmarks/search.py --device cuda --work /tmp/mgcb --archs densenet --tracks-per-genre 40 --seconds 30
-    python benchmarks/scale.py --device cuda --work /tmp/mgcb --tracks-per-genre 1000   # FMA small's 8,000 clips (writing 8,000 mp3s
+    python -m benchmarks.features --device cuda --work /tmp/mgcb   # our front end on the GPU against the paper's CPU way
+    python -m benchmarks.pipeline --device cuda --work /tmp/mgcb --tracks-per-genre 100   # batches to the GPU (workers: CPUs - 1)
+    python -m benchmarks.search --device cuda --work /tmp/mgcb --archs baseline_a_2d --tracks-per-genre 40 --seconds 30
+    python -m benchmarks.search --device cuda --work /tmp/mgcb --archs densenet --tracks-per-genre 40 --seconds 30
+    python -m benchmarks.scale --device cuda --work /tmp/mgcb --tracks-per-genre 1000   # FMA small's 8,000 clips (writing 8,000 mp3s
                                                                    # is the long part: ~30 min on 2 cores here, less on 16)
-    python benchmarks/summary.py
+    python -m benchmarks.summary
 
 Then keep `results/benchmarks/*_cuda.*` beside the CPU reports and commit the regenerated README.md."""
 
@@ -68,28 +68,51 @@ def load_reports(folder: Path) -> list[dict]:
 
 def machine_short(m: dict) -> str:
     gpu = m["gpu"] or "no GPU"
-    return f"{m['cpu']}, {m['cores']} cores, {gpu}; load {m['load_avg_1min_at_start']} -> {m.get('load_avg_1min_at_end')}"
+    return (
+        f"{m['cpu']}, {m['cores']} cores, {gpu}; load {m['load_avg_1min_at_start']} -> {m.get('load_avg_1min_at_end')}"
+    )
 
 
 def to_markdown(reports: list[dict], notes: str) -> list[str]:
     smoke = any(r.get("smoke") for r in reports)
-    lines = ["# Benchmarks" + (" (SMOKE RUNS: tiny sizes, not measurements)" if smoke else ""), "",
-             "Speed is shown by these scripts, never by timed assertions in tests (`tests/e2e/test_benchmarks.py` runs "
-             "each one's `--smoke` mode). Each prints a short table and writes `<name>_<device>.json` and `.md` here, "
-             "naming the machine (CPU model and cores, GPU, library versions, torch threads, load average).", "",
-             C.UNDER_LOAD, "", "## Every target", ""]
+    lines = [
+        "# Benchmarks" + (" (SMOKE RUNS: tiny sizes, not measurements)" if smoke else ""),
+        "",
+        "Speed is shown by these scripts, never by timed assertions in tests (`tests/e2e/test_benchmarks.py` runs "
+        "each one's `--smoke` mode). Each prints a short table and writes `<name>_<device>.json` and `.md` here, "
+        "naming the machine (CPU model and cores, GPU, library versions, torch threads, load average).",
+        "",
+        C.UNDER_LOAD,
+        "",
+        "## Every target",
+        "",
+    ]
     rows = []
     for r in sorted(reports, key=lambda r: (SCRIPTS.index(r["name"]), r["_file"])):
         for t in r["targets"]:
-            status = t["status"] if t["status"] != C.NOT_MEASURED else f"{C.NOT_MEASURED}" + (
-                " (GPU)" if "GPU" in (t["note"] + t["measured"]) else "")
-            rows.append([t["target"], t["goal"], t["measured"], machine_short(r["machine"]), f"**{status}**",
-                         t["note"], f"[{r['_file'][:-5]}.md]({r['_file'][:-5]}.md)"])
+            status = (
+                t["status"]
+                if t["status"] != C.NOT_MEASURED
+                else f"{C.NOT_MEASURED}" + (" (GPU)" if "GPU" in (t["note"] + t["measured"]) else "")
+            )
+            rows.append(
+                [
+                    t["target"],
+                    t["goal"],
+                    t["measured"],
+                    machine_short(r["machine"]),
+                    f"**{status}**",
+                    t["note"],
+                    f"[{r['_file'][:-5]}.md]({r['_file'][:-5]}.md)",
+                ]
+            )
     lines += C.md_table(["target", "goal", "measured", "machine", "status", "why / note", "report"], rows, "lllllll")
     lines += ["", "## Reports", ""]
     for r in reports:
-        lines.append(f"- [{r['_file'][:-5]}.md]({r['_file'][:-5]}.md): `benchmarks/{r['name']}.py` on "
-                     f"{r['machine']['device']}")
+        lines.append(
+            f"- [{r['_file'][:-5]}.md]({r['_file'][:-5]}.md): `python -m benchmarks.{r['name']}` on "
+            f"{r['machine']['device']}"
+        )
     if notes:
         lines += ["", notes.strip()]
     lines += ["", "## Left for a GPU session", "", GPU_COMMANDS, ""]
@@ -97,13 +120,13 @@ def to_markdown(reports: list[dict], notes: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="python benchmarks/summary.py", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m benchmarks.summary", description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=C.RESULTS, help=f"folder of reports (default {C.RESULTS})")
     p.add_argument("--notes", type=Path, help="a markdown file of findings to include (default: FINDINGS.md there)")
     args = p.parse_args(argv)
     reports = load_reports(args.results)
     if not reports:
-        raise UserError(f"no benchmark report in {args.results}: run the scripts first (see benchmarks/*.py)")
+        raise UserError(f"no benchmark report in {args.results}: run the benchmarks first (docs/benchmarks.md)")
     notes_path = args.notes or args.results / "FINDINGS.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     out = args.results / "README.md"

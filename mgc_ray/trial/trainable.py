@@ -28,6 +28,7 @@ with work outside the trials). The note sits in the trial's
 working folder (`tune.get_context().get_trial_dir()`, under the node's Ray
 session folder): a retry placed on another node runs once more before it stops.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgc_ray.config import TrainConfig, epoch_seed
+from mgc_ray.config import ModelConfig, TrainConfig, epoch_seed
 from mgc_ray.data.cache import Manifest
 from mgc_ray.data.pipeline import CacheDatasets, eval_batches, train_batches
 from mgc_ray.metrics import prefixed
@@ -80,9 +81,13 @@ class RecurringTrialError(RuntimeError):
 
 def _best(history: list[dict]) -> dict:
     best = min(history, key=lambda row: row["val/loss"])
-    return {"best/val_loss": best["val/loss"], "best/epoch": best["epoch"],
-            "best/val_paper_f1": best["val/paper_f1"], "best/val_macro_f1": best["val/macro_f1"],
-            "best/val_top1_accuracy": best["val/top1_accuracy"]}
+    return {
+        "best/val_loss": best["val/loss"],
+        "best/epoch": best["epoch"],
+        "best/val_paper_f1": best["val/paper_f1"],
+        "best/val_macro_f1": best["val/macro_f1"],
+        "best/val_top1_accuracy": best["val/top1_accuracy"],
+    }
 
 
 def augment_for(model: torch.nn.Module) -> Augment:
@@ -93,6 +98,91 @@ def augment_for(model: torch.nn.Module) -> Augment:
     spectra = [m for m in model.modules() if isinstance(m, SpectrogramFrontEnd)]
     gain = waves[0].resample.noise_gain() if waves and not spectra else 1.0
     return Augment(noise_gain=1.0 / gain)
+
+
+@dataclasses.dataclass
+class TrialSetup:
+    """What a trial trains with, built from its config by `trial_setup` (the benchmarks build theirs there too)."""
+
+    cfg: TrainConfig
+    mcfg: ModelConfig
+    device: torch.device
+    model: torch.nn.Module  # the parameters, as saved
+    net: torch.nn.Module  # trains and predicts: `model`, or compiled over the same parameters (--compile)
+    optimizer: torch.optim.Optimizer
+    augment: Augment | None  # the paper's augmentation (`augment_for`); None with augmentation off
+    recipe: Recipe  # masks, mixup, label smoothing: all off at the paper's settings
+
+    @property
+    def window(self) -> int:
+        """Samples per training example Ray Data hands the trial: with augmentation a window long enough
+        for the largest stretch (the device stretches, then cuts each example to the crop, so a stretched
+        crop of a long track is audio to its last sample); else the crop."""
+        crop = self.mcfg.crop_samples
+        return self.augment.input_len(crop) if self.augment is not None else crop
+
+    def batches(self, datasets: CacheDatasets, epoch: int):
+        """The epoch's training batches from Ray Data, on the trial's device: (wave (B, window), label (B,))."""
+        return train_batches(
+            datasets,
+            crop_len=self.window,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            device=str(self.device),
+        )
+
+    def train(self, batches, epoch: int) -> dict[str, float]:
+        """One training epoch (`loop.train_epoch`): augmentation on the device, cut to the crop, then the
+        recipe; both drawn from the epoch's seeded generator (the same draws if this epoch is re-run)."""
+        generator = np.random.default_rng(epoch_seed(self.cfg.seed, epoch))
+        on_device = (
+            functools.partial(self.augment, out_len=self.mcfg.crop_samples) if self.augment is not None else None
+        )
+        return train_epoch(
+            self.net,
+            batches,
+            self.optimizer,
+            augment=on_device,
+            generator=generator,
+            recipe=self.recipe,
+            device=self.device,
+        )
+
+    def save(
+        self, folder, label_names: list[str], *, epoch: int, metrics: dict, history: list[dict], cost: dict
+    ) -> None:
+        """The trial's checkpoint of this epoch in `folder`: the model (`models.checkpoint`) and the state a
+        restored trial resumes from (Adam's state, the epoch, the history, the cost so far)."""
+        ckpt.save(
+            folder,
+            self.model,
+            self.mcfg,
+            label_names,
+            train_config=dataclasses.asdict(self.cfg),
+            epoch=epoch,
+            metrics=metrics,
+            train_state={"optimizer": self.optimizer.state_dict(), "epoch": epoch, "history": history, "cost": cost},
+        )
+
+
+def trial_setup(cfg: TrainConfig, manifest: Manifest, device: torch.device) -> TrialSetup:
+    """A trial's model, optimiser, augmentation and recipe for this cache, on `device`.
+
+    The model is seeded (`cfg.seed`), moved to the device (`loop.prepare_model`: channels_last on
+    CUDA) and compiled with `cfg.compile`; Adam is `loop.make_optimizer`'s. On CUDA this turns on
+    cuDNN's autotuner (process-wide): a trial's input shapes are fixed, so it times its algorithms once.
+    """
+    mcfg = cfg.model_config(
+        manifest.sample_rate, manifest.wave_mean, manifest.wave_std, n_classes=len(manifest.label_names)
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    model = prepare_model(build_model(mcfg), device)
+    optimizer = make_optimizer(model, cfg)
+    augment = augment_for(model).to(device) if cfg.augment else None
+    return TrialSetup(cfg, mcfg, device, model, compiled(model, cfg.compile), optimizer, augment, Recipe.of(cfg))
 
 
 def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest, gpu_share: float = 0.0) -> None:
@@ -109,8 +199,10 @@ def train_trial(config: dict, *, datasets: CacheDatasets, manifest: Manifest, gp
 
     note = Path(tune.get_context().get_trial_dir()) / FAILURE_NOTE
     if note.is_file():
-        raise RecurringTrialError(f"{note.read_text().strip()} (raised by this trial before; "
-                                  "an error of its own recurs, so the retry stops here)")
+        raise RecurringTrialError(
+            f"{note.read_text().strip()} (raised by this trial before; "
+            "an error of its own recurs, so the retry stops here)"
+        )
     try:
         _train(config, datasets, manifest, gpu_share)
     except Exception as exc:
@@ -126,8 +218,7 @@ def _train(config: dict, datasets: CacheDatasets, manifest: Manifest, gpu_share:
     td = trial_device(gpu_share)
     if td.device == "cpu":
         return _epochs(cfg, datasets, manifest, td)
-    torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its algorithms once
-    try:
+    try:  # trial_setup turns on cuDNN's autotuner
         return _epochs(cfg, datasets, manifest, td)
     except torch.cuda.OutOfMemoryError:
         raise oom_error(cfg.batch_size, td.share, cap_bytes(td), torch.cuda.memory_reserved(td.device)) from None
@@ -140,10 +231,8 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
     node_id = ray.get_runtime_context().get_node_id()
     device = torch.device(td.device)
     label_names = list(manifest.label_names)
-    mcfg = cfg.model_config(manifest.sample_rate, manifest.wave_mean, manifest.wave_std, n_classes=len(label_names))
-    torch.manual_seed(cfg.seed)
-    model = prepare_model(build_model(mcfg), device)
-    optimizer = make_optimizer(model, cfg)
+    setup = trial_setup(cfg, manifest, device)
+    mcfg, net = setup.mcfg, setup.net  # `net` trains and predicts; `setup.model` (the same parameters) is saved
     history: list[dict] = []
     start = 0
     cost = {"samples": 0, "wall_s": 0.0, "cpu_s": 0.0}  # this trial's so far (carried in its checkpoints)
@@ -152,62 +241,77 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
         with restored.as_directory() as d:
             payload = ckpt.load_payload(d)
             state = ckpt.load_train_state(d)
-        model.load_state_dict(payload.state_dict)
-        optimizer.load_state_dict(state["optimizer"])
+        setup.model.load_state_dict(payload.state_dict)
+        setup.optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
         cost = dict(state.get("cost", cost))
-    crop = mcfg.crop_samples
-    augment = augment_for(model).to(device) if cfg.augment else None
-    # With augmentation, Ray Data hands a window long enough for the largest stretch; the device stretches,
-    # then cuts each example to the crop (a stretched crop of a long track is audio to its last sample).
-    window = augment.input_len(crop) if augment is not None else crop
-    on_device = functools.partial(augment, out_len=crop) if augment is not None else None
-    recipe = Recipe.of(cfg)  # masks, mixup, label smoothing: all off at the paper's settings
-    net = compiled(model, cfg.compile)  # trains and predicts; `model` (the same parameters) is saved
-    val_crops = functools.partial(eval_batches, datasets.val, crop_len=mcfg.crop_samples,
-                                  batch_size=EVAL_BATCH_FACTOR * cfg.batch_size, device=str(device))
+    val_crops = functools.partial(
+        eval_batches,
+        datasets.val,
+        crop_len=mcfg.crop_samples,
+        batch_size=EVAL_BATCH_FACTOR * cfg.batch_size,
+        device=str(device),
+    )
     held = 4 * manifest.num_tracks["val"] * mcfg.crop_samples <= HELD_VAL_BYTES
     val_batches = None  # the held crops, once read
     last_report_s = 0.0
     for epoch in range(start, cfg.max_epochs):
         t0, c0 = time.perf_counter(), time.process_time()
-        generator = np.random.default_rng(epoch_seed(cfg.seed, epoch))  # the same draws if this epoch is re-run
-        batches = train_batches(datasets, crop_len=window, batch_size=cfg.batch_size,
-                                seed=cfg.seed, epoch=epoch, device=str(device))
-        tr = train_epoch(net, batches, optimizer, augment=on_device, generator=generator, recipe=recipe,
-                         device=device)
+        tr = setup.train(setup.batches(datasets, epoch), epoch)
         if not math.isfinite(tr["loss"]):
-            raise FloatingPointError(f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
-                                     "the model diverged; lower the learning rate (search space lr)")
+            raise FloatingPointError(
+                f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
+                "the model diverged; lower the learning rate (search space lr)"
+            )
         t_val = time.perf_counter()
         if held and val_batches is None:
             val_batches = list(val_crops())
         logits, labels, _ = predict_logits(net, val_batches if held else val_crops(), device=device)
         t_val_end = time.perf_counter()
-        cost = {"samples": cost["samples"] + tr["samples"], "wall_s": cost["wall_s"] + time.perf_counter() - t0,
-                "cpu_s": cost["cpu_s"] + time.process_time() - c0}
+        cost = {
+            "samples": cost["samples"] + tr["samples"],
+            "wall_s": cost["wall_s"] + time.perf_counter() - t0,
+            "cpu_s": cost["cpu_s"] + time.process_time() - c0,
+        }
         timing = {f"train/{k}": tr[k] for k in ("data_wait_s", "gpu_wait_share") if k in tr}
         # where the epoch's time went besides training: the validation pass, the checkpoint
         # written locally (Tune then copies it to the storage path inside `report`), the
         # previous epoch's report (0 for the first epoch of a session)
         timing.update({"time/train_s": t_val - t0, "time/val_s": t_val_end - t_val, "time/report_s": last_report_s})
-        row = {"epoch": epoch, "train/loss": tr["loss"], "train/samples_per_s": tr["samples_per_s"], **timing,
-               **prefixed("val", score(logits, labels, label_names)), **_cost(cost, td.share)}
+        row = {
+            "epoch": epoch,
+            "train/loss": tr["loss"],
+            "train/samples_per_s": tr["samples_per_s"],
+            **timing,
+            **prefixed("val", score(logits, labels, label_names)),
+            **_cost(cost, td.share),
+        }
         history.append(row)
         with tempfile.TemporaryDirectory() as d:
             t_ckpt = time.perf_counter()
-            ckpt.save(d, model, mcfg, label_names, train_config=dataclasses.asdict(cfg), epoch=epoch,
-                      metrics=row, train_state={"optimizer": optimizer.state_dict(), "epoch": epoch,
-                                                "history": history, "cost": cost})
+            setup.save(d, label_names, epoch=epoch, metrics=row, history=history, cost=cost)
             t_report = time.perf_counter()
-            tune.report({**row, "time/checkpoint_s": t_report - t_ckpt, **_best(history), "node_id": node_id,
-                         "device": td.name, "restored_epochs": start},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(
+                {
+                    **row,
+                    "time/checkpoint_s": t_report - t_ckpt,
+                    **_best(history),
+                    "node_id": node_id,
+                    "device": td.name,
+                    "restored_epochs": start,
+                },
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )
             last_report_s = time.perf_counter() - t_report
 
 
 def _cost(cost: dict, gpu_share: float) -> dict:
     """What the trial has cost so far: training samples seen, wall, CPU (this process) and GPU
     seconds (its GPU share x wall time), and samples per second of wall time."""
-    return {"cost/samples_seen": cost["samples"], "cost/wall_s": cost["wall_s"], "cost/cpu_s": cost["cpu_s"],
-            "cost/gpu_s": gpu_share * cost["wall_s"], "cost/samples_per_s": cost["samples"] / max(cost["wall_s"], 1e-9)}
+    return {
+        "cost/samples_seen": cost["samples"],
+        "cost/wall_s": cost["wall_s"],
+        "cost/cpu_s": cost["cpu_s"],
+        "cost/gpu_s": gpu_share * cost["wall_s"],
+        "cost/samples_per_s": cost["samples"] / max(cost["wall_s"], 1e-9),
+    }

@@ -6,12 +6,15 @@ load, that CPU runs say "no GPU on this machine" instead of GPU figures, and
 what can be checked without timing (both feature paths agree, Tune's running
 time is still parsed, the summary gathers every target).
 
-To stay near a minute on 2 cores, the scripts' `main(["--smoke", ...])` run in
+To stay near a minute on 2 cores, the benchmarks' `main(["--smoke", ...])` run in
 this process on one shared local Ray (one Ray job, so its worker processes
-start once, not five times); search.py, which spends its time waiting on the
+start once, not five times), imported as `benchmarks.NAME` with the checkout
+root on sys.path; `benchmarks.search`, which spends its time waiting on the
 `python -m mgc_ray.tune` subprocess it measures, runs in a thread beside the
-others. The command-line entry itself is run as a subprocess by the last test.
+others. The command-line entry itself (`python -m benchmarks.NAME` from the
+checkout root) is run as a subprocess by the last tests.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,8 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "benchmarks"
+REPO = Path(__file__).resolve().parents[2]  # the checkout root: `benchmarks` is a package there
 SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "stream")
 NO_GPU = "no GPU on this machine"
 STATUSES = {"met", "not met", "not measured here", "measured (no target set)"}
@@ -46,7 +48,8 @@ def smoke(tmp_path_factory):
     # our own Ray even while another test's cluster is up on this machine; 4 logical CPUs so
     # the search's Tune trial and the other scripts' Ray Data tasks fit side by side
     cluster.init(None, num_cpus=4, object_store_memory=256 * 2**20, logging_level="WARNING", log_to_driver=False)
-    sys.path.insert(0, str(BENCH))  # the scripts import each other as run from benchmarks/
+    patch = pytest.MonkeyPatch()
+    patch.syspath_prepend(str(REPO))  # `import benchmarks.X`, as `python -m benchmarks.X` from the root
     base = tmp_path_factory.mktemp("bench")
     address = ray.get_runtime_context().gcs_address
     results = {}
@@ -55,8 +58,9 @@ def smoke(tmp_path_factory):
         t0 = time.perf_counter()
         error = None
         try:
-            importlib.import_module(name).main(["--smoke", "--out", str(base / "out"), "--work", str(base / name),
-                                                "--address", address])
+            importlib.import_module(f"benchmarks.{name}").main(
+                ["--smoke", "--out", str(base / "out"), "--work", str(base / name), "--address", address]
+            )
         except BaseException:  # noqa: BLE001 - reported by the test of that script
             error = traceback.format_exc()
         found = sorted((base / "out").glob(f"{name}_*.json"))
@@ -75,9 +79,7 @@ def smoke(tmp_path_factory):
         yield results
     finally:
         ray.shutdown()
-        sys.path.remove(str(BENCH))
-        for name in (*SCRIPTS, "_common", "model_table"):
-            sys.modules.pop(name, None)
+        patch.undo()
 
 
 def _finite_positive(x) -> bool:
@@ -159,8 +161,13 @@ def test_stream_times_every_mode_and_watches_the_object_store(smoke):
 
 def test_summary_gathers_every_target(smoke):
     out = smoke["_dir"]
-    proc = subprocess.run([sys.executable, str(BENCH / "summary.py"), "--results", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.summary", "--results", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     readme = (out / "README.md").read_text()
     for name in SCRIPTS:
@@ -170,7 +177,12 @@ def test_summary_gathers_every_target(smoke):
 
 @pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_one_clear_line():
-    proc = subprocess.run([sys.executable, str(BENCH / "trial.py"), "--smoke", "--device", "cuda"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trial", "--smoke", "--device", "cuda"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert NO_GPU in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

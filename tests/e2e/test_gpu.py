@@ -1,5 +1,6 @@
 """GPU discipline, checked on a CPU: no host sync in a training step, the device Ray assigned
 (simulated GPU ids), memory shares and their errors, and the defaults that fill a GPU node."""
+
 from __future__ import annotations
 
 import contextlib
@@ -63,6 +64,7 @@ def _count_host_reads():
         def counted(self, *a, **k):
             seen.append(n)
             return orig(self, *a, **k)
+
         return counted
 
     for n in names:
@@ -77,9 +79,17 @@ def _count_host_reads():
         seen.extend(f"aten.{op}" for op in mode.ops)
 
 
-@pytest.mark.parametrize("arch,method,recipe", [("baseline_a_2d", "sinc", None), ("baseline_a_1d", "sinc", None),
-                                                ("baseline_a_2d", "linear", None), ("baseline_a_2d", "sinc", RECIPE_ON),
-                                                ("baseline_a_1d", "sinc", RECIPE_ON), ("fusion", "sinc", RECIPE_ON)])
+@pytest.mark.parametrize(
+    "arch,method,recipe",
+    [
+        ("baseline_a_2d", "sinc", None),
+        ("baseline_a_1d", "sinc", None),
+        ("baseline_a_2d", "linear", None),
+        ("baseline_a_2d", "sinc", RECIPE_ON),
+        ("baseline_a_1d", "sinc", RECIPE_ON),
+        ("fusion", "sinc", RECIPE_ON),
+    ],
+)
 def test_a_training_epoch_reads_the_device_once(arch, method, recipe):
     """Augment (every example stretched and noised, a window cut to the crop as the trial does) + model +
     Adam, and with the recipe options on (masks, mixup, label smoothing): the epoch's loss is the one read."""
@@ -106,9 +116,9 @@ def test_augment_sinc_matches_torchaudio_per_example():
     params = Augment(noise_p=0.0, stretch_p=1.0).sample_params(6, np.random.default_rng(1))
     out = Augment(noise_p=0.0).apply(x, params)
     for i, r in enumerate(params["rate"]):
-        ref = torchaudio.functional.resample(x[i:i + 1], int(round(r * 100)), 100)[:, :4000]
+        ref = torchaudio.functional.resample(x[i : i + 1], int(round(r * 100)), 100)[:, :4000]
         ref = torch.nn.functional.pad(ref, (0, 4000 - ref.shape[1]))
-        torch.testing.assert_close(out[i:i + 1], ref, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out[i : i + 1], ref, atol=1e-4, rtol=0)
 
 
 def test_the_1d_branch_gets_the_papers_noise_level():
@@ -156,7 +166,7 @@ def test_a_gpu_trial_without_cuda_fails_with_one_line():
 def test_a_shared_gpu_caps_each_trial_at_its_share():
     assert memory_fraction(0.0) is None and memory_fraction(1.0) is None
     assert memory_fraction(0.25) == pytest.approx(0.25 * GPU_HEADROOM)
-    gib = 2 ** 30
+    gib = 2**30
     own = oom_error(64, 0.25, cap_bytes=30 * gib, reserved_bytes=29 * gib)
     assert isinstance(own, GpuMemoryError) and "\n" not in str(own)
     assert "batch size 64" in str(own) and "0.25 of a GPU" in str(own) and "--gpus-per-trial 0.5" in str(own)
@@ -201,13 +211,11 @@ def test_more_than_one_gpu_per_trial_is_refused():
 def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
     import importlib
     import json
-    import sys
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the checkout root: `benchmarks`
     monkeypatch.setenv("MGC_HOME", str(tmp_path / "home"))
-    gpu_check = importlib.import_module("gpu_check")
+    gpu_check = importlib.import_module("benchmarks.gpu_check")
     assert gpu_check.main(["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 0
     report = json.loads((tmp_path / "out" / "gpu_check_cpu.json").read_text())
     md = (tmp_path / "out" / "gpu_check_cpu.md").read_text()
@@ -220,24 +228,21 @@ def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
     assert report["frontend"]["librosa_clips_per_s_one_core"] > 0
     assert {t["status"] for t in report["targets"]} == {"not measured here"}  # no GPU: no GPU figure claimed
     assert "SMOKE RUN" in md and "no GPU on this machine" in md
-    sys.modules.pop("gpu_check", None)
 
 
 def test_gpu_check_synthetic_cache_is_a_valid_cache(tmp_path, monkeypatch):
     """The FMA-sized cache gpu_check trains from passes the same checks a prepared cache does."""
     import importlib
-    import sys
     from pathlib import Path
 
     import pyarrow.parquet as pq
 
     from mgc_ray.data.cache import check_cache
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    gpu_check = importlib.import_module("gpu_check")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the checkout root: `benchmarks`
+    gpu_check = importlib.import_module("benchmarks.gpu_check")
     cache = gpu_check.synthetic_cache(tmp_path / "cache", tracks=30, seconds=0.5, workers=1)
     m = check_cache(cache, sample_rate=22_050, split_scheme="paper")
     assert dict(m.num_tracks) == {"train": 24, "val": 3, "test": 3} and m.n_classes == 8 and m.wave_std > 0
     table = pq.read_table(m.shard_paths("train")[0])
     assert table.column("num_samples")[0].as_py() == 11_025 and len(table.column("samples")[0]) == 11_025
-    sys.modules.pop("gpu_check", None)

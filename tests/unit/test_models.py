@@ -1,4 +1,5 @@
 """The registry and every registered model: forward, backward, shapes, rebuild, pretrained weights."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,9 @@ def test_registry():
 @pytest.mark.parametrize("sample_rate,window,n_mels,crop_seconds", SMALL)
 def test_forward_backward_small(name, sample_rate, window, n_mels, crop_seconds):
     torch.manual_seed(0)
-    kw = dict(sample_rate=sample_rate, window=window, n_mels=n_mels, crop_seconds=crop_seconds,
-              wave_mean=0.001, wave_std=0.3)
+    kw = dict(
+        sample_rate=sample_rate, window=window, n_mels=n_mels, crop_seconds=crop_seconds, wave_mean=0.001, wave_std=0.3
+    )
     model = build_model(name, **kw)
     assert model.config == ModelConfig(arch=name, **kw)
     wave = _wave(2, int(sample_rate * crop_seconds))
@@ -58,8 +60,13 @@ def test_forward_backward_small(name, sample_rate, window, n_mels, crop_seconds)
 def test_paper_input_shapes(name):
     preset = PAPER[name]
     model = build_model(name, window=preset.window, n_mels=preset.n_mels)
-    expected = {"baseline_a_1d": [(1, 160_000)], "baseline_a_2d": [(1, 513, 128)], "baseline_b": [(1, 513, 128)],
-                "densenet": [(1, 224, 224)], "fusion": [(1, 160_000), (1, 224, 224)]}[name]
+    expected = {
+        "baseline_a_1d": [(1, 160_000)],
+        "baseline_a_2d": [(1, 513, 128)],
+        "baseline_b": [(1, 513, 128)],
+        "densenet": [(1, 224, 224)],
+        "fusion": [(1, 160_000), (1, 224, 224)],
+    }[name]
     assert input_shapes(model, PAPER_SAMPLES) == expected
     wave = torch.zeros(1, PAPER_SAMPLES)
     with torch.no_grad():
@@ -98,8 +105,11 @@ def _imagenet_state(tmp_path, old_keys: bool = False):
     tv = torchvision.models.densenet121(weights=None)  # random weights, 3-channel stem, 1000 classes
     state = tv.state_dict()
     if old_keys:  # torchvision's published checkpoints: 'norm.1' for 'norm1', no num_batches_tracked
-        state = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in state.items()
-                 if not k.endswith("num_batches_tracked")}
+        state = {
+            k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v
+            for k, v in state.items()
+            if not k.endswith("num_batches_tracked")
+        }
     path = tmp_path / "densenet121_imagenet.pth"
     torch.save(state, path)
     return tv, path
@@ -111,8 +121,9 @@ def test_densenet_pretrained_path(tmp_path, old_keys):
     model = build_model("densenet", n_mels=32, window=256, sample_rate=8_000, pretrained_path=str(path))
     rgb = tv.features.conv0.weight
     torch.testing.assert_close(model.features.conv0.weight, rgb.sum(dim=1, keepdim=True))
-    torch.testing.assert_close(model.features.denseblock3.denselayer7.conv2.weight,
-                               tv.features.denseblock3.denselayer7.conv2.weight)
+    torch.testing.assert_close(
+        model.features.denseblock3.denselayer7.conv2.weight, tv.features.denseblock3.denselayer7.conv2.weight
+    )
     torch.testing.assert_close(model.features.norm5.running_var, tv.features.norm5.running_var)
     assert model.head.weight.shape == (8, 1024)  # the ImageNet classifier is skipped
     fusion = build_model("fusion", n_mels=32, window=256, sample_rate=8_000, pretrained_path=str(path))
@@ -136,15 +147,13 @@ def test_fusion_branches_have_no_classifier_of_their_own():
     assert dataclasses.replace(model.config, arch="densenet") == model.spec_net.config
 
 
-def test_model_table_benchmark_smoke(tmp_path):
-    import importlib.util
+def test_model_table_benchmark_smoke(tmp_path, monkeypatch):
+    import importlib
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "model_table.py"
-    spec = importlib.util.spec_from_file_location("model_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the checkout root: `benchmarks`
+    mod = importlib.import_module("benchmarks.model_table")
     report = mod.main(["--smoke", "--out", str(tmp_path)])
     assert [r["arch"] for r in report["models"]] == ALL
     saved = json.loads((tmp_path / "model_table.json").read_text())
