@@ -2,4 +2,5 @@
 
 Nothing happens at import time (no I/O, no Ray): submodules are imported by name.
 """
+
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@ and its shared storage. The one home of `ray.init` for every command (tests and
 benchmarks use it too), so every Ray this project starts keeps usage statistics
 off and never joins a cluster someone else left running by accident.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,18 @@ class TrialResources:
     max_concurrent: int
 
 
-def init(address: str | None = None, *, dashboard: bool = False, dashboard_host: str = "127.0.0.1",
-         dashboard_port: int | None = None, num_cpus: int | None = None, object_store_memory: int | None = None,
-         log_to_driver: bool = True, logging_level: str | int = "INFO", **kwargs):
+def init(
+    address: str | None = None,
+    *,
+    dashboard: bool = False,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int | None = None,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    log_to_driver: bool = True,
+    logging_level: str | int = "INFO",
+    **kwargs,
+):
     """Join the cluster at `address`, or start a Ray of this process's own (address None).
 
     Ray reports usage statistics to usage-stats.ray.io by default: nothing leaves the machine
@@ -60,9 +70,17 @@ def init(address: str | None = None, *, dashboard: bool = False, dashboard_host:
         ctx = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
     else:
         extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
-        ctx = ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host,
-                       num_cpus=num_cpus, object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-                       logging_level=logging_level, **extra, **kwargs)
+        ctx = ray.init(
+            address="local",
+            include_dashboard=dashboard,
+            dashboard_host=dashboard_host,
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            log_to_driver=log_to_driver,
+            logging_level=logging_level,
+            **extra,
+            **kwargs,
+        )
     if log_to_driver:
         _quiet_worker_exits()
     return ctx
@@ -90,8 +108,11 @@ def without_exit_tracebacks(lines: list[str]) -> list[str]:
                 out.append(line)
             continue
         block.append(line)
-        if line and not line[0].isspace() and not line.startswith(("Traceback (most recent call last)",
-                                                                    PREFETCH_HEADER)):
+        if (
+            line
+            and not line[0].isspace()
+            and not line.startswith(("Traceback (most recent call last)", PREFETCH_HEADER))
+        ):
             shutdown = line.startswith("SystemExit") or (block[0] == PREFETCH_HEADER and line == "OSError: Broken pipe")
             if not shutdown:  # the closing exception line: keep any other error
                 out.extend(block)
@@ -141,15 +162,18 @@ def _quiet_worker_exits() -> None:
                 if not data["lines"]:
                     return
             printer(data, ignore_prefix)
+
         print_errors.mgc_quiet = True
         ray_worker.print_to_stdstream = print_errors
 
     for name, handler in list(getattr(dispatcher, "handlers", [])):
         if name == "ray_print_logs" and not getattr(handler, "mgc_quiet", False):
+
             def quiet(data, handler=handler):
                 lines = without_exit_tracebacks(list(data.get("lines", [])))
                 if lines:
                     handler({**data, "lines": lines})
+
             quiet.mgc_quiet = True
             dispatcher.remove_handler(name)
             dispatcher.add_handler(name, quiet)
@@ -166,8 +190,12 @@ def _sigterm_as_sigint(signum, frame) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", dashboard: bool = True,
-                     object_store_memory: int | None = None) -> None:
+def start_for_search(
+    address: str | None,
+    dashboard_host: str = "127.0.0.1",
+    dashboard: bool = True,
+    object_store_memory: int | None = None,
+) -> None:
     """Join `address`, or start a local Ray with its dashboard on a free port from DASHBOARD_PORT;
     print where the dashboard is, and let SIGTERM stop the search as Ctrl+C does.
 
@@ -178,21 +206,26 @@ def start_for_search(address: str | None, dashboard_host: str = "127.0.0.1", das
         object_store_memory: a local Ray's object store in bytes (tune --object-store-gb; None: Ray's default).
     """
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        print("warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication: anyone who reaches the "
-              "cluster's ports can run code on it; unset it to keep the token", file=sys.stderr)
+        print(
+            "warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication: anyone who reaches the "
+            "cluster's ports can run code on it; unset it to keep the token",
+            file=sys.stderr,
+        )
     if address:
         init(address)
         signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
         print(f"mgc_ray: joined the Ray cluster at {address}", flush=True)
         return
     if dashboard and dashboard_host not in LOCAL_HOSTS:
-        print(f"warning: the Ray dashboard will listen on {dashboard_host}: it has no authentication "
-              "of its own beyond Ray's token; keep the port behind a firewall", file=sys.stderr)
+        print(
+            f"warning: the Ray dashboard will listen on {dashboard_host}: it has no authentication "
+            "of its own beyond Ray's token; keep the port behind a firewall",
+            file=sys.stderr,
+        )
     ctx = _init_local(dashboard, dashboard_host, object_store_memory)
     signal.signal(signal.SIGTERM, _sigterm_as_sigint)  # after ray.init, which sets its own
     if ctx.dashboard_url:
-        print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} "
-              "(token: `ray get-auth-token`)", flush=True)
+        print(f"mgc_ray: Ray dashboard at http://{ctx.dashboard_url} (token: `ray get-auth-token`)", flush=True)
 
 
 def _init_local(dashboard: bool, host: str, object_store_memory: int | None = None):
@@ -213,22 +246,36 @@ def _init_local(dashboard: bool, host: str, object_store_memory: int | None = No
         if attempt < RAY_START_ATTEMPTS:
             services.setLevel(logging.CRITICAL)  # a lost race is retried: its error log is noise
         try:
-            return init(None, dashboard=dashboard, dashboard_host=host, dashboard_port=port,
-                        object_store_memory=object_store_memory)
+            return init(
+                None,
+                dashboard=dashboard,
+                dashboard_host=host,
+                dashboard_port=port,
+                object_store_memory=object_store_memory,
+            )
         except Exception as exc:  # noqa: BLE001 - Ray raises ValueError, RuntimeError or Exception for a lost bind
-            why = next((ln.strip() for ln in reversed(str(exc).splitlines())
-                        if any(e in ln.lower() for e in _BIND_ERRORS)), None)
+            why = next(
+                (ln.strip() for ln in reversed(str(exc).splitlines()) if any(e in ln.lower() for e in _BIND_ERRORS)),
+                None,
+            )
             slow = "timed out during startup" in str(exc)  # Ray waits 30 s for its raylet: a busy machine
             if (why is None and not slow) or attempt == RAY_START_ATTEMPTS:
                 raise
             ray.shutdown()
             if why is not None:
-                why = why[why.find("[Errno"):] if "[Errno" in why else why[-160:]
-                print(f"mgc_ray: another search took port {port} at the same moment ({why.rstrip(')')}); "
-                      "starting Ray again on another port", file=sys.stderr, flush=True)
+                why = why[why.find("[Errno") :] if "[Errno" in why else why[-160:]
+                print(
+                    f"mgc_ray: another search took port {port} at the same moment ({why.rstrip(')')}); "
+                    "starting Ray again on another port",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
-                print("mgc_ray: Ray's processes did not start within Ray's 30 s (a busy machine); "
-                      "starting Ray again", file=sys.stderr, flush=True)
+                print(
+                    "mgc_ray: Ray's processes did not start within Ray's 30 s (a busy machine); starting Ray again",
+                    file=sys.stderr,
+                    flush=True,
+                )
             first = (port or first) + 1 + random.randrange(DASHBOARD_PORTS_TRIED // 4)
         finally:
             services.setLevel(level)
@@ -244,20 +291,27 @@ def free_port(host: str, first: int) -> int:
             except OSError:
                 continue  # in use (the host itself was checked before Ray started)
             return port
-    raise UserError(f"no free port for the Ray dashboard on {host} in {first}-{first + DASHBOARD_PORTS_TRIED - 1}: "
-                    "stop an old search or `ray stop`, or pass --no-dashboard")
+    raise UserError(
+        f"no free port for the Ray dashboard on {host} in {first}-{first + DASHBOARD_PORTS_TRIED - 1}: "
+        "stop an old search or `ray stop`, or pass --no-dashboard"
+    )
 
 
 # Activation memory one training example saves for backward (GiB), at the default search space's
 # largest input (its smallest window, most mels, 15-s crops), measured on the CPU in float32 with
 # saved-tensor hooks (benchmarks/gpu_check.py measures the real peak on a GPU): bf16 autocast keeps
 # most of these in half the bytes, so trials sized by these figures have room to spare.
-ACTIVATION_GIB = {"densenet": 0.375, "fusion": 0.38, "baseline_a_2d": 0.004, "baseline_b": 0.005,
-                  "baseline_a_1d": 0.005}
-FIXED_GIB = 1.5           # weights, gradients and Adam's moments (< 0.15 GiB for every arch), cuDNN workspaces
-SHARE_STEPS = 8           # shares are multiples of 1/8 of a GPU: at most 8 trials on one
-DATA_CPU_PART = 4         # a quarter of a node's cores (at least one) stay for Ray Data
-MEMORY_PROBE_S = 120      # the probe of a GPU node's memory waits this long for a free slot
+ACTIVATION_GIB = {
+    "densenet": 0.375,
+    "fusion": 0.38,
+    "baseline_a_2d": 0.004,
+    "baseline_b": 0.005,
+    "baseline_a_1d": 0.005,
+}
+FIXED_GIB = 1.5  # weights, gradients and Adam's moments (< 0.15 GiB for every arch), cuDNN workspaces
+SHARE_STEPS = 8  # shares are multiples of 1/8 of a GPU: at most 8 trials on one
+DATA_CPU_PART = 4  # a quarter of a node's cores (at least one) stay for Ray Data
+MEMORY_PROBE_S = 120  # the probe of a GPU node's memory waits this long for a free slot
 
 
 def trial_memory_gib(arch: str, max_batch: int) -> float:
@@ -277,9 +331,14 @@ def default_gpu_share(need_gib: float, gpu_gib: float | None) -> float:
     return min(1.0, max(1, steps) / SHARE_STEPS)
 
 
-def plan_resources(nodes: list[dict], gpus_per_trial: float | None, cpus_per_trial: float | None,
-                   max_concurrent: int | None, need_gib: float | None = None,
-                   gpu_gib: float | None = None) -> TrialResources:
+def plan_resources(
+    nodes: list[dict],
+    gpus_per_trial: float | None,
+    cpus_per_trial: float | None,
+    max_concurrent: int | None,
+    need_gib: float | None = None,
+    gpu_gib: float | None = None,
+) -> TrialResources:
     """Per-trial resources from the alive nodes (`ray.nodes()` records) and the flags (None: default).
 
     Defaults: on GPU nodes several trials share each GPU (`default_gpu_share` of `need_gib` on a GPU
@@ -291,15 +350,19 @@ def plan_resources(nodes: list[dict], gpus_per_trial: float | None, cpus_per_tri
     node_cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
     total_gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
     if gpus_per_trial is not None and gpus_per_trial > 1:
-        raise UserError(f"--gpus-per-trial {gpus_per_trial:g}: a trial trains on one GPU (no data parallelism), "
-                        "so the others would idle: ask for 1, or a fraction to share a GPU")
+        raise UserError(
+            f"--gpus-per-trial {gpus_per_trial:g}: a trial trains on one GPU (no data parallelism), "
+            "so the others would idle: ask for 1, or a fraction to share a GPU"
+        )
     if gpus_per_trial is not None:
         gpus = gpus_per_trial
     else:
         gpus = default_gpu_share(need_gib or 0.0, gpu_gib) if node_gpus else 0.0
     if gpus > node_gpus:
-        raise UserError(f"--gpus-per-trial {gpus:g} is more than any node has ({node_gpus:g} GPUs): "
-                        "ask for at most that, or a fraction to share a GPU")
+        raise UserError(
+            f"--gpus-per-trial {gpus:g} is more than any node has ({node_gpus:g} GPUs): "
+            "ask for at most that, or a fraction to share a GPU"
+        )
     data_cpus = max(1, int(node_cpus) // DATA_CPU_PART) if gpus else 1
     if cpus_per_trial:
         cpus = cpus_per_trial
@@ -309,8 +372,10 @@ def plan_resources(nodes: list[dict], gpus_per_trial: float | None, cpus_per_tri
     else:
         cpus = 1.0
     if cpus > node_cpus - 1:
-        raise UserError(f"--cpus-per-trial {cpus:g} leaves no CPU for Ray Data on the largest node "
-                        f"({node_cpus:g} CPUs): ask for at most {max(node_cpus - 1, 0):g}")
+        raise UserError(
+            f"--cpus-per-trial {cpus:g} leaves no CPU for Ray Data on the largest node "
+            f"({node_cpus:g} CPUs): ask for at most {max(node_cpus - 1, 0):g}"
+        )
     # Some CPUs per node stay free for Ray Data (trials holding every CPU hang Ray Data). Ray places a
     # trial retried after a node is lost wherever it fits: when a trial needs no more CPUs than a node
     # keeps, it may take them, and that node's Ray Data hangs (1-CPU trials on 2-CPU nodes did in
@@ -339,8 +404,13 @@ def gpu_memory_gib() -> float | None:
         return None
 
 
-def resources(gpus_per_trial: float | None, cpus_per_trial: float | None,
-              max_concurrent: int | None, arch: str | None = None, max_batch: int | None = None) -> TrialResources:
+def resources(
+    gpus_per_trial: float | None,
+    cpus_per_trial: float | None,
+    max_concurrent: int | None,
+    arch: str | None = None,
+    max_batch: int | None = None,
+) -> TrialResources:
     """(cpus per trial, gpus per trial, max concurrent) from the cluster and the flags (None: default);
     `arch` and `max_batch` (the search space's largest batch) size the default GPU share."""
     import ray
@@ -369,10 +439,12 @@ def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage
     if fma_root:
         local.append(f"--fma-root {fma_root}")
     if not shared_storage:
-        raise UserError(f"this Ray cluster has {len(nodes)} nodes but {', '.join(local)} may exist on this machine "
-                        "only, and trials or tasks on other nodes must reach them: put them on a filesystem every "
-                        "node mounts at the same path and add --shared-storage (--storage-path may instead be "
-                        "a URI such as s3://bucket/path)")
+        raise UserError(
+            f"this Ray cluster has {len(nodes)} nodes but {', '.join(local)} may exist on this machine "
+            "only, and trials or tasks on other nodes must reach them: put them on a filesystem every "
+            "node mounts at the same path and add --shared-storage (--storage-path may instead be "
+            "a URI such as s3://bucket/path)"
+        )
     from mgc_ray.data.cache import MANIFEST
 
     token = f".mgc-shared-probe-{uuid.uuid4().hex[:12]}"
@@ -383,8 +455,9 @@ def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage
     probes = [os.path.join(d, token) for d in writable]
     for path in probes:
         Path(path).write_text("mgc_ray: a node checks that it sees this file; deleted at once\n")
-    wanted = probes + [os.path.join(fma_root, "fma_metadata", "tracks.csv") if fma_root
-                       else os.path.join(cache, MANIFEST)]
+    wanted = probes + [
+        os.path.join(fma_root, "fma_metadata", "tracks.csv") if fma_root else os.path.join(cache, MANIFEST)
+    ]
     try:
         missing = _missing_on_nodes(nodes, wanted)
     finally:
@@ -393,8 +466,10 @@ def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage
     for node, paths in missing.items():
         if paths:
             shown = os.path.dirname(paths[0]) if os.path.basename(paths[0]) == token else paths[0]
-            raise UserError(f"--shared-storage: node {node} does not see {shown}: mount the same filesystem at the "
-                            "same path on every node (or use a URI --storage-path for Tune's files)")
+            raise UserError(
+                f"--shared-storage: node {node} does not see {shown}: mount the same filesystem at the "
+                "same path on every node (or use a URI --storage-path for Tune's files)"
+            )
     print(f"mgc_ray: {len(nodes)} nodes see the shared storage", flush=True)
 
 
@@ -407,6 +482,10 @@ def _missing_on_nodes(nodes: list[dict], paths: list[str]) -> dict[str, list[str
     def missing(wanted: list[str]) -> list[str]:
         return [p for p in wanted if not os.path.exists(p)]
 
-    refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: missing.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths) for n in nodes}
+    refs = {
+        n["NodeManagerAddress"] + " " + n["NodeID"][:8]: missing.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(paths)
+        for n in nodes
+    }
     return {node: ray.get(ref, timeout=300) for node, ref in refs.items()}

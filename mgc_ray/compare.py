@@ -28,6 +28,7 @@ with runs there are up to three rows, all test split at crop level (the paper's 
 dataset but fma_small the paper's row is a reference point, not a like-for-like result,
 and the table says so.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,29 +38,44 @@ from typing import Sequence
 from mgc_ray.config import PAPER, is_paper_point
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.metrics import TABLE_COLUMNS, definitions
+from mgc_ray.results.markdown import cell
+from mgc_ray.results.markdown import table as md_table
 from mgc_ray.results.report import PAPER_DATASET, reference_note
 from mgc_ray.search.tracking import EXPERIMENT_PREFIX, Tag
 
-LABELS = {"paper_f1": "F1 (paper)", "paper_accuracy": "accuracy (paper)", "macro_precision": "precision",
-          "macro_recall": "recall", "macro_f1": "macro F1", "top1_accuracy": "top-1"}
+LABELS = {
+    "paper_f1": "F1 (paper)",
+    "paper_accuracy": "accuracy (paper)",
+    "macro_precision": "precision",
+    "macro_recall": "recall",
+    "macro_f1": "macro F1",
+    "top1_accuracy": "top-1",
+}
 COLUMNS = tuple((k, LABELS[k]) for k in TABLE_COLUMNS)
 DELTAS = ("paper_f1", "paper_accuracy")
 KINDS = ("paper Table 1", "ours, paper settings", "ours, best searched")
-FIGURE_METRICS = (("paper_f1", "F1 (paper)"), ("paper_accuracy", "accuracy (paper)"),
-                  ("macro_precision", "precision"), ("macro_recall", "recall"))
+FIGURE_METRICS = (
+    ("paper_f1", "F1 (paper)"),
+    ("paper_accuracy", "accuracy (paper)"),
+    ("macro_precision", "precision"),
+    ("macro_recall", "recall"),
+)
 
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m mgc_ray.compare", description=__doc__.split("\n")[0])
     p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="default: sqlite:///mlflow.db")
-    p.add_argument("--out", default="results/comparison.md",
-                   help="the markdown table (default results/comparison.md); .csv and .png go beside it")
+    p.add_argument(
+        "--out",
+        default="results/comparison.md",
+        help="the markdown table (default results/comparison.md); .csv and .png go beside it",
+    )
     return p
 
 
 # --- reading the store -------------------------------------------------------
 def _test(run) -> dict[str, float]:
-    return {k[len("test/"):]: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+    return {k[len("test/") :]: v for k, v in run.data.metrics.items() if k.startswith("test/")}
 
 
 def _is_paper_search(run) -> bool:
@@ -96,8 +112,11 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
     ref = _test(paper_runs[0]) if paper_runs else {}
     ref = {k: ref.get(k, v) for k, v in PAPER[arch].table1.items()}  # the store's, else config.PAPER's
     rows = [{**_row(KINDS[0], ref, ref, "the paper's Table 1"), **{f"delta_{k}": None for k in DELTAS}}]
-    searches = sorted((r for r in runs if r.data.tags.get(Tag.SOURCE) == "search" and r.info.status == "FINISHED"),
-                      key=lambda r: r.info.start_time, reverse=True)
+    searches = sorted(
+        (r for r in runs if r.data.tags.get(Tag.SOURCE) == "search" and r.info.status == "FINISHED"),
+        key=lambda r: r.info.start_time,
+        reverse=True,
+    )
     children = {}
     for r in runs:
         if r.data.tags.get(Tag.SOURCE) == "trial":
@@ -109,7 +128,9 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
             candidates.append((not _is_paper_search(s), -s.info.start_time, s, t))
     if candidates:
         _, _, s, t = min(candidates, key=lambda x: x[:2])
-        rows.append(_row(KINDS[1], _test(t), ref, f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id})"))
+        rows.append(
+            _row(KINDS[1], _test(t), ref, f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id})")
+        )
     best = []
     for s in searches:
         if _is_paper_search(s):
@@ -122,8 +143,11 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
         best.append((loss, -s.info.start_time, s, t, metrics))
     if best:
         loss, _, s, t, metrics = min(best, key=lambda x: x[:2])
-        who = f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id}, best val loss {loss:.4f})" \
-            if t is not None else f"search {s.info.run_name} (run {s.info.run_id})"
+        who = (
+            f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id}, best val loss {loss:.4f})"
+            if t is not None
+            else f"search {s.info.run_name} (run {s.info.run_id})"
+        )
         rows.append(_row(KINDS[2], metrics, ref, who))
     return rows
 
@@ -140,18 +164,14 @@ def collect(uri: str) -> dict[str, dict[str, list[dict]]]:
             continue
         out.setdefault(parts[2], {})[parts[1]] = arch_rows(c, exp.experiment_id, parts[1])
     if not out:
-        raise UserError(f"the MLflow store {uri} holds no mgc_ray/<arch>/<dataset> experiment: "
-                        "run a search first (python -m mgc_ray.tune --arch ...) or give its --mlflow-uri")
+        raise UserError(
+            f"the MLflow store {uri} holds no mgc_ray/<arch>/<dataset> experiment: "
+            "run a search first (python -m mgc_ray.tune --arch ...) or give its --mlflow-uri"
+        )
     return {d: {a: out[d][a] for a in PAPER if a in out[d]} for d in sorted(out)}
 
 
 # --- writing -----------------------------------------------------------------
-def _fmt(v, signed: bool = False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
-
-
 def genre_counts(uri: str) -> dict[str, int]:
     """dataset -> number of genres, from its search runs' `n_classes` param (fma_small: 8)."""
     from mgc_ray.search.tracking import open_store
@@ -172,25 +192,40 @@ def markdown(tables: dict[str, dict[str, list[dict]]], uri: str, genres: dict[st
     """The comparison as markdown; `genres`: dataset -> number of genres (the definitions' k)."""
     genres = genres or {}
     head = ["arch", "row", *(label for _, label in COLUMNS), *(f"Δ {dict(COLUMNS)[k]}" for k in DELTAS)]
-    md = ["# mgc_ray against the paper's Table 1", "",
-          f"Test split, crop level (one centred crop per track, the paper's way). From the MLflow store "
-          f"`{uri}`; written by `python -m mgc_ray.compare`.", ""]
+    md = [
+        "# mgc_ray against the paper's Table 1",
+        "",
+        f"Test split, crop level (one centred crop per track, the paper's way). From the MLflow store "
+        f"`{uri}`; written by `python -m mgc_ray.compare`.",
+        "",
+    ]
     for dataset, archs in tables.items():
-        md += [f"## {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        notes = []
-        for arch, rows in archs.items():
-            for r in rows:
-                md.append("| " + " | ".join([PAPER[arch].label, r["kind"], *(_fmt(r[k]) for k, _ in COLUMNS),
-                                             *("" if r["kind"] == KINDS[0] else _fmt(r[f"delta_{k}"], True)
-                                               for k in DELTAS)]) + " |")
-                if r["kind"] != KINDS[0]:
-                    notes.append(f"- {PAPER[arch].label}, {r['kind']}: {r['source']}")
+        cells = [
+            [
+                PAPER[arch].label,
+                r["kind"],
+                *(cell(r[k]) for k, _ in COLUMNS),
+                *("" if r["kind"] == KINDS[0] else cell(r[f"delta_{k}"], True) for k in DELTAS),
+            ]
+            for arch, rows in archs.items()
+            for r in rows
+        ]
+        notes = [
+            f"- {PAPER[arch].label}, {r['kind']}: {r['source']}"
+            for arch, rows in archs.items()
+            for r in rows
+            if r["kind"] != KINDS[0]
+        ]
+        md += [f"## {dataset}", "", *md_table(head, cells)]
         md += ["", reference_note(dataset), "", *notes, ""]
         if dataset in genres:
             md += [definitions(genres[dataset]), ""]
-    md += ["How rows are chosen: `ours, paper settings` is the newest trial at the paper's settings scored on "
-           "the test split (a `--paper` search's first); `ours, best searched` is, over finished searches, the "
-           "best trial with the lowest validation loss (never chosen by test figures).", ""]
+    md += [
+        "How rows are chosen: `ours, paper settings` is the newest trial at the paper's settings scored on "
+        "the test split (a `--paper` search's first); `ours, best searched` is, over finished searches, the "
+        "best trial with the lowest validation loss (never chosen by test figures).",
+        "",
+    ]
     return "\n".join(md)
 
 
@@ -205,7 +240,9 @@ def csv_text(tables: dict[str, dict[str, list[dict]]]) -> str:
     for dataset, archs in tables.items():
         for arch, rows in archs.items():
             for r in rows:
-                w.writerow([dataset, arch, r["kind"], *("" if r[k] is None else float(r[k]) for k in keys), r["source"]])
+                w.writerow(
+                    [dataset, arch, r["kind"], *("" if r[k] is None else float(r[k]) for k in keys), r["source"]]
+                )
     return buf.getvalue()
 
 
@@ -215,9 +252,12 @@ def write(tables: dict, out: Path, uri: str) -> list[Path]:
     from mgc_ray.results import plots
 
     writable_dir(out.parent, f"--out {out}: its folder")
-    fig_rows = {d: [{"arch": PAPER[a].label, **r} for a, rows in archs.items() for r in rows] for d, archs in tables.items()}
-    png = plots.comparison_png(fig_rows, FIGURE_METRICS, out.with_suffix(".png"),
-                               "mgc_ray vs the paper's Table 1 (test split, crop level)")
+    fig_rows = {
+        d: [{"arch": PAPER[a].label, **r} for a, rows in archs.items() for r in rows] for d, archs in tables.items()
+    }
+    png = plots.comparison_png(
+        fig_rows, FIGURE_METRICS, out.with_suffix(".png"), "mgc_ray vs the paper's Table 1 (test split, crop level)"
+    )
     md = markdown(tables, uri, genre_counts(uri))
     return [atomic_text(out, md), atomic_text(out.with_suffix(".csv"), csv_text(tables)), png]
 
@@ -230,8 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = collect(args.mlflow_uri)
     files = write(tables, out, args.mlflow_uri)
     n = sum(len(a) for a in tables.values())
-    print(f"mgc_ray: compared {n} arch/dataset pair(s) in {len(tables)} dataset(s): "
-          f"{', '.join(str(f) for f in files)}", flush=True)
+    print(
+        f"mgc_ray: compared {n} arch/dataset pair(s) in {len(tables)} dataset(s): {', '.join(str(f) for f in files)}",
+        flush=True,
+    )
     return 0
 
 

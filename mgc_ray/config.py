@@ -3,6 +3,7 @@
 Every number that the paper fixes lives here with its reason. Code below the
 CLI reads these dataclasses, never Tune's flat config dict (STYLE habit 1).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,30 +14,30 @@ from pathlib import Path
 from typing import Any, Mapping
 
 # --- the paper's constants -------------------------------------------------
-CACHE_SAMPLE_RATE = 22_050   # the paper's 2D frame counts (128, 224) only work out at 22,050 Hz
+CACHE_SAMPLE_RATE = 22_050  # the paper's 2D frame counts (128, 224) only work out at 22,050 Hz
 WAVE_1D_SAMPLE_RATE = 16_000  # the paper's 1D input: 16 kHz mono
-N_CLASSES = 8                # fma_small's 8 top-level genres
-CROP_SECONDS = 10.0          # the paper's random 10-s crop
-TOP_DB = 80.0                # librosa.power_to_db's default floor
-NOISE_P = 0.5                # Gaussian noise on half the training examples
-NOISE_MAX_REL = 0.03         # noise amplitude uniform below 3 % of the clip's max
-STRETCH_P = 0.5              # time stretch on half the training examples
-STRETCH_RANGE = (0.9, 1.1)   # resampling factor, uniform
-PAPER_EPOCHS = 20            # keep the epoch with the lowest validation loss
+N_CLASSES = 8  # fma_small's 8 top-level genres
+CROP_SECONDS = 10.0  # the paper's random 10-s crop
+TOP_DB = 80.0  # librosa.power_to_db's default floor
+NOISE_P = 0.5  # Gaussian noise on half the training examples
+NOISE_MAX_REL = 0.03  # noise amplitude uniform below 3 % of the clip's max
+STRETCH_P = 0.5  # time stretch on half the training examples
+STRETCH_RANGE = (0.9, 1.1)  # resampling factor, uniform
+PAPER_EPOCHS = 20  # keep the epoch with the lowest validation loss
 PAPER_SPLIT = (0.8, 0.1, 0.1)  # shuffled train/val/test
 
 # --- the cache ---------------------------------------------------------------
-CACHE_SCHEMA_VERSION = 4     # bump when the shard or manifest layout changes (2: data_seed, 3: checksums, 4: shards in a seeded genre-mixed order)
-MIN_TRACK_SECONDS = 2.0      # shorter decoded audio is "too short" (bad); longer but < crop is padded
-SILENCE_PEAK = 1e-4          # a track whose peak |x| stays below this (-80 dBFS) is "silent" (bad)
-TRACKS_PER_SHARD = 64        # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size
+CACHE_SCHEMA_VERSION = 4  # bump when the shard or manifest layout changes (2: data_seed, 3: checksums, 4: shards in a seeded genre-mixed order)
+MIN_TRACK_SECONDS = 2.0  # shorter decoded audio is "too short" (bad); longer but < crop is padded
+SILENCE_PEAK = 1e-4  # a track whose peak |x| stays below this (-80 dBFS) is "silent" (bad)
+TRACKS_PER_SHARD = 64  # ~64 x 30 s x 22,050 x 2 B = 85 MB per shard at FMA size
 SPLITS = ("train", "val", "test")
 
 # Training-recipe options a search may turn on (TrainConfig fields; mgc_ray.trial.recipe applies them), each at
 # its "off" value here: the paper uses none of them. A run recorded before they existed trained with them off.
 RECIPE_OFF = {
-    "spec_mask": 0.0,        # SpecAugment-style masks: widths up to this fraction of the time / mel axis
-    "mixup": 0.0,            # mixup's Beta(alpha, alpha): alpha
+    "spec_mask": 0.0,  # SpecAugment-style masks: widths up to this fraction of the time / mel axis
+    "mixup": 0.0,  # mixup's Beta(alpha, alpha): alpha
     "label_smoothing": 0.0,  # torch's CrossEntropyLoss label_smoothing
 }
 MASK_SHARE_MAX = 0.5  # a mask of half an axis or more hides more than it keeps: spec_mask < 0.5
@@ -52,7 +53,7 @@ VAL_LOSS = "val/loss"
 
 # Where the built-in demo dataset and its cache live when no data is given.
 DEFAULT_HOME = "~/.cache/mgc_ray"
-HOME_ENV = "MGC_HOME"        # overrides DEFAULT_HOME (tests and CI point it at a temp folder)
+HOME_ENV = "MGC_HOME"  # overrides DEFAULT_HOME (tests and CI point it at a temp folder)
 FMA_ROOT_ENV = "MGC_FMA_ROOT"  # environment variable naming an FMA root
 
 
@@ -131,19 +132,19 @@ class TrainConfig:
     """One trial's hyperparameters; Tune's flat dict becomes this at trial entry."""
 
     arch: str
-    lr: float = 1e-4            # the paper's Adam learning rate
+    lr: float = 1e-4  # the paper's Adam learning rate
     weight_decay: float = 1e-4  # the paper's
-    batch_size: int = 32        # the paper's for 2D
+    batch_size: int = 32  # the paper's for 2D
     window: int = 1976
     n_mels: int = 224
     crop_seconds: float = CROP_SECONDS
     max_epochs: int = PAPER_EPOCHS
     seed: int = 0
     spec_mask: float = RECIPE_OFF["spec_mask"]  # off, as in the paper's recipe: no masking,
-    mixup: float = RECIPE_OFF["mixup"]          # no mixup
+    mixup: float = RECIPE_OFF["mixup"]  # no mixup
     label_smoothing: float = RECIPE_OFF["label_smoothing"]  # and hard targets
     augment: bool = True
-    compile: bool = False       # torch.compile the model (tune.py --compile); not searched
+    compile: bool = False  # torch.compile the model (tune.py --compile); not searched
 
     def __post_init__(self) -> None:
         check_recipe(self.spec_mask, self.mixup, self.label_smoothing)
@@ -169,11 +170,19 @@ class TrainConfig:
                 kw[k] = float(kw[k])
         return cls(**kw)
 
-    def model_config(self, sample_rate: int, wave_mean: float = 0.0, wave_std: float = 1.0,
-                     n_classes: int = N_CLASSES) -> ModelConfig:
-        return ModelConfig(arch=self.arch, n_classes=n_classes, sample_rate=sample_rate,
-                           window=self.window, n_mels=self.n_mels, crop_seconds=self.crop_seconds,
-                           wave_mean=wave_mean, wave_std=wave_std)
+    def model_config(
+        self, sample_rate: int, wave_mean: float = 0.0, wave_std: float = 1.0, n_classes: int = N_CLASSES
+    ) -> ModelConfig:
+        return ModelConfig(
+            arch=self.arch,
+            n_classes=n_classes,
+            sample_rate=sample_rate,
+            window=self.window,
+            n_mels=self.n_mels,
+            crop_seconds=self.crop_seconds,
+            wave_mean=wave_mean,
+            wave_std=wave_std,
+        )
 
 
 @dataclass(frozen=True)
@@ -185,7 +194,7 @@ class PaperPreset:
     """
 
     arch: str
-    label: str                 # the row name in the paper's Table 1
+    label: str  # the row name in the paper's Table 1
     batch_size: int
     window: int
     n_mels: int
@@ -215,19 +224,18 @@ def _t1(f1: float, acc: float, p: float, r: float) -> dict[str, float]:
 
 PAPER: dict[str, PaperPreset] = {
     # 1D: batch 16 "due to memory constraints"; window/n_mels unused by the 1D branch.
-    "baseline_a_1d": PaperPreset("baseline_a_1d", "1D Baseline A", 16, 3472, 513,
-                                 table1=_t1(0.448, 0.864, 0.438, 0.457)),
+    "baseline_a_1d": PaperPreset(
+        "baseline_a_1d", "1D Baseline A", 16, 3472, 513, table1=_t1(0.448, 0.864, 0.438, 0.457)
+    ),
     # window 3472 (~160 ms) -> 513 x 128 at 22,050 Hz
-    "baseline_a_2d": PaperPreset("baseline_a_2d", "2D Baseline A", 32, 3472, 513,
-                                 table1=_t1(0.558, 0.889, 0.556, 0.559)),
-    "baseline_b": PaperPreset("baseline_b", "Baseline B", 32, 3472, 513,
-                              table1=_t1(0.534, 0.883, 0.537, 0.531)),
+    "baseline_a_2d": PaperPreset(
+        "baseline_a_2d", "2D Baseline A", 32, 3472, 513, table1=_t1(0.558, 0.889, 0.556, 0.559)
+    ),
+    "baseline_b": PaperPreset("baseline_b", "Baseline B", 32, 3472, 513, table1=_t1(0.534, 0.883, 0.537, 0.531)),
     # window 1976 (~90 ms) -> 224 x 224 at 22,050 Hz
-    "densenet": PaperPreset("densenet", "DenseNet", 32, 1976, 224,
-                            table1=_t1(0.574, 0.892, 0.578, 0.571)),
+    "densenet": PaperPreset("densenet", "DenseNet", 32, 1976, 224, table1=_t1(0.574, 0.892, 0.578, 0.571)),
     # batch 8: the paper's memory limit for the two-branch net
-    "fusion": PaperPreset("fusion", "FusionNet", 8, 1976, 224,
-                          table1=_t1(0.553, 0.888, 0.548, 0.557)),
+    "fusion": PaperPreset("fusion", "FusionNet", 8, 1976, 224, table1=_t1(0.553, 0.888, 0.548, 0.557)),
 }
 
 

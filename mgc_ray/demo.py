@@ -15,6 +15,7 @@ every eighth track of each genre is 44.1 kHz stereo like real FMA clips (made at
 demo too, on every genre alike. Same seed, same audio: every track draws from
 its own seeded generator. The default set (128 tracks x 15 s) takes ~17 s on 2 idle cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,28 +34,49 @@ from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import atomic_text, atomic_write
 
 # FMA's genre ids of the eight fma_small genres (genres.csv; all top level, parent 0).
-GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
-             "International": 2, "Pop": 10, "Rock": 12}
-MONO_RATE = 22_050      # the cache rate: mono files need no resampling
-STEREO_RATE = 44_100    # real FMA clips: 44.1 kHz stereo
-STEREO_EVERY = 8        # track j of a genre is stereo when j % 8 == 3 (one in 8, every genre)
+GENRE_IDS = {
+    "Electronic": 15,
+    "Experimental": 38,
+    "Folk": 17,
+    "Hip-Hop": 21,
+    "Instrumental": 1235,
+    "International": 2,
+    "Pop": 10,
+    "Rock": 12,
+}
+MONO_RATE = 22_050  # the cache rate: mono files need no resampling
+STEREO_RATE = 44_100  # real FMA clips: 44.1 kHz stereo
+STEREO_EVERY = 8  # track j of a genre is stereo when j % 8 == 3 (one in 8, every genre)
 MAX_TRACK_ID = 155_066  # the largest fma_small track id: demo ids look like real ones
-SPLIT_SHARE = 0.1       # FMA's set.split: ~80/10/10 training/validation/test per genre
-MAX_WORKERS = 8         # processes writing tracks; synthesis and mp3 encoding are CPU-bound
+SPLIT_SHARE = 0.1  # FMA's set.split: ~80/10/10 training/validation/test per genre
+MAX_WORKERS = 8  # processes writing tracks; synthesis and mp3 encoding are CPU-bound
 PARALLEL_SECONDS = 600  # below this much audio (~25 s of work) starting worker processes costs more than it saves
 PARAMS_FILE = "demo.json"  # beside tracks.csv: the settings a demo folder was written with
 
 # tracks.csv's columns, in FMA's order (52; read with header=[0, 1]).
-COLUMNS = [(group, name) for group, names in (
-    ("album", "comments date_created date_released engineer favorites id information listens producer "
-              "tags title tracks type"),
-    ("artist", "active_year_begin active_year_end associated_labels bio comments date_created favorites id "
-               "latitude location longitude members name related_projects tags website wikipedia_page"),
-    ("set", "split subset"),
-    ("track", "bit_rate comments composer date_created date_recorded duration favorites genre_top genres "
-              "genres_all information interest language_code license listens lyricist number publisher tags "
-              "title"),
-) for name in names.split()]
+COLUMNS = [
+    (group, name)
+    for group, names in (
+        (
+            "album",
+            "comments date_created date_released engineer favorites id information listens producer "
+            "tags title tracks type",
+        ),
+        (
+            "artist",
+            "active_year_begin active_year_end associated_labels bio comments date_created favorites id "
+            "latitude location longitude members name related_projects tags website wikipedia_page",
+        ),
+        ("set", "split subset"),
+        (
+            "track",
+            "bit_rate comments composer date_created date_recorded duration favorites genre_top genres "
+            "genres_all information interest language_code license listens lyricist number publisher tags "
+            "title",
+        ),
+    )
+    for name in names.split()
+]
 
 
 def default_demo_dir() -> str:
@@ -77,7 +99,7 @@ def official_splits(n: int, rng: np.random.Generator) -> np.ndarray:
     out = np.array(["training"] * n, dtype=object)
     order = rng.permutation(n)
     out[order[:k]] = "validation"
-    out[order[k:2 * k]] = "test"
+    out[order[k : 2 * k]] = "test"
     return out
 
 
@@ -105,20 +127,36 @@ def demo_tracks(tracks_per_genre: int, seconds: float, seed: int) -> pd.DataFram
             tid = int(ids[g * tracks_per_genre + j])
             artist = g * 100 + j // 4 + 1  # four tracks per artist, as on an album
             gid = GENRE_IDS[genre]
-            rows.append({
-                ("album", "id"): artist, ("album", "title"): f"Demo {genre} Album {j // 4 + 1}",
-                ("album", "tracks"): 4, ("album", "type"): "Album",
-                ("artist", "id"): artist, ("artist", "name"): f"Demo {genre} Artist {j // 4 + 1}",
-                ("set", "split"): splits[j], ("set", "subset"): "small",
-                ("track", "bit_rate"): 64000, ("track", "duration"): int(round(seconds)),
-                ("track", "genre_top"): genre, ("track", "genres"): f"[{gid}]", ("track", "genres_all"): f"[{gid}]",
-                ("track", "license"): "Synthetic audio written by mgc_ray.demo", ("track", "number"): j % 4 + 1,
-                ("track", "title"): f"{genre} demo {j + 1:03d}", ("track", "interest"): 0,
-                ("track", "listens"): 0, ("track", "favorites"): 0, ("track", "comments"): 0,
-                ("track", "tags"): "[]", ("album", "tags"): "[]", ("artist", "tags"): "[]",
-                ("demo", "index"): j, ("demo", "stereo"): j % STEREO_EVERY == 3,
-                "track_id": tid,
-            })
+            rows.append(
+                {
+                    ("album", "id"): artist,
+                    ("album", "title"): f"Demo {genre} Album {j // 4 + 1}",
+                    ("album", "tracks"): 4,
+                    ("album", "type"): "Album",
+                    ("artist", "id"): artist,
+                    ("artist", "name"): f"Demo {genre} Artist {j // 4 + 1}",
+                    ("set", "split"): splits[j],
+                    ("set", "subset"): "small",
+                    ("track", "bit_rate"): 64000,
+                    ("track", "duration"): int(round(seconds)),
+                    ("track", "genre_top"): genre,
+                    ("track", "genres"): f"[{gid}]",
+                    ("track", "genres_all"): f"[{gid}]",
+                    ("track", "license"): "Synthetic audio written by mgc_ray.demo",
+                    ("track", "number"): j % 4 + 1,
+                    ("track", "title"): f"{genre} demo {j + 1:03d}",
+                    ("track", "interest"): 0,
+                    ("track", "listens"): 0,
+                    ("track", "favorites"): 0,
+                    ("track", "comments"): 0,
+                    ("track", "tags"): "[]",
+                    ("album", "tags"): "[]",
+                    ("artist", "tags"): "[]",
+                    ("demo", "index"): j,
+                    ("demo", "stereo"): j % STEREO_EVERY == 3,
+                    "track_id": tid,
+                }
+            )
     df = pd.DataFrame(rows).set_index("track_id").sort_index()
     df.columns = pd.MultiIndex.from_tuples(df.columns)
     return df.reindex(columns=COLUMNS + [("demo", "index"), ("demo", "stereo")])  # unfilled columns: empty
@@ -161,8 +199,9 @@ def _genres_csv(counts: dict[str, int]) -> str:
     return df.to_csv(index=False)
 
 
-def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: float = 15.0, seed: int = 0,
-               progress: bool = False) -> str:
+def write_demo(
+    out: str | os.PathLike, tracks_per_genre: int = 16, seconds: float = 15.0, seed: int = 0, progress: bool = False
+) -> str:
     """Write the demo dataset in FMA's layout (idempotent, atomic file by file).
 
     tracks.csv is written last: a folder with tracks.csv is a finished demo. A
@@ -182,8 +221,10 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
         UserError: bad sizes, or `out` holds other data (another demo or real FMA).
     """
     if tracks_per_genre < 3:
-        raise UserError(f"--tracks-per-genre {tracks_per_genre} is too small: use 3 or more "
-                        "(every genre needs a track in training, validation and test)")
+        raise UserError(
+            f"--tracks-per-genre {tracks_per_genre} is too small: use 3 or more "
+            "(every genre needs a track in training, validation and test)"
+        )
     if not seconds >= 1.0:
         raise UserError(f"--seconds {seconds} is too short: use 1 or more (the cache drops clips under 2 s)")
     root = os.path.abspath(os.fspath(out))
@@ -207,8 +248,18 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
 
     start = time.perf_counter()
     df = demo_tracks(tracks_per_genre, seconds, seed)
-    jobs = [(root, int(tid), row[("track", "genre_top")], int(row[("demo", "index")]), bool(row[("demo", "stereo")]),
-             float(seconds), int(seed)) for tid, row in df.iterrows()]
+    jobs = [
+        (
+            root,
+            int(tid),
+            row[("track", "genre_top")],
+            int(row[("demo", "index")]),
+            bool(row[("demo", "stereo")]),
+            float(seconds),
+            int(seed),
+        )
+        for tid, row in df.iterrows()
+    ]
     workers = min(os.cpu_count() or 1, MAX_WORKERS) if len(jobs) * seconds >= PARALLEL_SECONDS else 1
     if workers > 1:
         import multiprocessing
@@ -224,8 +275,11 @@ def write_demo(out: str | os.PathLike, tracks_per_genre: int = 16, seconds: floa
     atomic_text(os.path.join(meta, "genres.csv"), _genres_csv(counts))
     atomic_text(tracks_csv, df[COLUMNS].to_csv())  # last: marks the demo finished
     if progress:
-        print(f"wrote {len(df)} demo tracks ({tracks_per_genre} x {len(GENRES)} genres x {seconds:g} s) "
-              f"to {root} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        print(
+            f"wrote {len(df)} demo tracks ({tracks_per_genre} x {len(GENRES)} genres x {seconds:g} s) "
+            f"to {root} in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
     return root
 
 
@@ -236,8 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="clip length in seconds (default 15)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same dataset (default 0)")
     args = p.parse_args(argv)
-    root = write_demo(args.out or default_demo_dir(), args.tracks_per_genre, args.seconds, args.seed,
-                      progress=True)
+    root = write_demo(args.out or default_demo_dir(), args.tracks_per_genre, args.seconds, args.seed, progress=True)
     print(root)
     return 0
 

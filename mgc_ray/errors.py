@@ -1,4 +1,5 @@
 """Bad input becomes one clear line and exit status 2, never a traceback."""
+
 from __future__ import annotations
 
 import argparse

@@ -11,6 +11,7 @@ metric of `mgc_ray.metrics`. Writes under --out, and logs to the run when there 
     confusion_matrix.png         crop level (the paper's Fig. 8); confusion_matrix_track.png
     per_class.csv, per_class.md  precision / recall / F1 per genre, both levels, with support
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ import numpy as np
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import writable_dir
 from mgc_ray.metrics import METRIC_NAMES
+from mgc_ray.results.markdown import table
 
 HEADLINE = ("loss", *METRIC_NAMES)
 
@@ -56,12 +58,16 @@ def check_compatible(manifest, payload, cache: str, checkpoint: str, split: str)
     """
     model_rate = payload.model_config.sample_rate
     if manifest.sample_rate != model_rate:
-        raise UserError(f"cache {cache} holds {manifest.sample_rate} Hz audio but checkpoint {checkpoint} "
-                        f"takes {model_rate} Hz: give a cache prepared at {model_rate} Hz with --cache "
-                        f"(python -m mgc_ray.prepare --sample-rate {model_rate} ...)")
+        raise UserError(
+            f"cache {cache} holds {manifest.sample_rate} Hz audio but checkpoint {checkpoint} "
+            f"takes {model_rate} Hz: give a cache prepared at {model_rate} Hz with --cache "
+            f"(python -m mgc_ray.prepare --sample-rate {model_rate} ...)"
+        )
     if list(manifest.label_names) != list(payload.label_names):
-        raise UserError(f"cache {cache} has genres {list(manifest.label_names)}, checkpoint {checkpoint} was trained "
-                        f"on {list(payload.label_names)}: give the cache the model was trained on with --cache")
+        raise UserError(
+            f"cache {cache} has genres {list(manifest.label_names)}, checkpoint {checkpoint} was trained "
+            f"on {list(payload.label_names)}: give the cache the model was trained on with --cache"
+        )
     if not manifest.shards.get(split) or not int(manifest.num_tracks.get(split, 1)):
         raise UserError(f"cache {cache} has no {split} tracks: choose another --split or cache")
 
@@ -107,21 +113,21 @@ def per_class_rows(scores, label_names: Sequence[str]) -> list[dict]:
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(table(head, rows))
 
 
 def metrics_table(scores) -> str:
     levels = _levels(scores)
-    return _table(["level", *HEADLINE], [[lvl, *(f"{levels[lvl][k]:.4f}" for k in HEADLINE)]
-                                         for lvl in ("crop", "track")])
+    return _table(
+        ["level", *HEADLINE], [[lvl, *(f"{levels[lvl][k]:.4f}" for k in HEADLINE)] for lvl in ("crop", "track")]
+    )
 
 
 def per_class_table(rows: list[dict]) -> str:
     keys = [k for k in rows[0] if k not in ("genre", "support")]
-    return _table(["genre", "support", *keys], [[r["genre"], str(r["support"]), *(f"{r[k]:.3f}" for k in keys)]
-                                                for r in rows])
+    return _table(
+        ["genre", "support", *keys], [[r["genre"], str(r["support"]), *(f"{r[k]:.3f}" for k in keys)] for r in rows]
+    )
 
 
 def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list[Path]:
@@ -130,24 +136,55 @@ def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list
     from mgc_ray.results import plots
 
     rows = per_class_rows(scores, label_names)
-    files = [atomic_text(out / "metrics.json", json.dumps({
-        **info, "label_names": label_names, "crop": dict(scores.crop), "track": dict(scores.track),
-        "confusion": np.asarray(scores.confusion).tolist(),
-        "track_confusion": np.asarray(scores.track_confusion).tolist(), "track_ids": list(scores.track_ids)},
-        indent=2))]
+    files = [
+        atomic_text(
+            out / "metrics.json",
+            json.dumps(
+                {
+                    **info,
+                    "label_names": label_names,
+                    "crop": dict(scores.crop),
+                    "track": dict(scores.track),
+                    "confusion": np.asarray(scores.confusion).tolist(),
+                    "track_confusion": np.asarray(scores.track_confusion).tolist(),
+                    "track_ids": list(scores.track_ids),
+                },
+                indent=2,
+            ),
+        )
+    ]
     what = f"{info['arch']} on {info['split']}"
-    files.append(plots.confusion_png(scores.confusion, label_names, out / "confusion_matrix.png",
-                                     f"{what}: confusion (crop level)"))
-    files.append(plots.confusion_png(scores.track_confusion, label_names, out / "confusion_matrix_track.png",
-                                     f"{what}: confusion (track level)"))
-    csv = ",".join(rows[0]) + "\n" + "".join(
-        ",".join(str(v) if not isinstance(v, float) else f"{v:.6f}" for v in r.values()) + "\n" for r in rows)
+    files.append(
+        plots.confusion_png(
+            scores.confusion, label_names, out / "confusion_matrix.png", f"{what}: confusion (crop level)"
+        )
+    )
+    files.append(
+        plots.confusion_png(
+            scores.track_confusion, label_names, out / "confusion_matrix_track.png", f"{what}: confusion (track level)"
+        )
+    )
+    csv = (
+        ",".join(rows[0])
+        + "\n"
+        + "".join(",".join(str(v) if not isinstance(v, float) else f"{v:.6f}" for v in r.values()) + "\n" for r in rows)
+    )
     files.append(atomic_text(out / "per_class.csv", csv))
-    md = [f"# {what}", "", f"- checkpoint `{info['checkpoint']}` (epoch {info.get('epoch')})",
-          *([f"- MLflow run `{info['run_id']}`"] if info.get("run_id") else []),
-          f"- cache `{info['cache']}`, {info['tracks']} tracks", "",
-          "Crop level: one centred crop per track (the paper's way); track level: crops covering "
-          "the whole clip, logits averaged.", "", metrics_table(scores), "", per_class_table(rows), ""]
+    md = [
+        f"# {what}",
+        "",
+        f"- checkpoint `{info['checkpoint']}` (epoch {info.get('epoch')})",
+        *([f"- MLflow run `{info['run_id']}`"] if info.get("run_id") else []),
+        f"- cache `{info['cache']}`, {info['tracks']} tracks",
+        "",
+        "Crop level: one centred crop per track (the paper's way); track level: crops covering "
+        "the whole clip, logits averaged.",
+        "",
+        metrics_table(scores),
+        "",
+        per_class_table(rows),
+        "",
+    ]
     files.append(atomic_text(out / "per_class.md", "\n".join(md)))
     return files
 
@@ -168,8 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, payload = ckpt.load_model(path, expect_arch=run.arch if run else None)
     cache = args.cache or (run.cache if run else None)
     if not cache:
-        raise UserError("no cache to score on: give --cache DIR (a prepared cache, python -m mgc_ray.prepare)"
-                        + (f"; run {args.run_id}'s search records none" if run else ""))
+        raise UserError(
+            "no cache to score on: give --cache DIR (a prepared cache, python -m mgc_ray.prepare)"
+            + (f"; run {args.run_id}'s search records none" if run else "")
+        )
     manifest = check_cache(cache)
     check_compatible(manifest, payload, cache, path, args.split)
     out = writable_dir(Path(args.out) if args.out else _default_out(args), "--out")
@@ -177,15 +216,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     arch = payload.model_config.arch
     print(f"mgc_ray: scoring {arch} ({path}) on the {args.split} split of {cache}", flush=True)
     scores = _scores(model, payload, manifest, args.split)
-    info = {"arch": arch, "split": args.split, "checkpoint": str(path), "run_id": args.run_id,
-            "cache": str(cache), "tracks": int(np.asarray(scores.track_confusion).sum()),
-            "epoch": payload.epoch, "mgc_ray_version": payload.version}
+    info = {
+        "arch": arch,
+        "split": args.split,
+        "checkpoint": str(path),
+        "run_id": args.run_id,
+        "cache": str(cache),
+        "tracks": int(np.asarray(scores.track_confusion).sum()),
+        "epoch": payload.epoch,
+        "mgc_ray_version": payload.version,
+    }
     files = write_outputs(out, scores, label_names, info)
-    print(f"\n{arch} on the {args.split} split ({info['tracks']} tracks)\n{metrics_table(scores)}\n\n"
-          f"{per_class_table(per_class_rows(scores, label_names))}\n", flush=True)
+    print(
+        f"\n{arch} on the {args.split} split ({info['tracks']} tracks)\n{metrics_table(scores)}\n\n"
+        f"{per_class_table(per_class_rows(scores, label_names))}\n",
+        flush=True,
+    )
     if run is not None:
-        metrics = {f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": v[k]
-                   for lvl, v in _levels(scores).items() for k in HEADLINE}
+        metrics = {
+            f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": v[k]
+            for lvl, v in _levels(scores).items()
+            for k in HEADLINE
+        }
         from mgc_ray.search import tracking
 
         c = tracking.open_store(args.mlflow_uri)

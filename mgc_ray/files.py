@@ -6,6 +6,7 @@ two processes or nodes writing the same file never share a temporary file) and
 renamed into place. A reader never sees half a file and a killed writer leaves
 only a `.tmp-` file, which `clean_temporaries` removes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,6 +73,20 @@ def clean_temporaries(folder: str | os.PathLike) -> int:
     return removed
 
 
+SQLITE = "sqlite:///"  # the scheme of a local store's URI (MLflow's and Optuna's): sqlite:///PATH
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file a `sqlite:///PATH` URI names (user and relative paths resolved), else None.
+
+    >>> sqlite_path("postgresql://db/x") is None
+    True
+    """
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(uri[len(SQLITE) :]).expanduser().resolve()
+
+
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Make `path` if needed and prove it writable with a file that is gone at once
     (os.access says yes to root even on a read-only mount).
@@ -126,7 +141,7 @@ def sealed_json(obj: dict) -> str:
     text = json.dumps({**obj, SEAL_KEY: _SEAL_BLANK}, indent=1) + "\n"
     digest = hashlib.sha256(text.encode()).hexdigest()
     at = text.rindex(_SEAL_BLANK)
-    return text[:at] + digest + text[at + len(_SEAL_BLANK):]
+    return text[:at] + digest + text[at + len(_SEAL_BLANK) :]
 
 
 def write_sealed_json(path: str | os.PathLike, obj: dict) -> Path:
@@ -152,7 +167,7 @@ def read_sealed_json(path: str | os.PathLike) -> dict:
     if not isinstance(digest, str) or len(digest) != 64 or raw.count(digest.encode()) != 1:
         raise Damaged(f"its {SEAL_KEY} field is missing or malformed")
     at = raw.rindex(digest.encode())
-    body = raw[:at] + _SEAL_BLANK.encode() + raw[at + 64:]
+    body = raw[:at] + _SEAL_BLANK.encode() + raw[at + 64 :]
     if hashlib.sha256(body).hexdigest() != digest:
         raise Damaged("its bytes do not match its checksum")
     del doc[SEAL_KEY]
@@ -210,8 +225,10 @@ def check_free(path: str | os.PathLike, what: str, need: int = MIN_FREE_BYTES) -
     """
     free = free_bytes(path)
     if free < need:
-        raise UserError(f"{what} {path} has {free / 2**20:.1f} MiB free, less than the {need / 2**20:.0f} MiB "
-                        "a search needs: free space there or choose another folder")
+        raise UserError(
+            f"{what} {path} has {free / 2**20:.1f} MiB free, less than the {need / 2**20:.0f} MiB "
+            "a search needs: free space there or choose another folder"
+        )
 
 
 def is_disk_full(exc: BaseException) -> bool:

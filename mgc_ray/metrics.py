@@ -18,6 +18,7 @@ A class never predicted has precision 0, a class never present has recall 0,
 and 0/0 F1 is 0 (scikit-learn's zero_division=0). Plain numpy: scikit-learn is
 only a test dependency.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -48,8 +49,9 @@ def definitions(n_classes: int) -> str:
 Ours are test-split figures at crop level (one centred crop per track, the paper's way)."""
 
 
-def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                     n_classes: int) -> np.ndarray:
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> np.ndarray:
     """Counts of (true, predicted) pairs.
 
     Args:
@@ -81,8 +83,9 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def compute_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                    label_names: Sequence[str]) -> dict[str, float]:
+def compute_metrics(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, label_names: Sequence[str]
+) -> dict[str, float]:
     """The paper's and the standard classification metrics.
 
     Args:

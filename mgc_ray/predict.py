@@ -10,6 +10,7 @@ others are still answered, and the exit status is 2.
     python -m mgc_ray.predict song.mp3 --run-id 3f2a... --top 3
     python -m mgc_ray.predict *.mp3 --checkpoint DIR --json > genres.json
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def probabilities(model: torch.nn.Module, wave: np.ndarray, crop_len: int) -> tu
     from mgc_ray.data.pipeline import cover_crops
 
     crops = torch.from_numpy(cover_crops(np.ascontiguousarray(wave, dtype=np.float32), crop_len))  # (n, crop_len)
-    probs = [torch.softmax(model(crops[i:i + BATCH]).float(), dim=1) for i in range(0, len(crops), BATCH)]
+    probs = [torch.softmax(model(crops[i : i + BATCH]).float(), dim=1) for i in range(0, len(crops), BATCH)]
     return torch.cat(probs).mean(0).numpy(), len(crops)  # (n_classes,)
 
 
@@ -66,19 +67,27 @@ def predict_file(model, path: str, sample_rate: int, crop_len: int, label_names:
     try:
         wave = decode_audio(path, sample_rate)  # (N,) mono float32 in [-1, 1]
     except (ValueError, OSError) as exc:
-        raise ValueError(f"cannot decode it as audio ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ValueError(
+            f"cannot decode it as audio ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     if len(wave) == 0:
         raise ValueError("holds no audio frames")
     p, n = probabilities(model, wave, crop_len)
     order = np.argsort(-p)
-    return {"file": path, "seconds": round(len(wave) / sample_rate, 3), "windows": n,
-            "genre": label_names[int(order[0])],
-            "ranking": [{"genre": label_names[int(i)], "probability": float(p[i])} for i in order]}
+    return {
+        "file": path,
+        "seconds": round(len(wave) / sample_rate, 3),
+        "windows": n,
+        "genre": label_names[int(order[0])],
+        "ranking": [{"genre": label_names[int(i)], "probability": float(p[i])} for i in order],
+    }
 
 
 def _text(answer: dict, top: int, crop_seconds: float) -> str:
-    lines = [f"{answer['file']}  ({answer['seconds']:.1f} s, {answer['windows']} window"
-             f"{'s' if answer['windows'] != 1 else ''} of {crop_seconds:g} s)"]
+    lines = [
+        f"{answer['file']}  ({answer['seconds']:.1f} s, {answer['windows']} window"
+        f"{'s' if answer['windows'] != 1 else ''} of {crop_seconds:g} s)"
+    ]
     width = max(len(r["genre"]) for r in answer["ranking"])
     for i, r in enumerate(answer["ranking"][:top], 1):
         lines.append(f"  {i}. {r['genre']:<{width}}  {r['probability']:.3f}")
@@ -118,11 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json:
             print(_text(answer, top, cfg.crop_seconds), flush=True)
     if args.json:
-        doc = {"checkpoint": str(path), "run_id": run_id, "arch": cfg.arch, "sample_rate": cfg.sample_rate,
-               "crop_seconds": cfg.crop_seconds, "genres": label_names,
-               "files": [{k: v for k, v in a.items() if k != "ranking"} |
-                         ({"probabilities": {r["genre"]: r["probability"] for r in a["ranking"]}}
-                          if "ranking" in a else {}) for a in answers]}
+        doc = {
+            "checkpoint": str(path),
+            "run_id": run_id,
+            "arch": cfg.arch,
+            "sample_rate": cfg.sample_rate,
+            "crop_seconds": cfg.crop_seconds,
+            "genres": label_names,
+            "files": [
+                {k: v for k, v in a.items() if k != "ranking"}
+                | ({"probabilities": {r["genre"]: r["probability"] for r in a["ranking"]}} if "ranking" in a else {})
+                for a in answers
+            ],
+        }
         print(json.dumps(doc, indent=2), flush=True)
     if failed:
         print(f"mgc_ray: {failed} of {len(args.files)} file(s) could not be read", file=sys.stderr)

@@ -22,6 +22,7 @@ manifest.json (sealed with its own checksum, see `mgc_ray.data.cache`) is writte
 Decoding: `mgc_ray.data.audio.decode_audio`. Bad tracks (missing, empty, undecodable,
 shorter than MIN_TRACK_SECONDS, silent) are reported and skipped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,9 +109,16 @@ def plan_shards(tracks, tracks_per_shard: int = TRACKS_PER_SHARD, seed: int = 0)
         rows = tracks[tracks["split"] == split].sort_index()
         rows = rows.iloc[np.random.default_rng((int(seed), SHARD_ORDER_STREAM, i)).permutation(len(rows))]
         for n, start in enumerate(range(0, len(rows), tracks_per_shard)):
-            chunk = rows.iloc[start:start + tracks_per_shard]
-            plans.append(ShardPlan(f"{split}-{n:05d}", split, tuple(int(i) for i in chunk.index),
-                                   tuple(int(x) for x in chunk["label"]), tuple(str(p) for p in chunk["path"])))
+            chunk = rows.iloc[start : start + tracks_per_shard]
+            plans.append(
+                ShardPlan(
+                    f"{split}-{n:05d}",
+                    split,
+                    tuple(int(i) for i in chunk.index),
+                    tuple(int(x) for x in chunk["label"]),
+                    tuple(str(p) for p in chunk["path"]),
+                )
+            )
     return plans
 
 
@@ -173,9 +181,19 @@ def write_shard(plan: ShardPlan, out: str, sample_rate: int, settings: dict) -> 
     parquet, sidecar = _shard_files(out, plan.name)
     values = write_parquet(parquet, plan.split, ids, labels, waves)
     v = values.astype(np.int64)
-    info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
-            "good_track_ids": ids, "bad": bad, "sum": int(v.sum()), "sumsq": int(v @ v), "count": int(v.size),
-            "node_id": _node_id(), "parquet_sha256": file_sha256(parquet)}
+    info = {
+        "name": plan.name,
+        "split": plan.split,
+        "settings": settings,
+        "track_ids": list(plan.track_ids),
+        "good_track_ids": ids,
+        "bad": bad,
+        "sum": int(v.sum()),
+        "sumsq": int(v @ v),
+        "count": int(v.size),
+        "node_id": _node_id(),
+        "parquet_sha256": file_sha256(parquet),
+    }
     write_sealed_json(sidecar, info)
     return info
 
@@ -194,19 +212,29 @@ def write_parquet(path: str, split: str, ids: list[int], labels: list[int], wave
     lengths = np.array([len(w) for w in waves], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     values = np.concatenate(waves) if waves else np.zeros(0, np.int16)
-    table = pa.table({
-        "track_id": pa.array(ids, pa.int64()),
-        "label": pa.array(labels, pa.int32()),
-        "split": pa.array([split] * len(ids), pa.string()),
-        "num_samples": pa.array(lengths, pa.int64()),
-        "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
-    })
+    table = pa.table(
+        {
+            "track_id": pa.array(ids, pa.int64()),
+            "label": pa.array(labels, pa.int32()),
+            "split": pa.array([split] * len(ids), pa.string()),
+            "num_samples": pa.array(lengths, pa.int64()),
+            "samples": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int16())),
+        }
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # int16 audio has up to 65,536 values: dictionary encoding and snappy save nothing on it (8.71 vs 8.73 MB
     # per column chunk); split bytes + zstd level 1 gave 11 % smaller shards read 1.5x faster (FINDINGS.md, bug 3)
-    atomic_write(path, lambda p: pq.write_table(
-        table, p, use_dictionary=False, compression="zstd", compression_level=1,
-        column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"}))
+    atomic_write(
+        path,
+        lambda p: pq.write_table(
+            table,
+            p,
+            use_dictionary=False,
+            compression="zstd",
+            compression_level=1,
+            column_encoding={"samples.list.element": "BYTE_STREAM_SPLIT"},
+        ),
+    )
     return values
 
 
@@ -233,8 +261,10 @@ def finished_shard(out: str, plan: ShardPlan, settings: dict) -> dict | None:
         return _damaged(sidecar, exc)
     if info.get("settings") != settings or info.get("track_ids") != list(plan.track_ids):
         why = _diff(info.get("settings"), settings)
-        raise UserError(f"{out} holds shards made with other settings or tracks ({why}); "
-                        "use another --out (or delete that folder to rebuild it)")
+        raise UserError(
+            f"{out} holds shards made with other settings or tracks ({why}); "
+            "use another --out (or delete that folder to rebuild it)"
+        )
     try:
         digest = shard_sha256(parquet)
     except FileNotFoundError:  # the sidecar of a shard whose parquet went missing
@@ -254,8 +284,9 @@ def _diff(old: dict | None, new: dict) -> str:
     if not isinstance(old, dict):
         return "unreadable settings"
     keys = [k for k in new if old.get(k) != new[k]] or ["track list"]
-    return ", ".join(f"{k}: {old.get(k)!r} here, {new[k]!r} asked" if k in old and k != "track_list_sha1" else k
-                     for k in keys)
+    return ", ".join(
+        f"{k}: {old.get(k)!r} here, {new[k]!r} asked" if k in old and k != "track_list_sha1" else k for k in keys
+    )
 
 
 def _track_list_sha1(tracks) -> str:
@@ -263,8 +294,9 @@ def _track_list_sha1(tracks) -> str:
     return hashlib.sha1(lines.encode()).hexdigest()
 
 
-def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict, address: str | None,
-               done: int, total: int) -> list[dict]:
+def _run_tasks(
+    todo: list[ShardPlan], out: str, sample_rate: int, settings: dict, address: str | None, done: int, total: int
+) -> list[dict]:
     """Run `write_shard` for each plan as Ray tasks, with a progress bar over finished shards."""
     import ray
     from tqdm import tqdm
@@ -289,11 +321,14 @@ def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), OSError) else None
                     if cause is None:
                         raise
-                    raise UserError(f"cannot write shard {plan.name} in {out}: {cause}; "
-                                    "free space or pick another --out") from None
+                    raise UserError(
+                        f"cannot write shard {plan.name} in {out}: {cause}; free space or pick another --out"
+                    ) from None
                 if not os.path.isfile(_shard_files(out, plan.name)[1]):
-                    raise UserError(f"shard {plan.name} was written on another node and is not visible here: "
-                                    "--out must be a folder every Ray node shares")
+                    raise UserError(
+                        f"shard {plan.name} was written on another node and is not visible here: "
+                        "--out must be a folder every Ray node shares"
+                    )
                 infos.append(info)
                 bar.update(1)
         return infos
@@ -305,8 +340,10 @@ def _run_tasks(todo: list[ShardPlan], out: str, sample_rate: int, settings: dict
 def _summarise_bad(bad: list[dict], out: str) -> None:
     if not bad:
         return
-    print(f"prepare: skipped {len(bad)} bad track(s) (every one is listed in {os.path.join(out, MANIFEST)}):",
-          file=sys.stderr)
+    print(
+        f"prepare: skipped {len(bad)} bad track(s) (every one is listed in {os.path.join(out, MANIFEST)}):",
+        file=sys.stderr,
+    )
     for kind in BAD_KINDS:
         ids = [f"{b['track_id']:06d}" for b in bad if b["reason"].startswith(kind + ":")]
         if ids:
@@ -314,10 +351,18 @@ def _summarise_bad(bad: list[dict], out: str) -> None:
             print(f"  {kind}: {len(ids)} ({', '.join(ids[:5])}{more})", file=sys.stderr)
 
 
-def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "small",
-            sample_rate: int = CACHE_SAMPLE_RATE, split: str = "paper", data_seed: int = 0,
-            address: str | None = None, tracks_per_shard: int = TRACKS_PER_SHARD,
-            tracks_csv: str | os.PathLike | None = None, dataset=None) -> Manifest:
+def prepare(
+    fma_root: str | os.PathLike,
+    out: str | os.PathLike,
+    subset: str = "small",
+    sample_rate: int = CACHE_SAMPLE_RATE,
+    split: str = "paper",
+    data_seed: int = 0,
+    address: str | None = None,
+    tracks_per_shard: int = TRACKS_PER_SHARD,
+    tracks_csv: str | os.PathLike | None = None,
+    dataset=None,
+) -> Manifest:
     """Build (or finish, or confirm) the waveform cache of an FMA subset.
 
     Uses the Ray already initialised in this process if there is one; else joins
@@ -356,8 +401,10 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     settings = cache_settings(ds, sample_rate, subset, split, data_seed, tracks_per_shard)
     old = _old_manifest(out)
     if old is not None and any(old.get(k) != v for k, v in settings.items()):
-        raise UserError(f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
-                        "use another --out (or delete that folder to rebuild it)")
+        raise UserError(
+            f"{out} holds a cache made with other settings ({_diff(old, settings)}); "
+            "use another --out (or delete that folder to rebuild it)"
+        )
     try:
         os.makedirs(os.path.join(out, SHARD_DIR), exist_ok=True)
     except OSError as exc:
@@ -375,14 +422,19 @@ def prepare(fma_root: str | os.PathLike, out: str | os.PathLike, subset: str = "
     _summarise_bad(manifest.bad_tracks, out)
     n = manifest.num_tracks
     if sum(n.values()) == 0:
-        raise UserError(f"no track of {fma_root} could be used (all {len(ds.tracks)} are bad, see above); "
-                        "check that fma_<subset>/ holds the mp3 files")
+        raise UserError(
+            f"no track of {fma_root} could be used (all {len(ds.tracks)} are bad, see above); "
+            "check that fma_<subset>/ holds the mp3 files"
+        )
     empty = [s for s in SPLITS if n[s] == 0]
     if empty:
         raise UserError(f"no good track left in {', '.join(empty)} (see above); use more tracks or another --split")
     write_sealed_json(os.path.join(out, MANIFEST), manifest.to_dict())
-    print(f"prepare: {sum(n.values())} tracks cached in {out} "
-          f"({', '.join(f'{s} {n[s]}' for s in SPLITS)}; {len(manifest.bad_tracks)} bad)", file=sys.stderr)
+    print(
+        f"prepare: {sum(n.values())} tracks cached in {out} "
+        f"({', '.join(f'{s} {n[s]}' for s in SPLITS)}; {len(manifest.bad_tracks)} bad)",
+        file=sys.stderr,
+    )
     return manifest
 
 
@@ -404,10 +456,18 @@ def _old_manifest(out: str) -> dict | None:
 
 def cache_settings(ds, sample_rate: int, subset: str, split: str, data_seed: int, tracks_per_shard: int) -> dict:
     """What a cache's shards and manifest must agree on (stored in every sidecar)."""
-    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": int(sample_rate), "subset": subset,
-            "split_scheme": split, "data_seed": int(data_seed), "label_names": ds.label_names,
-            "min_track_seconds": MIN_TRACK_SECONDS, "silence_peak": SILENCE_PEAK,
-            "tracks_per_shard": int(tracks_per_shard), "track_list_sha1": _track_list_sha1(ds.tracks)}
+    return {
+        "schema_version": CACHE_SCHEMA_VERSION,
+        "sample_rate": int(sample_rate),
+        "subset": subset,
+        "split_scheme": split,
+        "data_seed": int(data_seed),
+        "label_names": ds.label_names,
+        "min_track_seconds": MIN_TRACK_SECONDS,
+        "silence_peak": SILENCE_PEAK,
+        "tracks_per_shard": int(tracks_per_shard),
+        "track_list_sha1": _track_list_sha1(ds.tracks),
+    }
 
 
 def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root: str, out: str) -> Manifest:
@@ -427,36 +487,62 @@ def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root:
         if p.split == SPLITS[0]:
             total, sumsq, count = total + info["sum"], sumsq + info["sumsq"], count + info["count"]
     mean = total / count / INT16_SCALE if count else 0.0
-    var = sumsq / count / INT16_SCALE ** 2 - mean ** 2 if count else 1.0
+    var = sumsq / count / INT16_SCALE**2 - mean**2 if count else 1.0
     return Manifest(
-        schema_version=CACHE_SCHEMA_VERSION, sample_rate=settings["sample_rate"], subset=settings["subset"],
-        split_scheme=settings["split_scheme"], data_seed=settings["data_seed"], fma_root=fma_root,
-        label_names=tuple(ds.label_names), counts=counts,
+        schema_version=CACHE_SCHEMA_VERSION,
+        sample_rate=settings["sample_rate"],
+        subset=settings["subset"],
+        split_scheme=settings["split_scheme"],
+        data_seed=settings["data_seed"],
+        fma_root=fma_root,
+        label_names=tuple(ds.label_names),
+        counts=counts,
         num_tracks={s: sum(counts[s].values()) for s in SPLITS},
-        wave_mean=float(mean), wave_std=float(np.sqrt(max(var, 0.0))),
-        bad_tracks=tuple(sorted(bad, key=lambda b: b["track_id"])), shards={s: tuple(v) for s, v in shards.items()},
-        min_track_seconds=MIN_TRACK_SECONDS, silence_peak=SILENCE_PEAK,
-        tracks_per_shard=settings["tracks_per_shard"], track_list_sha1=settings["track_list_sha1"],
-        shard_sha256=digests, root=out)
+        wave_mean=float(mean),
+        wave_std=float(np.sqrt(max(var, 0.0))),
+        bad_tracks=tuple(sorted(bad, key=lambda b: b["track_id"])),
+        shards={s: tuple(v) for s, v in shards.items()},
+        min_track_seconds=MIN_TRACK_SECONDS,
+        silence_peak=SILENCE_PEAK,
+        tracks_per_shard=settings["tracks_per_shard"],
+        track_list_sha1=settings["track_list_sha1"],
+        shard_sha256=digests,
+        root=out,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m mgc_ray.prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--fma-root", default=os.environ.get(FMA_ROOT_ENV),
-                   help=f"folder holding fma_metadata/ and fma_<subset>/ (default ${FMA_ROOT_ENV})")
+    p.add_argument(
+        "--fma-root",
+        default=os.environ.get(FMA_ROOT_ENV),
+        help=f"folder holding fma_metadata/ and fma_<subset>/ (default ${FMA_ROOT_ENV})",
+    )
     p.add_argument("--audio-dir", help="instead of FMA: a folder with one sub-folder of audio files per genre")
     p.add_argument("--csv", help="instead of FMA: a CSV of path,label[,split][,artist] (paths from its folder)")
     p.add_argument("--subset", default="small", choices=SUBSETS)
     p.add_argument("--out", help="cache folder (default: one per data set and settings under $MGC_HOME/caches)")
     p.add_argument("--sample-rate", type=int, default=CACHE_SAMPLE_RATE, help=f"Hz (default {CACHE_SAMPLE_RATE})")
-    p.add_argument("--split", default="paper", choices=SPLIT_SCHEMES + COLLECTION_SPLITS[1:],
-                   help="paper: seeded 80/10/10 shuffle; official: FMA's set.split; artist: each artist in one "
-                        "split (--csv with artists); given: the CSV's split column (default paper)")
-    p.add_argument("--data-seed", type=int, default=0,
-                   help="the paper split's and the shard order's seed (default 0); part of the cache's identity")
+    p.add_argument(
+        "--split",
+        default="paper",
+        choices=SPLIT_SCHEMES + COLLECTION_SPLITS[1:],
+        help="paper: seeded 80/10/10 shuffle; official: FMA's set.split; artist: each artist in one "
+        "split (--csv with artists); given: the CSV's split column (default paper)",
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="the paper split's and the shard order's seed (default 0); part of the cache's identity",
+    )
     p.add_argument("--address", help="join this Ray cluster (default: a local Ray); --out must be shared")
-    p.add_argument("--tracks-per-shard", type=int, default=TRACKS_PER_SHARD,
-                   help=f"tracks per Parquet shard (default {TRACKS_PER_SHARD})")
+    p.add_argument(
+        "--tracks-per-shard",
+        type=int,
+        default=TRACKS_PER_SHARD,
+        help=f"tracks per Parquet shard (default {TRACKS_PER_SHARD})",
+    )
     p.add_argument("--tracks-csv", help="another tracks.csv (default FMA_ROOT/fma_metadata/tracks.csv)")
     args = p.parse_args(argv)
     if args.audio_dir and args.csv:
@@ -466,19 +552,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds = collection.load(args.audio_dir, args.csv, args.split, args.data_seed)
         kind = collection.source_kind(args.audio_dir)
         out = args.out or default_cache_dir(source, kind, args.split, args.data_seed, args.sample_rate)
-        prepare(source, out, kind, args.sample_rate, args.split, args.data_seed, args.address, args.tracks_per_shard,
-                dataset=ds)
+        prepare(
+            source,
+            out,
+            kind,
+            args.sample_rate,
+            args.split,
+            args.data_seed,
+            args.address,
+            args.tracks_per_shard,
+            dataset=ds,
+        )
         print(out)
         return 0
     if args.split not in SPLIT_SCHEMES:
-        raise UserError(f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
-                        f"{' or '.join(SPLIT_SCHEMES)}")
+        raise UserError(
+            f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes {' or '.join(SPLIT_SCHEMES)}"
+        )
     if not args.fma_root:
-        raise UserError(f"--fma-root is required: the folder holding fma_metadata/ and fma_{args.subset}/ "
-                        f"(or set ${FMA_ROOT_ENV}; python -m mgc_ray.demo --out DIR writes a demo one)")
+        raise UserError(
+            f"--fma-root is required: the folder holding fma_metadata/ and fma_{args.subset}/ "
+            f"(or set ${FMA_ROOT_ENV}; python -m mgc_ray.demo --out DIR writes a demo one)"
+        )
     out = args.out or default_cache_dir(args.fma_root, args.subset, args.split, args.data_seed, args.sample_rate)
-    prepare(args.fma_root, out, args.subset, args.sample_rate, args.split, args.data_seed, args.address,
-            args.tracks_per_shard, args.tracks_csv)
+    prepare(
+        args.fma_root,
+        out,
+        args.subset,
+        args.sample_rate,
+        args.split,
+        args.data_seed,
+        args.address,
+        args.tracks_per_shard,
+        args.tracks_csv,
+    )
     print(out)
     return 0
 

@@ -11,6 +11,7 @@ int16 noise in minutes. The tracks' labels can come from a real genre list
 track ids from the file names), so the genre order of real track ids is kept.
 The split is the paper's seeded stratified 80/10/10. Not a data set to learn from.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -57,8 +58,10 @@ def synthetic_dataset(n_tracks: int, n_genres: int = 8, seed: int = 0, genres_cs
         genre = np.array([f"genre_{i % n_genres}" for i in range(n_tracks)], dtype=object)
     label_names = sorted(set(genre))
     label = np.searchsorted(np.asarray(label_names), genre).astype(np.int64)
-    tracks = pd.DataFrame({"genre": genre, "label": label, "split": paper_split(label, seed).astype(str),
-                           "path": [""] * len(ids)}, index=pd.Index(ids, name="track_id")).sort_index()
+    tracks = pd.DataFrame(
+        {"genre": genre, "label": label, "split": paper_split(label, seed).astype(str), "path": [""] * len(ids)},
+        index=pd.Index(ids, name="track_id"),
+    ).sort_index()
     return Dataset(tracks, label_names)
 
 
@@ -68,17 +71,33 @@ def _write_one(args) -> dict:
     waves = [rng.integers(-NOISE_PEAK, NOISE_PEAK, n_samples, dtype=np.int16) for _ in plan.track_ids]
     parquet, sidecar = _shard_files(out, plan.name)
     values = write_parquet(parquet, plan.split, list(plan.track_ids), list(plan.labels), waves).astype(np.int64)
-    info = {"name": plan.name, "split": plan.split, "settings": settings, "track_ids": list(plan.track_ids),
-            "good_track_ids": list(plan.track_ids), "bad": [], "sum": int(values.sum()),
-            "sumsq": int(values @ values), "count": int(values.size), "node_id": None,
-            "parquet_sha256": file_sha256(parquet)}
+    info = {
+        "name": plan.name,
+        "split": plan.split,
+        "settings": settings,
+        "track_ids": list(plan.track_ids),
+        "good_track_ids": list(plan.track_ids),
+        "bad": [],
+        "sum": int(values.sum()),
+        "sumsq": int(values @ values),
+        "count": int(values.size),
+        "node_id": None,
+        "parquet_sha256": file_sha256(parquet),
+    }
     write_sealed_json(sidecar, info)
     return info
 
 
-def write_synthetic_cache(out: str | os.PathLike, ds: Dataset, seconds: float, *, sample_rate: int = CACHE_SAMPLE_RATE,
-                          tracks_per_shard: int = TRACKS_PER_SHARD, seed: int = 0, workers: int | None = None
-                          ) -> Manifest:
+def write_synthetic_cache(
+    out: str | os.PathLike,
+    ds: Dataset,
+    seconds: float,
+    *,
+    sample_rate: int = CACHE_SAMPLE_RATE,
+    tracks_per_shard: int = TRACKS_PER_SHARD,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Manifest:
     """Write a complete cache (shards, sidecars, manifest) of noise for `ds`'s tracks.
 
     Args:
@@ -119,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tracks < 10 or args.seconds <= 0:
         raise UserError("--tracks must be >= 10 (every split needs a track) and --seconds > 0")
     ds = synthetic_dataset(args.tracks, seed=args.data_seed, genres_csv=args.genres_csv)
-    m = write_synthetic_cache(args.out, ds, args.seconds, tracks_per_shard=args.tracks_per_shard, seed=args.data_seed,
-                              workers=args.workers)
+    m = write_synthetic_cache(
+        args.out, ds, args.seconds, tracks_per_shard=args.tracks_per_shard, seed=args.data_seed, workers=args.workers
+    )
     print(f"synth_cache: {sum(m.num_tracks.values())} tracks x {args.seconds:g} s in {args.out}", file=sys.stderr)
     print(args.out)
     return 0

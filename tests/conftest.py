@@ -1,6 +1,13 @@
 # ---- data fixtures: FMA samples, demo dataset, Ray (owner: fma/demo/prepare) ----
 # Shared by tests/unit/test_fma.py, test_demo.py and tests/e2e/test_prepare.py; add other blocks below, not inside.
+import dataclasses as _dataclasses
+import json as _json
 import os as _os
+import signal as _signal
+import subprocess as _subprocess
+import sys as _sys
+import time as _time
+from pathlib import Path as _Path
 
 import pytest as _pytest
 
@@ -52,6 +59,8 @@ def ray_local():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
 # ---- end of data fixtures ----
 
 
@@ -60,20 +69,19 @@ def ray_local():
 # checkpoints, cache and results folder are shared by tests/e2e/test_evaluate.py, test_predict.py,
 # test_compare.py and test_plots.py. Treat them as read-only, except that evaluate --run-id adds
 # its artifacts to the search's runs (what it is for).
-import dataclasses as _dataclasses
 
 
 @_dataclasses.dataclass(frozen=True)
 class SmokeSearch:
     """Where the session's smoke search left everything."""
 
-    workdir: object      # pathlib.Path: the search's MGC_HOME, store and folders live under it
-    uri: str             # sqlite MLflow URI
-    parent_run_id: str   # the search run (mgc.source=search)
-    best_run_id: str     # its best trial's run
-    checkpoint: str      # the best trial's checkpoint directory (mgc.checkpoint)
-    cache: str           # the search's waveform cache (22,050 Hz, demo-smoke)
-    results: object      # pathlib.Path: the search's results folder
+    workdir: object  # pathlib.Path: the search's MGC_HOME, store and folders live under it
+    uri: str  # sqlite MLflow URI
+    parent_run_id: str  # the search run (mgc.source=search)
+    best_run_id: str  # its best trial's run
+    checkpoint: str  # the best trial's checkpoint directory (mgc.checkpoint)
+    cache: str  # the search's waveform cache (22,050 Hz, demo-smoke)
+    results: object  # pathlib.Path: the search's results folder
 
 
 def _run_module(module: str, *args: str, env: dict | None = None, cwd=None, timeout: int = 600):
@@ -81,8 +89,14 @@ def _run_module(module: str, *args: str, env: dict | None = None, cwd=None, time
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", module, *args], env={**_os.environ, **(env or {})},
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env={**_os.environ, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @_pytest.fixture(scope="session")
@@ -106,9 +120,21 @@ def smoke_search(tmp_path_factory) -> SmokeSearch:
     with locked(shared / "smoke_search.lock"):
         if not (work / "done").is_file():
             work.mkdir(exist_ok=True)
-            proc = _run_module("mgc_ray.tune", "--arch", "baseline_a_2d", "--smoke", "--no-dashboard", "--mlflow-uri",
-                              uri, "--results-dir", str(work / "results"), "--storage-path", str(work / "ray"),
-                              env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}, cwd=work)
+            proc = _run_module(
+                "mgc_ray.tune",
+                "--arch",
+                "baseline_a_2d",
+                "--smoke",
+                "--no-dashboard",
+                "--mlflow-uri",
+                uri,
+                "--results-dir",
+                str(work / "results"),
+                "--storage-path",
+                str(work / "ray"),
+                env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"},
+                cwd=work,
+            )
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
             (work / "done").write_text("ok\n")
     c = MlflowClient(tracking_uri=uri)
@@ -118,21 +144,23 @@ def smoke_search(tmp_path_factory) -> SmokeSearch:
     best_id = parent.data.tags["mgc.best_trial"]
     best = [r for r in runs if r.data.tags.get("mgc.trial_id") == best_id][0]
     results = sorted((work / "results" / "demo-smoke").glob("baseline_a_2d-*"))[-1]
-    return SmokeSearch(workdir=work, uri=uri, parent_run_id=parent.info.run_id, best_run_id=best.info.run_id,
-                       checkpoint=parent.data.tags["mgc.checkpoint"], cache=parent.data.params["cache"],
-                       results=results)
+    return SmokeSearch(
+        workdir=work,
+        uri=uri,
+        parent_run_id=parent.info.run_id,
+        best_run_id=best.info.run_id,
+        checkpoint=parent.data.tags["mgc.checkpoint"],
+        cache=parent.data.params["cache"],
+        results=results,
+    )
+
+
 # ---- end of the trained-search fixtures ----
 
 
 # ---- reliability: CLI runs watched while they run, a Ray cluster, fault injection ----
 # (owner: search/driver, trial/trainable) Used by tests/e2e/test_cluster.py, test_faults.py,
 # test_resume.py and test_bad_input.py.
-import json as _json
-import signal as _signal
-import subprocess as _subprocess
-import sys as _sys
-import time as _time
-from pathlib import Path as _Path
 
 RELIABILITY_ARCH = "baseline_a_2d"  # the cheapest 2D model: these tests are about Ray, not models
 # lr 1e8 makes 2D Baseline A's loss NaN in its first epoch (a diverged trial); 1e-4 is the paper's.
@@ -187,8 +215,14 @@ class CliRun:
         self.cwd = _Path(cwd)
         self.log = self.cwd / f"{module.rsplit('.', 1)[-1]}-{_time.time_ns()}.log"
         self._out = open(self.log, "w")
-        self.proc = _subprocess.Popen([_sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                                      stdout=self._out, stderr=_subprocess.STDOUT, text=True)
+        self.proc = _subprocess.Popen(
+            [_sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=env,
+            stdout=self._out,
+            stderr=_subprocess.STDOUT,
+            text=True,
+        )
         self.tree: dict[int, str] = {}  # pid -> command line when seen: a reused pid is not ours
 
     @property
@@ -292,14 +326,22 @@ def tune_env(home) -> dict:
 def tune_args(work, *args: str, arch: str = RELIABILITY_ARCH) -> list[str]:
     """The tune CLI's flags for a search under `work` (MLflow store, results, Tune storage)."""
     work = _Path(work)
-    return ["--arch", arch, "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}", "--results-dir",
-            str(work / "results"), "--storage-path", str(work / "ray"), *args]
+    return [
+        "--arch",
+        arch,
+        "--mlflow-uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+        "--results-dir",
+        str(work / "results"),
+        "--storage-path",
+        str(work / "ray"),
+        *args,
+    ]
 
 
 def experiment_dir(work, name: str | None = None) -> _Path | None:
     """The (newest, or named) Tune experiment folder under `work`/ray."""
-    found = sorted((p for p in (_Path(work) / "ray").glob(name or "*") if p.is_dir()),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in (_Path(work) / "ray").glob(name or "*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -361,8 +403,11 @@ def mlflow_search(work, arch: str = RELIABILITY_ARCH, dataset: str = "demo-smoke
     exp = c.get_experiment_by_name(f"mgc_ray/{arch}/{dataset}")
     assert exp is not None, f"no MLflow experiment mgc_ray/{arch}/{dataset}"
     runs = c.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("mgc.source") == "search"
-               and (name is None or r.data.tags.get("mgc.search") == name)]
+    parents = [
+        r
+        for r in runs
+        if r.data.tags.get("mgc.source") == "search" and (name is None or r.data.tags.get("mgc.search") == name)
+    ]
     parent = max(parents, key=lambda r: r.info.start_time)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     return c, parent, children
@@ -374,9 +419,20 @@ def rel():
     import types
 
     return types.SimpleNamespace(
-        DIVERGING_SPACE=DIVERGING_SPACE, CALM_SPACE=CALM_SPACE, env=tune_env,
-        args=tune_args, experiment_dir=experiment_dir, trial_results=trial_results, tune_state=tune_state,
-        searcher_study=searcher_study, mlflow_search=mlflow_search, cmdline=_cmdline, alive=_alive)
+        DIVERGING_SPACE=DIVERGING_SPACE,
+        CALM_SPACE=CALM_SPACE,
+        env=tune_env,
+        args=tune_args,
+        experiment_dir=experiment_dir,
+        trial_results=trial_results,
+        tune_state=tune_state,
+        searcher_study=searcher_study,
+        mlflow_search=mlflow_search,
+        cmdline=_cmdline,
+        alive=_alive,
+    )
+
+
 # ---- end of the reliability fixtures ----
 
 
@@ -395,12 +451,15 @@ class _Ledger:
         path = _os.environ.get(RELIABILITY_LOG_ENV)
         if path:
             with open(path, "a", encoding="utf-8") as f:
-                f.write(_json.dumps({"test": self.test, "fault": fault, "times": int(times),
-                                     "survived": survived}) + "\n")
+                f.write(
+                    _json.dumps({"test": self.test, "fault": fault, "times": int(times), "survived": survived}) + "\n"
+                )
 
 
 @_pytest.fixture
 def faults(request) -> _Ledger:
     """The reliability ledger for this test (records nothing unless $MGC_RELIABILITY_LOG is set)."""
     return _Ledger(request.node.nodeid)
+
+
 # ---- end of the reliability ledger ----

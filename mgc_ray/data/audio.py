@@ -10,6 +10,7 @@ only where it fails; channels averaged to mono; resampled with scipy's
 start-up, the same output on every node); clipped to [-1, 1] (FMA's clips peak a
 little above full scale).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -20,6 +20,7 @@ shards (in threads, at disk speed) before anything trains or scores on them, so 
 bad disk or a partial copy is one line naming the shard, never silent damage;
 `prepare` re-run on the same folder rebuilds exactly the damaged shards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,29 +109,45 @@ class Manifest:
         where = os.path.join(root, MANIFEST) if root else MANIFEST
         version = d.get("schema_version") if isinstance(d, Mapping) else None
         if version != CACHE_SCHEMA_VERSION:
-            raise UserError(f"{root or 'the cache'} was prepared with cache schema {version}, this code reads "
-                            f"{CACHE_SCHEMA_VERSION}; run python -m mgc_ray.prepare again into another --out")
+            raise UserError(
+                f"{root or 'the cache'} was prepared with cache schema {version}, this code reads "
+                f"{CACHE_SCHEMA_VERSION}; run python -m mgc_ray.prepare again into another --out"
+            )
         names = [f.name for f in fields(cls) if f.name != "root"]
         missing = [n for n in names if n not in d]
         if missing:
             raise UserError(f"{where} lacks {', '.join(missing)}; prepare the cache again into another --out")
         try:
-            m = cls(schema_version=int(d["schema_version"]), sample_rate=int(d["sample_rate"]), subset=str(d["subset"]),
-                    split_scheme=str(d["split_scheme"]), data_seed=int(d["data_seed"]), fma_root=str(d["fma_root"]),
-                    label_names=tuple(str(g) for g in d["label_names"]),
-                    counts={s: {str(g): int(n) for g, n in c.items()} for s, c in d["counts"].items()},
-                    num_tracks={s: int(n) for s, n in d["num_tracks"].items()},
-                    wave_mean=float(d["wave_mean"]), wave_std=float(d["wave_std"]),
-                    bad_tracks=tuple(dict(b) for b in d["bad_tracks"]),
-                    shards={s: tuple(str(x) for x in v) for s, v in d["shards"].items()},
-                    min_track_seconds=float(d["min_track_seconds"]), silence_peak=float(d["silence_peak"]),
-                    tracks_per_shard=int(d["tracks_per_shard"]), track_list_sha1=str(d["track_list_sha1"]),
-                    shard_sha256={str(k): str(v) for k, v in d["shard_sha256"].items()}, root=root)
+            m = cls(
+                schema_version=int(d["schema_version"]),
+                sample_rate=int(d["sample_rate"]),
+                subset=str(d["subset"]),
+                split_scheme=str(d["split_scheme"]),
+                data_seed=int(d["data_seed"]),
+                fma_root=str(d["fma_root"]),
+                label_names=tuple(str(g) for g in d["label_names"]),
+                counts={s: {str(g): int(n) for g, n in c.items()} for s, c in d["counts"].items()},
+                num_tracks={s: int(n) for s, n in d["num_tracks"].items()},
+                wave_mean=float(d["wave_mean"]),
+                wave_std=float(d["wave_std"]),
+                bad_tracks=tuple(dict(b) for b in d["bad_tracks"]),
+                shards={s: tuple(str(x) for x in v) for s, v in d["shards"].items()},
+                min_track_seconds=float(d["min_track_seconds"]),
+                silence_peak=float(d["silence_peak"]),
+                tracks_per_shard=int(d["tracks_per_shard"]),
+                track_list_sha1=str(d["track_list_sha1"]),
+                shard_sha256={str(k): str(v) for k, v in d["shard_sha256"].items()},
+                root=root,
+            )
         except (TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{where} has a malformed field ({exc}); prepare the cache again into another --out") from None
+            raise UserError(
+                f"{where} has a malformed field ({exc}); prepare the cache again into another --out"
+            ) from None
         if len(m.label_names) < 2 or not m.wave_std > 0:
-            raise UserError(f"{where} holds {len(m.label_names)} genre(s) and waveform std {m.wave_std:g}; "
-                            "prepare the cache again into another --out")
+            raise UserError(
+                f"{where} holds {len(m.label_names)} genre(s) and waveform std {m.wave_std:g}; "
+                "prepare the cache again into another --out"
+            )
         return m
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,8 +180,10 @@ def read_manifest(cache: str | os.PathLike) -> Manifest:
     root = os.path.abspath(os.fspath(cache))
     path = os.path.join(root, MANIFEST)
     if not os.path.isfile(path):
-        raise UserError(f"{cache} is not a prepared cache (no {MANIFEST}); run "
-                        f"python -m mgc_ray.prepare --fma-root DIR --out {cache}")
+        raise UserError(
+            f"{cache} is not a prepared cache (no {MANIFEST}); run "
+            f"python -m mgc_ray.prepare --fma-root DIR --out {cache}"
+        )
     try:
         doc = read_sealed_json(path)
     except Damaged as exc:
@@ -177,8 +196,10 @@ def read_manifest(cache: str | os.PathLike) -> Manifest:
     return Manifest.from_dict(doc, root)
 
 
-_REPAIR = ("run the prepare that made it again on the same folder (python -m mgc_ray.prepare --fma-root DIR "
-           "--out {cache}, or the same tune command with --fma-root): it rebuilds only what is damaged")
+_REPAIR = (
+    "run the prepare that made it again on the same folder (python -m mgc_ray.prepare --fma-root DIR "
+    "--out {cache}, or the same tune command with --fma-root): it rebuilds only what is damaged"
+)
 HASH_THREADS = 8  # hashing is I/O then C code that releases the GIL: a few threads keep a disk busy
 
 
@@ -236,11 +257,14 @@ def verify_shards(manifest: Manifest, splits=None) -> tuple[int, int, float]:
         try:
             got, fresh = _sha256_once(path)
         except OSError as exc:
-            raise UserError(f"shard {path} cannot be read ({exc.strerror}): {_REPAIR.format(cache=manifest.root)}") \
-                from None
+            raise UserError(
+                f"shard {path} cannot be read ({exc.strerror}): {_REPAIR.format(cache=manifest.root)}"
+            ) from None
         if got != want:
-            raise UserError(f"shard {path} is damaged (its SHA-256 differs from the manifest's: changed or "
-                            f"truncated since prepare wrote it): {_REPAIR.format(cache=manifest.root)}")
+            raise UserError(
+                f"shard {path} is damaged (its SHA-256 differs from the manifest's: changed or "
+                f"truncated since prepare wrote it): {_REPAIR.format(cache=manifest.root)}"
+            )
         return os.path.getsize(path), fresh
 
     with ThreadPoolExecutor(max_workers=min(HASH_THREADS, max(1, len(rels)))) as pool:
@@ -264,9 +288,13 @@ def check_cache(cache: str | os.PathLike, sample_rate: int | None = None, split_
     """
     manifest = read_manifest(cache)
     if sample_rate is not None and manifest.sample_rate != int(sample_rate):
-        raise UserError(f"{cache} holds {manifest.sample_rate} Hz audio, {sample_rate} Hz is needed; "
-                        f"run python -m mgc_ray.prepare --sample-rate {sample_rate} into another --out")
+        raise UserError(
+            f"{cache} holds {manifest.sample_rate} Hz audio, {sample_rate} Hz is needed; "
+            f"run python -m mgc_ray.prepare --sample-rate {sample_rate} into another --out"
+        )
     if split_scheme is not None and manifest.split_scheme != split_scheme:
-        raise UserError(f"{cache} uses the {manifest.split_scheme} split, not {split_scheme}; "
-                        f"run python -m mgc_ray.prepare --split {split_scheme} into another --out")
+        raise UserError(
+            f"{cache} uses the {manifest.split_scheme} split, not {split_scheme}; "
+            f"run python -m mgc_ray.prepare --split {split_scheme} into another --out"
+        )
     return manifest

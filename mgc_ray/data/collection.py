@@ -23,6 +23,7 @@ paper's random split lets an artist's other songs into training, which flatters
 the test score. The Dataset then goes through prepare, the cache, the manifest
 and the search exactly as FMA's does.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,9 +56,11 @@ def from_folder(audio_dir: str | os.PathLike, split: str = "paper", seed: int = 
     if not os.path.isdir(root):
         raise UserError(f"--audio-dir {audio_dir} is not a folder: give the folder holding one sub-folder per genre")
     if split != "paper":
-        raise UserError(f"--split {split} needs a CSV with that information (--csv FILE with "
-                        f"{'an artist' if split == 'artist' else 'a split'} column); a folder per genre takes "
-                        "--split paper")
+        raise UserError(
+            f"--split {split} needs a CSV with that information (--csv FILE with "
+            f"{'an artist' if split == 'artist' else 'a split'} column); a folder per genre takes "
+            "--split paper"
+        )
     paths, genres = [], []
     for genre in sorted(os.listdir(root)):
         folder = os.path.join(root, genre)
@@ -85,23 +88,31 @@ def from_csv(csv: str | os.PathLike, split: str = "paper", seed: int = 0) -> Dat
     try:
         rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {csv} as CSV ({str(exc).splitlines()[0]}); "
-                        "it needs a header row path,label[,split][,artist]") from None
+        raise UserError(
+            f"cannot read {csv} as CSV ({str(exc).splitlines()[0]}); it needs a header row path,label[,split][,artist]"
+        ) from None
     rows.columns = [str(c).strip().lower() for c in rows.columns]
     missing = [c for c in ("path", "label") if c not in rows.columns]
     if missing:
-        raise UserError(f"{csv} lacks the column(s) {', '.join(missing)}: its header row must name "
-                        "path,label[,split][,artist]")
+        raise UserError(
+            f"{csv} lacks the column(s) {', '.join(missing)}: its header row must name path,label[,split][,artist]"
+        )
     base = os.path.dirname(csv)
-    table = pd.DataFrame({"path": [p if os.path.isabs(p) else os.path.join(base, p) for p in rows["path"].str.strip()],
-                          "genre": rows["label"].str.strip()})
+    table = pd.DataFrame(
+        {
+            "path": [p if os.path.isabs(p) else os.path.join(base, p) for p in rows["path"].str.strip()],
+            "genre": rows["label"].str.strip(),
+        }
+    )
     if "artist" in rows.columns:
         table["artist"] = rows["artist"].str.strip().replace("", np.nan)
     if "split" in rows.columns:
         table["given"] = rows["split"].str.strip().str.lower().map(lambda s: OFFICIAL_SPLITS.get(s, s))
     empty = table["path"].eq(base + os.sep) | table["genre"].eq("")
     if empty.any():
-        raise UserError(f"{csv} row {int(np.flatnonzero(empty)[0]) + 2} has an empty path or label: fill it or drop the row")
+        raise UserError(
+            f"{csv} row {int(np.flatnonzero(empty)[0]) + 2} has an empty path or label: fill it or drop the row"
+        )
     return _dataset(table, split, seed, f"--csv {csv}")
 
 
@@ -110,11 +121,15 @@ def _dataset(table: pd.DataFrame, split: str, seed: int, source: str) -> Dataset
         raise UserError(f"--split {split} is FMA's own; a collection takes one of {', '.join(COLLECTION_SPLITS)}")
     table = table.sort_values("path", kind="stable").reset_index(drop=True)
     if table["path"].duplicated().any():
-        raise UserError(f"{source} lists {table['path'][table['path'].duplicated()].iloc[0]} twice: keep one row per file")
+        raise UserError(
+            f"{source} lists {table['path'][table['path'].duplicated()].iloc[0]} twice: keep one row per file"
+        )
     label_names = sorted(table["genre"].unique())
     if len(label_names) < 2:
-        raise UserError(f"{source} has {len(table)} audio file(s) in {len(label_names)} genre(s); a classifier "
-                        f"needs at least two (audio files: {', '.join(AUDIO_EXTENSIONS)})")
+        raise UserError(
+            f"{source} has {len(table)} audio file(s) in {len(label_names)} genre(s); a classifier "
+            f"needs at least two (audio files: {', '.join(AUDIO_EXTENSIONS)})"
+        )
     label = np.searchsorted(np.asarray(label_names), table["genre"].to_numpy()).astype(np.int64)
     if split == "paper":
         splits = paper_split(label, seed)
@@ -131,11 +146,19 @@ def _dataset(table: pd.DataFrame, split: str, seed: int, source: str) -> Dataset
         splits = table["given"].to_numpy(dtype=object)
     empty = [s for s in SPLITS if not (splits == s).any()]
     if empty:
-        raise UserError(f"the {split} split of {source} ({len(table)} tracks) leaves {', '.join(empty)} empty; "
-                        "add tracks or use another --split")
-    tracks = pd.DataFrame({"genre": table["genre"].to_numpy(), "label": label, "split": np.asarray(splits, dtype=str),
-                           "path": table["path"].to_numpy()},
-                          index=pd.Index(np.arange(len(table), dtype=np.int64), name="track_id"))
+        raise UserError(
+            f"the {split} split of {source} ({len(table)} tracks) leaves {', '.join(empty)} empty; "
+            "add tracks or use another --split"
+        )
+    tracks = pd.DataFrame(
+        {
+            "genre": table["genre"].to_numpy(),
+            "label": label,
+            "split": np.asarray(splits, dtype=str),
+            "path": table["path"].to_numpy(),
+        },
+        index=pd.Index(np.arange(len(table), dtype=np.int64), name="track_id"),
+    )
     if "artist" in table:
         tracks["artist"] = table["artist"].to_numpy()
     return Dataset(tracks, label_names)
@@ -149,14 +172,17 @@ def artist_split(artists: pd.Series, seed: int, fractions: tuple[float, float, f
     >>> artist_split(pd.Series(["a", "a", "b", "c", "d", "e", "f", "g", "h", "i"]), 0).tolist().count("train")
     8
     """
-    keys = artists.where(artists.notna(), "\0track-" + pd.Series(np.arange(len(artists)), index=artists.index)
-                         .astype(str)).to_numpy(dtype=object)
+    keys = artists.where(
+        artists.notna(), "\0track-" + pd.Series(np.arange(len(artists)), index=artists.index).astype(str)
+    ).to_numpy(dtype=object)
     names, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     order = np.random.default_rng((int(seed), ARTIST_STREAM)).permutation(len(names))
     before = np.cumsum(counts[order]) - counts[order]  # tracks of the artists ahead of each one in the order
     cut_train, cut_val = fractions[0] * len(keys), (fractions[0] + fractions[1]) * len(keys)
     of_artist = np.empty(len(names), dtype=object)
-    of_artist[order] = np.where(before < cut_train - 0.5, SPLITS[0], np.where(before < cut_val - 0.5, SPLITS[1], SPLITS[2]))
+    of_artist[order] = np.where(
+        before < cut_train - 0.5, SPLITS[0], np.where(before < cut_val - 0.5, SPLITS[1], SPLITS[2])
+    )
     return of_artist[inverse]
 
 
@@ -175,8 +201,12 @@ def load(audio_dir: str | None, csv: str | None, split: str, seed: int) -> Datas
     overlap = artist_overlap(ds.tracks) if split == "paper" else None
     if overlap is not None:
         shared, n = overlap
-        print(f"mgc_ray: paper split: {shared} of {n} test tracks share an artist with the training split "
-              "(--split artist keeps each artist in one split)", file=sys.stderr, flush=True)
+        print(
+            f"mgc_ray: paper split: {shared} of {n} test tracks share an artist with the training split "
+            "(--split artist keeps each artist in one split)",
+            file=sys.stderr,
+            flush=True,
+        )
     return ds
 
 

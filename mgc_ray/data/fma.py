@@ -9,6 +9,7 @@ Follows the layout of the FMA archives (mdeff/fma):
 The built-in demo dataset (`mgc_ray.demo`) is written in the same layout and
 goes through the same code: there is no special path for it.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,22 +84,29 @@ def read_tracks(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"FMA metadata not found: {path} is missing; point --fma-root at the folder "
-                        "holding fma_metadata/ (or write the demo: python -m mgc_ray.demo --out DIR)")
+        raise UserError(
+            f"FMA metadata not found: {path} is missing; point --fma-root at the folder "
+            "holding fma_metadata/ (or write the demo: python -m mgc_ray.demo --out DIR)"
+        )
     try:
         tracks = pd.read_csv(path, index_col=0, header=[0, 1], low_memory=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot parse {path} as FMA's tracks.csv ({str(exc).splitlines()[0]}); "
-                        "replace it with the file from fma_metadata.zip") from None
+        raise UserError(
+            f"cannot parse {path} as FMA's tracks.csv ({str(exc).splitlines()[0]}); "
+            "replace it with the file from fma_metadata.zip"
+        ) from None
     missing = [".".join(c) for c in REQUIRED_COLUMNS if c not in tracks.columns]
     if missing:
-        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; it must be FMA's tracks.csv "
-                        "(two header rows, e.g. set/subset) from fma_metadata.zip")
+        raise UserError(
+            f"{path} lacks the column(s) {', '.join(missing)}; it must be FMA's tracks.csv "
+            "(two header rows, e.g. set/subset) from fma_metadata.zip"
+        )
     try:
         tracks.index = tracks.index.astype("int64")
     except (ValueError, TypeError):
-        raise UserError(f"{path}: the first column must be integer track ids; "
-                        "replace it with the file from fma_metadata.zip") from None
+        raise UserError(
+            f"{path}: the first column must be integer track ids; replace it with the file from fma_metadata.zip"
+        ) from None
     tracks.index.name = "track_id"
     return tracks
 
@@ -168,8 +176,8 @@ def paper_split(labels: np.ndarray, seed: int, fractions: tuple[float, float, fl
     n_val = int(round(fractions[1] * n))
     out = np.empty(n, dtype=object)
     out[order[:n_train]] = SPLITS[0]
-    out[order[n_train:n_train + n_val]] = SPLITS[1]
-    out[order[n_train + n_val:]] = SPLITS[2]
+    out[order[n_train : n_train + n_val]] = SPLITS[1]
+    out[order[n_train + n_val :]] = SPLITS[2]
     return out
 
 
@@ -178,13 +186,20 @@ def official_split(values: pd.Series) -> np.ndarray:
     unknown = sorted(set(values.dropna().astype(str)) - set(OFFICIAL_SPLITS))
     if unknown or values.isna().any():
         bad = unknown or ["(empty)"]
-        raise UserError(f"set.split holds {', '.join(bad)}; the official split needs training, validation "
-                        "or test on every track (or use --split paper)")
+        raise UserError(
+            f"set.split holds {', '.join(bad)}; the official split needs training, validation "
+            "or test on every track (or use --split paper)"
+        )
     return values.map(OFFICIAL_SPLITS).to_numpy(dtype=object)
 
 
-def load_dataset(fma_root: str | os.PathLike, subset: str = "small", split: str = "paper", seed: int = 0,
-                 tracks_csv: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(
+    fma_root: str | os.PathLike,
+    subset: str = "small",
+    split: str = "paper",
+    seed: int = 0,
+    tracks_csv: str | os.PathLike | None = None,
+) -> Dataset:
     """Tracks, labels, split and audio path of an FMA subset.
 
     Args:
@@ -206,19 +221,26 @@ def load_dataset(fma_root: str | os.PathLike, subset: str = "small", split: str 
     rows = select_subset(read_tracks(csv), subset)
     label_names = sorted(rows[GENRE_COL].astype(str).unique())
     if len(label_names) < 2:
-        raise UserError(f"subset {subset!r} of {csv} has {len(rows)} labelled track(s) in "
-                        f"{len(label_names)} genre(s); a classifier needs at least two: use a larger subset")
+        raise UserError(
+            f"subset {subset!r} of {csv} has {len(rows)} labelled track(s) in "
+            f"{len(label_names)} genre(s); a classifier needs at least two: use a larger subset"
+        )
     genre = rows[GENRE_COL].astype(str).to_numpy()
     label = np.searchsorted(np.asarray(label_names), genre).astype(np.int64)
     splits = paper_split(label, seed) if split == "paper" else official_split(rows[SPLIT_COL])
     empty = [s for s in SPLITS if not (splits == s).any()]
     if empty:
-        raise UserError(f"the {split} split of subset {subset!r} ({len(rows)} tracks) leaves "
-                        f"{', '.join(empty)} empty; use more tracks or the other --split")
-    tracks = pd.DataFrame({
-        "genre": genre,
-        "label": label,
-        "split": splits.astype(str),
-        "path": [audio_path(fma_root, tid, subset) for tid in rows.index],
-    }, index=pd.Index(rows.index.to_numpy(dtype=np.int64), name="track_id"))
+        raise UserError(
+            f"the {split} split of subset {subset!r} ({len(rows)} tracks) leaves "
+            f"{', '.join(empty)} empty; use more tracks or the other --split"
+        )
+    tracks = pd.DataFrame(
+        {
+            "genre": genre,
+            "label": label,
+            "split": splits.astype(str),
+            "path": [audio_path(fma_root, tid, subset) for tid in rows.index],
+        },
+        index=pd.Index(rows.index.to_numpy(dtype=np.int64), name="track_id"),
+    )
     return Dataset(tracks, label_names)

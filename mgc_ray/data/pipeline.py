@@ -25,6 +25,7 @@ independent sampling would. A trial's Ray Data use of the object store is capped
 by (seed, epoch, track_id), with block order kept (`preserve_order`), so a
 restarted epoch sees the same batches in the same order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def random_crop(x, crop_len: int, rng: np.random.Generator):
     if n <= crop_len:
         return _pad_end(x, crop_len)
     start = int(rng.integers(0, n - crop_len + 1))
-    return x[..., start:start + crop_len]
+    return x[..., start : start + crop_len]
 
 
 def centre_crop(x, crop_len: int):
@@ -113,7 +114,7 @@ def centre_crop(x, crop_len: int):
     if n <= crop_len:
         return _pad_end(x, crop_len)
     start = (n - crop_len) // 2
-    return x[..., start:start + crop_len]
+    return x[..., start : start + crop_len]
 
 
 def cover_crops(x, crop_len: int, hop: int | None = None):
@@ -139,14 +140,12 @@ def cover_crops(x, crop_len: int, hop: int | None = None):
         crops = [_pad_end(x, crop_len)]
     else:
         starts = list(range(0, n - crop_len, hop)) + [n - crop_len]
-        crops = [x[..., s:s + crop_len] for s in starts]
+        crops = [x[..., s : s + crop_len] for s in starts]
     if _is_tensor(x):
         import torch
 
         return torch.stack(crops)
     return np.stack(crops)
-
-
 
 
 def _samples(x) -> np.ndarray:
@@ -180,9 +179,11 @@ def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: i
         waves.extend(crops)
         labels.extend([int(lab)] * len(crops))
         ids.extend([int(tid)] * len(crops))
-    return {"wave": np.stack(waves).astype(np.int16, copy=False),
-            "label": np.asarray(labels, dtype=np.int64),
-            "track_id": np.asarray(ids, dtype=np.int64)}
+    return {
+        "wave": np.stack(waves).astype(np.int16, copy=False),
+        "label": np.asarray(labels, dtype=np.int64),
+        "track_id": np.asarray(ids, dtype=np.int64),
+    }
 
 
 @dataclass(frozen=True)
@@ -219,16 +220,20 @@ class CacheDatasets:
             store = ray.available_resources().get("object_store_memory", 0)
             materialise = size <= MATERIALISE_SHARE * store
             how = "materialised in the object store" if materialise else "streamed from the shards every epoch"
-            print(f"mgc_ray: cache {size / 1e9:.2f} GB decoded, object store {store / 1e9:.2f} GB free: {how} "
-                  f"(materialised up to {100 * MATERIALISE_SHARE:.0f} % of the store; tune --object-store-gb "
-                  "sets a local Ray's store)", flush=True)
+            print(
+                f"mgc_ray: cache {size / 1e9:.2f} GB decoded, object store {store / 1e9:.2f} GB free: {how} "
+                f"(materialised up to {100 * MATERIALISE_SHARE:.0f} % of the store; tune --object-store-gb "
+                "sets a local Ray's store)",
+                flush=True,
+            )
         _quiet_ray_data()
         splits = {}
         for split, paths in files.items():
             ds = _read(paths)
             splits[split] = ds.materialize() if materialise else ds
-        return cls(splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise,
-                   tuple(files["train"]))
+        return cls(
+            splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise, tuple(files["train"])
+        )
 
 
 COLUMNS = ["track_id", "label", "samples"]
@@ -331,12 +336,21 @@ def _bounded(ds, streamed: bool):
     ctx.execution_options.preserve_order = True
     if streamed:
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=TRIAL_OBJECT_STORE_BYTES)
+            object_store_memory=TRIAL_OBJECT_STORE_BYTES
+        )
     return ds
 
 
-def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, seed: int, epoch: int,
-                  device: str = "cpu", with_ids: bool = False) -> Iterator[tuple["torch.Tensor", ...]]:
+def train_batches(
+    datasets: CacheDatasets,
+    *,
+    crop_len: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    device: str = "cpu",
+    with_ids: bool = False,
+) -> Iterator[tuple["torch.Tensor", ...]]:
     """One training epoch: new block order, local shuffle and random crops, no barrier.
 
     Args:
@@ -353,18 +367,27 @@ def train_batches(datasets: CacheDatasets, *, crop_len: int, batch_size: int, se
     crop = dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch)
     ordered = _bounded(epoch_order(datasets, seed, epoch), streamed)
     if streamed:
-        epoch_ds = ordered.map_batches(_read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow",
-                                       num_cpus=READ_TASK_CPUS)
+        epoch_ds = ordered.map_batches(
+            _read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS
+        )
     else:
-        epoch_ds = ordered.map_batches(_crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy",
-                                       num_cpus=CROP_TASK_CPUS)
-    yield from _to_device(epoch_ds, batch_size=batch_size, device=device, drop_last=True,
-                          shuffle_buffer=SHUFFLE_BATCHES * batch_size, shuffle_seed=epoch_seed(seed, epoch),
-                          with_ids=with_ids)
+        epoch_ds = ordered.map_batches(
+            _crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy", num_cpus=CROP_TASK_CPUS
+        )
+    yield from _to_device(
+        epoch_ds,
+        batch_size=batch_size,
+        device=device,
+        drop_last=True,
+        shuffle_buffer=SHUFFLE_BATCHES * batch_size,
+        shuffle_seed=epoch_seed(seed, epoch),
+        with_ids=with_ids,
+    )
 
 
-def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
-                 device: str = "cpu") -> Iterator[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]]:
+def eval_batches(
+    ds, *, crop_len: int, batch_size: int, mode: str = "centre", device: str = "cpu"
+) -> Iterator[tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]]:
     """Deterministic crops for validation/test.
 
     Args:
@@ -374,17 +397,35 @@ def eval_batches(ds, *, crop_len: int, batch_size: int, mode: str = "centre",
         (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
     """
     _quiet_ray_data()
-    crops = ds.map_batches(_crop_rows, fn_kwargs=dict(crop_len=crop_len, mode=mode), batch_size=CROP_ROWS,
-                           batch_format="numpy", num_cpus=CROP_TASK_CPUS)
+    crops = ds.map_batches(
+        _crop_rows,
+        fn_kwargs=dict(crop_len=crop_len, mode=mode),
+        batch_size=CROP_ROWS,
+        batch_format="numpy",
+        num_cpus=CROP_TASK_CPUS,
+    )
     yield from _to_device(crops, batch_size=batch_size, device=device, drop_last=False, with_ids=True)
 
 
-def _to_device(ds, *, batch_size: int, device: str, drop_last: bool, shuffle_buffer: int | None = None,
-               shuffle_seed: int | None = None, with_ids: bool = False):
-    for b in ds.iter_torch_batches(batch_size=batch_size, prefetch_batches=2, device="cpu",
-                                   drop_last=drop_last, local_shuffle_buffer_size=shuffle_buffer,
-                                   local_shuffle_seed=shuffle_seed,
-                                   pin_memory=str(device).startswith("cuda")):
+def _to_device(
+    ds,
+    *,
+    batch_size: int,
+    device: str,
+    drop_last: bool,
+    shuffle_buffer: int | None = None,
+    shuffle_seed: int | None = None,
+    with_ids: bool = False,
+):
+    for b in ds.iter_torch_batches(
+        batch_size=batch_size,
+        prefetch_batches=2,
+        device="cpu",
+        drop_last=drop_last,
+        local_shuffle_buffer_size=shuffle_buffer,
+        local_shuffle_seed=shuffle_seed,
+        pin_memory=str(device).startswith("cuda"),
+    ):
         wave = b["wave"].to(device, non_blocking=True).float().div_(INT16_SCALE)  # (B, crop_len)
         label = b["label"].to(device, non_blocking=True).long()  # (B,)
         yield (wave, label, b["track_id"]) if with_ids else (wave, label)

@@ -5,6 +5,7 @@ layout. The genres differ the way a model has to learn (rhythm, tempo, timbre,
 harmony, texture), while each track draws its own key, tempo, loudness, mix, EQ
 and noise floor, so no single statistic tells them apart.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,11 +42,20 @@ class _Canvas:
         i, n = int(round(t * self.sr)), len(self.x)
         a, b = max(i, 0), min(i + len(wave), n)
         if a < b:
-            self.x[a:b] += gain * wave[a - i:b - i]
+            self.x[a:b] += gain * wave[a - i : b - i]
 
 
-def _tone(f0: float, dur: float, sr: int, amps, decay=None, attack: float = 0.005, ratios=None,
-          vibrato: tuple[float, float] = (0.0, 5.0), glide: float = 0.0) -> np.ndarray:
+def _tone(
+    f0: float,
+    dur: float,
+    sr: int,
+    amps,
+    decay=None,
+    attack: float = 0.005,
+    ratios=None,
+    vibrato: tuple[float, float] = (0.0, 5.0),
+    glide: float = 0.0,
+) -> np.ndarray:
     """Additive note: partial k at f0 * ratios[k] (default harmonics), amplitude amps[k].
 
     decay: None (sustained), a time constant in s, or one per partial (higher ones die
@@ -74,7 +84,7 @@ def _noise(n: int, rng: np.random.Generator, alpha: float = 0.0) -> np.ndarray:
     k = np.arange(len(spec), dtype=float)
     k[0] = 1.0
     x = np.fft.irfft(spec * k ** (-alpha / 2), n)
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
 def _band_noise(n: int, sr: int, rng: np.random.Generator, centre: float, octaves: float) -> np.ndarray:
@@ -82,7 +92,7 @@ def _band_noise(n: int, sr: int, rng: np.random.Generator, centre: float, octave
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.maximum(np.fft.rfftfreq(n, 1 / sr), 1.0)
     x = np.fft.irfft(spec * np.exp(-0.5 * (np.log2(f / centre) / (octaves / 2)) ** 2), n)
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
 def _lowpass(x: np.ndarray, sr: int, fc: float) -> np.ndarray:
@@ -139,8 +149,9 @@ def _electronic(rng, seconds, sr, root):
                 c["kick"].add(t, kick)
             if s % 4 == 2:
                 c["hat"].add(t, hat, rng.uniform(0.7, 1.0))
-                c["bass"].add(t, _memo(notes, ("bass", ch[0]), lambda: _tone(_hz(root / 2, ch[0]), 2 * step, sr,
-                                                                             saw, 0.12)))
+                c["bass"].add(
+                    t, _memo(notes, ("bass", ch[0]), lambda: _tone(_hz(root / 2, ch[0]), 2 * step, sr, saw, 0.12))
+                )
             semi = ch[s % 3] + 12 * (s // 8 % 2)  # arpeggio over two octaves
             c["arp"].add(t, _memo(notes, semi, lambda: _tone(_hz(root * 2, semi), step, sr, square, 0.08)))
     t = np.arange(len(c["bass"].x)) / sr
@@ -157,8 +168,15 @@ def _experimental(rng, seconds, sr, root):
         c["glide"].add(rng.uniform(-1, seconds), w * np.sin(np.linspace(0, np.pi, len(w))))
     for _ in range(rng.poisson(0.5 * seconds)):  # inharmonic bells: a bar's partials
         ratios = np.array([1, 2.76, 5.40, 8.93, 13.34])
-        w = _tone(np.exp(rng.uniform(np.log(150), np.log(1200))), 2.5, sr, [1, .6, .4, .25, .2],
-                  rng.uniform(0.6, 2.0) / ratios ** 0.5, attack=0.002, ratios=ratios)
+        w = _tone(
+            np.exp(rng.uniform(np.log(150), np.log(1200))),
+            2.5,
+            sr,
+            [1, 0.6, 0.4, 0.25, 0.2],
+            rng.uniform(0.6, 2.0) / ratios**0.5,
+            attack=0.002,
+            ratios=ratios,
+        )
         c["bell"].add(rng.uniform(-1, seconds), w)
     for _ in range(rng.poisson(0.25 * seconds)):  # filtered noise swells
         n = int(rng.uniform(1, 4) * sr)
@@ -178,7 +196,7 @@ def _folk(rng, seconds, sr, root):
     pos = rng.uniform(0.12, 0.25)
     shaker = _band_noise(int(0.15 * sr), sr, rng, 7000, 1.0) * np.exp(-np.arange(int(0.15 * sr)) / sr / 0.03)
     k = np.arange(1, 31)
-    ratios = k * np.sqrt(1 + 1e-4 * k ** 2)  # a slightly stiff string
+    ratios = k * np.sqrt(1 + 1e-4 * k**2)  # a slightly stiff string
     pluck = {}
     prog = (0, 5, 7, 0)  # I IV V I
     note, notes = 7, {}
@@ -187,21 +205,30 @@ def _folk(rng, seconds, sr, root):
         third = 4 if r != 9 else 3
         for s, semi in enumerate((r, r + 7, r + 12, r + 12 + third, r + 7, r + 12)):
             if semi not in pluck:
-                pluck[semi] = _tone(_hz(root, semi), 1.0, sr, _pluck_amps(30, pos), 0.6 / (1 + 0.3 * k),
-                                    attack=0.002, ratios=ratios)
+                pluck[semi] = _tone(
+                    _hz(root, semi), 1.0, sr, _pluck_amps(30, pos), 0.6 / (1 + 0.3 * k), attack=0.002, ratios=ratios
+                )
             c["guitar"].add(at(bar, s), pluck[semi], rng.uniform(0.7, 1))
             c["shaker"].add(at(bar, s), shaker, 1.0 if s % 3 == 0 else 0.5)
             if s % 3 == 0:  # a strum on each dotted beat: the chord's strings 15 ms apart
                 for i, v in enumerate((r, r + 7, r + 12, r + 12 + third)):
                     c["guitar"].add(at(bar, s) + 0.015 * (i + 1), pluck[v] if v in pluck else pluck[semi], 0.6)
-        c["bass"].add(at(bar, 0), _memo(notes, ("bass", r), lambda: _tone(_hz(root / 2, r), 2.0, sr,
-                                                                          _pluck_amps(12, 0.2), 1.0, attack=0.003)))
+        c["bass"].add(
+            at(bar, 0),
+            _memo(
+                notes, ("bass", r), lambda: _tone(_hz(root / 2, r), 2.0, sr, _pluck_amps(12, 0.2), 1.0, attack=0.003)
+            ),
+        )
         for s in (0, 2, 4):  # a whistle tune in quarter notes, with rests
             note = int(np.clip(note + rng.integers(-2, 3), 0, 13))
             if rng.random() < 0.7:
                 f = _hz(root * 4, MAJOR[note % 7] + 12 * (note // 7))
-                c["whistle"].add(at(bar, s), _memo(notes, f, lambda: _tone(f, 1.9 * step, sr, [1, .2, .08],
-                                                                           attack=0.04, vibrato=(0.006, 5.5))))
+                c["whistle"].add(
+                    at(bar, s),
+                    _memo(
+                        notes, f, lambda: _tone(f, 1.9 * step, sr, [1, 0.2, 0.08], attack=0.04, vibrato=(0.006, 5.5))
+                    ),
+                )
     return [(c["guitar"].x, 0), (c["bass"].x, -6), (c["whistle"].x, -8), (c["shaker"].x, -12)]
 
 
@@ -215,9 +242,9 @@ def _hip_hop(rng, seconds, sr, root):
     kicks = [(0, 7, 10), (0, 3, 10), (0, 7, 8, 10)][rng.integers(3)]
     kick, snare, hat = _kick(sr, 90, 42, 0.25), _snare(sr, rng, 0.2), _hit(sr, rng, 0.025, -2)
     c = {k: _Canvas(seconds, sr) for k in ("kick", "snare", "hat", "sub", "stab", "vinyl")}
-    sub = {r: _tone(_hz(root / 4, r), 0.8, sr, [1, .15], 0.5, glide=-0.05) for r in (0, 10, 7)}
+    sub = {r: _tone(_hz(root / 4, r), 0.8, sr, [1, 0.15], 0.5, glide=-0.05) for r in (0, 10, 7)}
     k = np.arange(1, 9)
-    stab = sum(_tone(f, 2.2, sr, 1 / k ** 2, 0.6) for f in _hz(root, (0, 3, 7, 10)))  # dusty min7
+    stab = sum(_tone(f, 2.2, sr, 1 / k**2, 0.6) for f in _hz(root, (0, 3, 7, 10)))  # dusty min7
     for bar in range(bars):
         r = (0, 0, 10, 7)[bar % 4]
         c["stab"].add(at(bar, 0), stab)
@@ -233,31 +260,57 @@ def _hip_hop(rng, seconds, sr, root):
     crackle = np.zeros(n)
     crackle[rng.integers(0, n, int(15 * seconds))] = rng.uniform(-1, 1, int(15 * seconds))
     c["vinyl"].x = crackle + 0.05 * _noise(n, rng, 1)
-    return [(c["kick"].x, 0), (c["snare"].x, -3), (c["hat"].x, -12), (c["sub"].x, -3), (c["stab"].x, -8),
-            (c["vinyl"].x, -24)]
+    return [
+        (c["kick"].x, 0),
+        (c["snare"].x, -3),
+        (c["hat"].x, -12),
+        (c["sub"].x, -3),
+        (c["stab"].x, -8),
+        (c["vinyl"].x, -24),
+    ]
 
 
 def _instrumental(rng, seconds, sr, root):
     at, step, bars = _grid(seconds, rng.uniform(60, 76), rng, 8, per_beat=2)  # 4/4 in eighths
     c = {k: _Canvas(seconds, sr) for k in ("pad", "piano", "cello")}
     k = np.arange(1, 17)
-    piano_decay, piano_ratios = 1.8 / (1 + 0.25 * k), k * np.sqrt(1 + 2e-4 * k ** 2)
+    piano_decay, piano_ratios = 1.8 / (1 + 0.25 * k), k * np.sqrt(1 + 2e-4 * k**2)
     prog = ((0, 4, 7, 11), (9, 12, 16, 19), (5, 9, 12, 16), (7, 11, 14, 17))  # Imaj7 vi7 IVmaj7 V7
     notes: dict = {}
     dur = 16 * step + 0.8
     for bar in range(0, bars, 2):  # one chord per two bars, slow attack and release
         ch = prog[(bar // 2) % 4]
-        c["pad"].add(at(bar, 0), _memo(notes, ch, lambda: sum(  # detuned voices beat slowly
-            _tone(f * d, dur, sr, 1 / np.arange(1, 9) ** 1.6, attack=0.6, vibrato=(0.003, 4.5))
-            for f in _hz(root, ch) for d in (0.996, 1.004))))
-        c["cello"].add(at(bar, 0), _memo(notes, ch[0], lambda: _tone(_hz(root / 2, ch[0]), dur, sr,
-                                                                     1 / np.arange(1, 11), attack=0.3,
-                                                                     vibrato=(0.004, 5))))
+        c["pad"].add(
+            at(bar, 0),
+            _memo(
+                notes,
+                ch,
+                lambda: sum(  # detuned voices beat slowly
+                    _tone(f * d, dur, sr, 1 / np.arange(1, 9) ** 1.6, attack=0.6, vibrato=(0.003, 4.5))
+                    for f in _hz(root, ch)
+                    for d in (0.996, 1.004)
+                ),
+            ),
+        )
+        c["cello"].add(
+            at(bar, 0),
+            _memo(
+                notes,
+                ch[0],
+                lambda: _tone(_hz(root / 2, ch[0]), dur, sr, 1 / np.arange(1, 11), attack=0.3, vibrato=(0.004, 5)),
+            ),
+        )
         for s in range(16):
             if rng.random() < 0.35:  # a sparse piano line
                 semi = MAJOR[rng.integers(7)] + 12 * rng.integers(2)
-                c["piano"].add(at(bar, s), _memo(notes, ("piano", semi), lambda: _tone(
-                    _hz(root * 2, semi), 2.0, sr, 1 / k ** 1.3, piano_decay, 0.003, piano_ratios)))
+                c["piano"].add(
+                    at(bar, s),
+                    _memo(
+                        notes,
+                        ("piano", semi),
+                        lambda: _tone(_hz(root * 2, semi), 2.0, sr, 1 / k**1.3, piano_decay, 0.003, piano_ratios),
+                    ),
+                )
     return [(c["pad"].x, 0), (c["piano"].x, -2), (c["cello"].x, -6)]
 
 
@@ -270,7 +323,9 @@ def _international(rng, seconds, sr, root):
         c["drone"].x += w * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.2, 0.8) * t + rng.uniform(0, 6.3)))
     tt = np.arange(int(0.6 * sr)) / sr
     dum = np.sin(2 * np.pi * np.cumsum(120 - 40 * np.exp(-tt / 0.08)) / sr) * np.exp(-tt / 0.25)  # rising bass stroke
-    tek = _tone(rng.uniform(350, 550), 0.5, sr, [1, .6, .5, .3, .2], 0.12, attack=0.001) + _hit(sr, rng, 0.005, 0, 0.5)
+    tek = _tone(rng.uniform(350, 550), 0.5, sr, [1, 0.6, 0.5, 0.3, 0.2], 0.12, attack=0.001) + _hit(
+        sr, rng, 0.005, 0, 0.5
+    )
     k = np.arange(1, 26)
     note, notes = 4, {}
     for bar in range(bars):
@@ -288,15 +343,23 @@ def _international(rng, seconds, sr, root):
             f = _hz(root, HIJAZ[note % 7] + 12 * (note // 7))
             glide = (HIJAZ[nxt % 7] + 12 * (nxt // 7) - HIJAZ[note % 7] - 12 * (note // 7)) / 12
             glide = glide if rng.random() < 0.4 else 0.0
-            c["sitar"].add(at(bar, s), _memo(notes, (f, dur, glide), lambda: _tone(
-                f, dur * step, sr, 1 / k ** 0.8, 0.9 / (1 + 0.08 * k), 0.002, vibrato=(0.012, 6.5), glide=glide)))
+            c["sitar"].add(
+                at(bar, s),
+                _memo(
+                    notes,
+                    (f, dur, glide),
+                    lambda: _tone(
+                        f, dur * step, sr, 1 / k**0.8, 0.9 / (1 + 0.08 * k), 0.002, vibrato=(0.012, 6.5), glide=glide
+                    ),
+                ),
+            )
             note, s = nxt, s + dur
     return [(c["drone"].x, -12), (c["sitar"].x, 0), (c["dum"].x, 0), (c["tek"].x, -2)]
 
 
 def _voice(f0: float, dur: float, sr: int, vowel) -> np.ndarray:
     k = np.arange(1, int(4000 / f0) + 1)
-    amps = sum(g * np.exp(-0.5 * ((k * f0 - fm) / 120) ** 2) for g, fm in zip((1, .5, .25), vowel)) + 0.02 / k
+    amps = sum(g * np.exp(-0.5 * ((k * f0 - fm) / 120) ** 2) for g, fm in zip((1, 0.5, 0.25), vowel)) + 0.02 / k
     return _tone(f0, dur, sr, amps, attack=0.06, vibrato=(0.015, 5.5))
 
 
@@ -308,8 +371,10 @@ def _pop(rng, seconds, sr, root):
     c = {k: _Canvas(seconds, sr) for k in ("drums", "keys", "voice", "bass")}
     k = np.arange(1, 13)
     prog = ((0, 4, 7), (7, 11, 14), (9, 12, 16), (5, 9, 12))  # I V vi IV
-    keys = {i: sum(_tone(f, 4 * step, sr, 1 / k ** 1.5, 0.5 / (1 + 0.2 * k)) for f in _hz(root * 2, ch))
-            for i, ch in enumerate(prog)}
+    keys = {
+        i: sum(_tone(f, 4 * step, sr, 1 / k**1.5, 0.5 / (1 + 0.2 * k)) for f in _hz(root * 2, ch))
+        for i, ch in enumerate(prog)
+    }
     note, notes = 2, {}
     for bar in range(bars):
         ch = prog[bar % 4]
@@ -321,8 +386,9 @@ def _pop(rng, seconds, sr, root):
                 c["drums"].add(t, clap, 0.8)
             if s % 2 == 0:
                 c["drums"].add(t, hat, 0.3)
-                c["bass"].add(t, _memo(notes, ch[0], lambda: _tone(_hz(root / 2, ch[0]), 2 * step, sr,
-                                                                   [1, .5, .25], 0.3)))
+                c["bass"].add(
+                    t, _memo(notes, ch[0], lambda: _tone(_hz(root / 2, ch[0]), 2 * step, sr, [1, 0.5, 0.25], 0.3))
+                )
             if s % 4 == 0:
                 c["keys"].add(t, keys[bar % 4])
         s = 0
@@ -330,8 +396,7 @@ def _pop(rng, seconds, sr, root):
             dur = 4 * int(rng.integers(1, 3))
             note = int(np.clip(note + rng.integers(-2, 3), 0, 9))
             f, vowel = _hz(root * 2, PENTATONIC[note % 5] + 12 * (note // 5)), int(rng.integers(4))
-            c["voice"].add(at(bar, s), _memo(notes, (f, dur, vowel), lambda: _voice(f, dur * step, sr,
-                                                                                    VOWELS[vowel])))
+            c["voice"].add(at(bar, s), _memo(notes, (f, dur, vowel), lambda: _voice(f, dur * step, sr, VOWELS[vowel])))
             s += dur
     return [(c["drums"].x, -4), (c["keys"].x, -6), (c["voice"].x, 0), (c["bass"].x, -6)]
 
@@ -355,8 +420,7 @@ def _rock(rng, seconds, sr, root):
             if s % 2 == 0:
                 c["guitar"].add(t, chug[r], rng.uniform(0.8, 1))
                 c["cymbals"].add(t, ride, 0.4)
-                c["bass"].add(t, _memo(chug, ("bass", r), lambda: _tone(_hz(root / 4, r), 2 * step, sr,
-                                                                        saw[:10], 0.3)))
+                c["bass"].add(t, _memo(chug, ("bass", r), lambda: _tone(_hz(root / 4, r), 2 * step, sr, saw[:10], 0.3)))
             if s in (0, 6, 8):
                 c["drums"].add(t, kick)
             if s in (4, 12):
@@ -364,8 +428,9 @@ def _rock(rng, seconds, sr, root):
     return [(c["guitar"].x, 0), (c["drums"].x, -2), (c["cymbals"].x, -6), (c["bass"].x, -6)]
 
 
-_GENRE_SYNTH = dict(zip(GENRES, (_electronic, _experimental, _folk, _hip_hop, _instrumental, _international,
-                                 _pop, _rock)))
+_GENRE_SYNTH = dict(
+    zip(GENRES, (_electronic, _experimental, _folk, _hip_hop, _instrumental, _international, _pop, _rock))
+)
 
 
 def synth_track(genre: str, seconds: float, sr: int, rng: np.random.Generator, channels: int = 1) -> np.ndarray:
@@ -392,7 +457,7 @@ def synth_track(genre: str, seconds: float, sr: int, rng: np.random.Generator, c
     fc, shelf = np.exp(rng.uniform(np.log(400), np.log(3000))), 10 ** (rng.uniform(-10, 6) / 20)
     out = np.zeros((n, channels))
     for x, level in elements:
-        rms = np.sqrt(np.mean(x ** 2))
+        rms = np.sqrt(np.mean(x**2))
         if rms == 0:
             continue
         g = 10 ** ((level + rng.uniform(-4, 4)) / 20) / rms
@@ -402,11 +467,11 @@ def synth_track(genre: str, seconds: float, sr: int, rng: np.random.Generator, c
             out[:, ch] += gains[ch] * g * x
     low = np.stack([_lowpass(out[:, ch], sr, fc) for ch in range(channels)], axis=1)
     out = low + shelf * (out - low)  # a random high shelf: brightness is no genre cue
-    rms = np.sqrt(np.mean(out ** 2))
+    rms = np.sqrt(np.mean(out**2))
     alpha = rng.choice([-1.0, 0.0, 1.0, 2.0])  # noise colour: blue, white, pink, brown
     floor = 10 ** (rng.uniform(-45, -25) / 20) * rms
     out += floor * np.stack([_noise(n, rng, alpha) for _ in range(channels)], axis=1)
-    out *= 10 ** (rng.uniform(-30, -14) / 20) / np.sqrt(np.mean(out ** 2))
+    out *= 10 ** (rng.uniform(-30, -14) / 20) / np.sqrt(np.mean(out**2))
     out *= min(1.0, 0.95 / np.abs(out).max())  # no clipping in the mp3
     fade = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.01 * sr))[:, None]
     out = (out * fade).astype(np.float32)

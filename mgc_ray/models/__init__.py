@@ -9,6 +9,7 @@ its front end, and has `forward_features(wave) -> (B, D)`,
 `forward_head(features) -> (B, n_classes)` logits, `forward = head(features)`,
 `reset_classifier(n)` and `config` (its ModelConfig).
 """
+
 from mgc_ray.models.frontend import FrontEnd, input_shapes
 from mgc_ray.models.registry import build_model, list_models, register_model
 

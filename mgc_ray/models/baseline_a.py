@@ -5,6 +5,7 @@ Classification with Convolutional Neural Networks", Interspeech 2016, as
 adapted by E. Fella and M. Pedrazzi, "Music Genre Classification: enhancing the
 baseline architectures with DenseNet" (the paper this project reproduces).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -57,9 +58,17 @@ class BaselineA(PaperClassifierNet):
         drop_rate: dropout in the classifier.
     """
 
-    def __init__(self, config: ModelConfig, dim: int, channels: Sequence[int] = (64, 64, 64), kernel: int = 4,
-                 pool: int | None = None, first_kernel: int = 400, first_stride: int = 160,
-                 drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        dim: int,
+        channels: Sequence[int] = (64, 64, 64),
+        kernel: int = 4,
+        pool: int | None = None,
+        first_kernel: int = 400,
+        first_stride: int = 160,
+        drop_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         if dim not in (1, 2):
             raise ValueError(f"dim must be 1 or 2, got {dim}")
@@ -73,9 +82,14 @@ class BaselineA(PaperClassifierNet):
             self.frontend = WaveformFrontEnd(config)
             conv1 = nn.Conv1d(1, c1, first_kernel, stride=first_stride, padding=first_kernel // 2)
         self.convs = nn.Sequential(
-            conv1, nn.ReLU(inplace=True), nn.MaxPool1d(pool, ceil_mode=True),
-            ConvSame1d(c1, c2, kernel), nn.ReLU(inplace=True), nn.MaxPool1d(pool, ceil_mode=True),
-            ConvSame1d(c2, c3, kernel), nn.ReLU(inplace=True),
+            conv1,
+            nn.ReLU(inplace=True),
+            nn.MaxPool1d(pool, ceil_mode=True),
+            ConvSame1d(c1, c2, kernel),
+            nn.ReLU(inplace=True),
+            nn.MaxPool1d(pool, ceil_mode=True),
+            ConvSame1d(c2, c3, kernel),
+            nn.ReLU(inplace=True),
         )
         self.pool = MaxMeanPool()
         self.num_features = 2 * c3  # max and mean of the last conv's maps

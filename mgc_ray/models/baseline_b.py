@@ -7,6 +7,7 @@ Residual Learning for Image Recognition", CVPR 2016, as adapted by E. Fella and
 M. Pedrazzi, "Music Genre Classification: enhancing the baseline architectures
 with DenseNet".
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -57,8 +58,9 @@ class BaselineB(PaperClassifierNet):
         drop_rate: dropout in the classifier.
     """
 
-    def __init__(self, config: ModelConfig, channels: Sequence[int] = (64, 64, 64), kernel: int = 4,
-                 drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, config: ModelConfig, channels: Sequence[int] = (64, 64, 64), kernel: int = 4, drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         self.config = config
         c1, c2, c3 = channels

@@ -19,6 +19,7 @@ change between minor versions, and a checkpoint whose weights load into a
 changed model would predict nonsense silently. Anything else is a UserError
 naming both versions.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,31 +55,55 @@ class Payload:
     @classmethod
     def from_dict(cls, d: dict, where: str | Path) -> "Payload":
         try:
-            return cls(format=d["format"], version=str(d["version"]), model_config=ModelConfig(**d["model_config"]),
-                       label_names=tuple(d["label_names"]), state_dict=d["state_dict"],
-                       train_config=dict(d.get("train_config") or {}), epoch=d.get("epoch"),
-                       metrics=dict(d.get("metrics") or {}))
+            return cls(
+                format=d["format"],
+                version=str(d["version"]),
+                model_config=ModelConfig(**d["model_config"]),
+                label_names=tuple(d["label_names"]),
+                state_dict=d["state_dict"],
+                train_config=dict(d.get("train_config") or {}),
+                epoch=d.get("epoch"),
+                metrics=dict(d.get("metrics") or {}),
+            )
         except (KeyError, TypeError) as exc:  # a field missing, or a model config this code does not know
-            raise UserError(f"checkpoint {where} has a payload this code cannot read ({exc}); it was written by "
-                            f"mgc_ray {d.get('version')}") from None
+            raise UserError(
+                f"checkpoint {where} has a payload this code cannot read ({exc}); it was written by "
+                f"mgc_ray {d.get('version')}"
+            ) from None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save(directory: str | Path, model: torch.nn.Module, model_config: ModelConfig,
-         label_names: list[str], *, train_config: dict | None = None, epoch: int | None = None,
-         metrics: dict | None = None, train_state: dict | None = None) -> Path:
+def save(
+    directory: str | Path,
+    model: torch.nn.Module,
+    model_config: ModelConfig,
+    label_names: list[str],
+    *,
+    train_config: dict | None = None,
+    epoch: int | None = None,
+    metrics: dict | None = None,
+    train_state: dict | None = None,
+) -> Path:
     """Write a checkpoint directory (atomically per file) and return it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_save({"format": CHECKPOINT_FORMAT, "version": __version__,
-                  "model_config": dataclasses.asdict(model_config),
-                  "label_names": list(label_names), "state_dict": state,
-                  "train_config": train_config or {}, "epoch": epoch,
-                  "metrics": metrics or {}}, d / MODEL_FILE)
+    _atomic_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "model_config": dataclasses.asdict(model_config),
+            "label_names": list(label_names),
+            "state_dict": state,
+            "train_config": train_config or {},
+            "epoch": epoch,
+            "metrics": metrics or {},
+        },
+        d / MODEL_FILE,
+    )
     if train_state is not None:
         _atomic_save(train_state, d / STATE_FILE)
     return d
@@ -99,9 +124,11 @@ def check_version(payload: dict, where: str | Path) -> None:
     mm = _major_minor(written)
     if mm != _major_minor(__version__):  # None (no or a malformed version) never equals it
         mm = ".".join(mm or ("?", "?"))
-        raise UserError(f"checkpoint {where} was written by mgc_ray {written or 'of unknown version'}, "
-                        f"this is mgc_ray {__version__}: checkpoints are read by the same major.minor "
-                        f"version; use mgc_ray {mm}.x to read it, or train again with this version")
+        raise UserError(
+            f"checkpoint {where} was written by mgc_ray {written or 'of unknown version'}, "
+            f"this is mgc_ray {__version__}: checkpoints are read by the same major.minor "
+            f"version; use mgc_ray {mm}.x to read it, or train again with this version"
+        )
 
 
 def load_payload(path: str | Path) -> Payload:
@@ -121,9 +148,11 @@ def load_payload(path: str | Path) -> Payload:
         raise UserError(f"cannot read checkpoint {f}: {exc.__class__.__name__}; is it an mgc_ray checkpoint?") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise UserError(f"checkpoint {f} has format {found!r}, this mgc_ray {__version__} reads format "
-                        f"{CHECKPOINT_FORMAT}: re-train or use the mgc_ray version that wrote it "
-                        f"({payload.get('version') if isinstance(payload, dict) else 'unknown'})")
+        raise UserError(
+            f"checkpoint {f} has format {found!r}, this mgc_ray {__version__} reads format "
+            f"{CHECKPOINT_FORMAT}: re-train or use the mgc_ray version that wrote it "
+            f"({payload.get('version') if isinstance(payload, dict) else 'unknown'})"
+        )
     check_version(payload, f)
     return Payload.from_dict(payload, f)
 
@@ -149,15 +178,19 @@ def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[torch.
     payload = load_payload(path)
     cfg = payload.model_config
     if expect_arch is not None and cfg.arch != expect_arch:
-        raise UserError(f"checkpoint {path} holds a {cfg.arch!r} model, not {expect_arch!r}: "
-                        f"give a {expect_arch} checkpoint, or ask for {cfg.arch}")
+        raise UserError(
+            f"checkpoint {path} holds a {cfg.arch!r} model, not {expect_arch!r}: "
+            f"give a {expect_arch} checkpoint, or ask for {cfg.arch}"
+        )
     # weights come from the checkpoint itself, never from a pretrained file
     model = build_model(dataclasses.replace(cfg, pretrained_path=None))
     try:
         model.load_state_dict(payload.state_dict)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {path} does not fit its own model config "
-                        f"({str(exc).splitlines()[0]}); it was written by mgc_ray {payload.version}") from None
+        raise UserError(
+            f"checkpoint {path} does not fit its own model config "
+            f"({str(exc).splitlines()[0]}); it was written by mgc_ray {payload.version}"
+        ) from None
     model.eval()
     return model, payload
 

@@ -5,6 +5,7 @@ Convolutional Networks", CVPR 2017 (torchvision's `densenet121`), as used by
 E. Fella and M. Pedrazzi, "Music Genre Classification: enhancing the baseline
 architectures with DenseNet".
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,8 @@ from mgc_ray.models.registry import register_model
 MIN_SIDE = 32  # DenseNet-121 halves the map 5 times (conv0, pool0, 3 transitions): smaller inputs are padded
 # torchvision's published checkpoints name dense-layer modules 'norm.1' where the model has 'norm1'
 _OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 class DenseNet(HeadNet):
@@ -52,14 +54,28 @@ class DenseNet(HeadNet):
         memory_efficient: torchvision's checkpointing of the dense layers (slower, less memory).
     """
 
-    def __init__(self, config: ModelConfig, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
-                 num_init_features: int = 64, bn_size: int = 4, drop_rate: float = 0.0,
-                 memory_efficient: bool = False) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        memory_efficient: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
         self.frontend = SpectrogramFrontEnd(config)
-        net = torchvision.models.DenseNet(growth_rate, tuple(block_config), num_init_features, bn_size, drop_rate,
-                                          num_classes=max(config.n_classes, 1), memory_efficient=memory_efficient)
+        net = torchvision.models.DenseNet(
+            growth_rate,
+            tuple(block_config),
+            num_init_features,
+            bn_size,
+            drop_rate,
+            num_classes=max(config.n_classes, 1),
+            memory_efficient=memory_efficient,
+        )
         net.features.conv0 = nn.Conv2d(1, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(net.features.conv0.weight)  # torchvision's init for its convs
         self.features = net.features
@@ -80,8 +96,10 @@ class DenseNet(HeadNet):
         """
         p = Path(path).expanduser()
         if not p.is_file():
-            raise UserError(f"pretrained_path {p} does not exist: give a local torchvision densenet121 "
-                            "state dict (nothing is downloaded)")
+            raise UserError(
+                f"pretrained_path {p} does not exist: give a local torchvision densenet121 "
+                "state dict (nothing is downloaded)"
+            )
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -95,15 +113,17 @@ class DenseNet(HeadNet):
             m = _OLD_KEY.match(key)
             key = m.group(1) + m.group(2) if m else key
             if key.startswith("features."):
-                feats[key[len("features."):]] = value
+                feats[key[len("features.") :]] = value
         w = feats.get("conv0.weight")
         if w is not None and w.dim() == 4 and w.shape[1] == 3:
             feats["conv0.weight"] = w.sum(dim=1, keepdim=True)  # (64, 1, 7, 7): RGB summed
         try:
             self.features.load_state_dict(feats, strict=True)
         except RuntimeError as exc:
-            raise UserError(f"pretrained weights {p} do not fit this DenseNet "
-                            f"({str(exc).splitlines()[0]}): give a torchvision densenet121 state dict") from None
+            raise UserError(
+                f"pretrained weights {p} do not fit this DenseNet "
+                f"({str(exc).splitlines()[0]}): give a torchvision densenet121 state dict"
+            ) from None
 
     def forward_features(self, wave: torch.Tensor, masks=None) -> torch.Tensor:
         """Args: wave (B, N) at config.sample_rate; masks: training only (`models.frontend.Masks`).

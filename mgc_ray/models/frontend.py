@@ -9,6 +9,7 @@ device), never in the data pipeline. In training a front end may be handed one
 batch's SpecAugment-style masks (`Masks`, drawn by `mgc_ray.trial.recipe`), which it applies to its
 network input: time and frequency on a spectrogram, time on a waveform.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,8 +97,15 @@ class LogMel(nn.Module):
         # Built once here, not per forward; non-persistent: they follow from the config.
         # librosa's "hann" window is the periodic one
         self.register_buffer("hann", torch.hann_window(self.window, periodic=True), persistent=False)
-        fb = torchaudio.functional.melscale_fbanks(self.window // 2 + 1, 0.0, self.sample_rate / 2, self.n_mels,
-                                                   self.sample_rate, norm="slaney", mel_scale="slaney")  # (F, n_mels)
+        fb = torchaudio.functional.melscale_fbanks(
+            self.window // 2 + 1,
+            0.0,
+            self.sample_rate / 2,
+            self.n_mels,
+            self.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # (F, n_mels)
         self.register_buffer("mel_fb", fb.T.contiguous(), persistent=False)  # (n_mels, F)
         self._fb_csr: torch.Tensor | None = None  # CSR copy of mel_fb for the CPU, built on first use
 
@@ -107,8 +115,16 @@ class LogMel(nn.Module):
             raise ValueError(f"LogMel expects (B, N) waveforms, got shape {tuple(wave.shape)}")
         # float32 even under autocast: powers reach ~1e6 (window sum ~ window / 2), past float16's 65,504
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.stft(wave.float(), n_fft=self.window, hop_length=self.hop, win_length=self.window,
-                              window=self.hann, center=True, pad_mode="constant", return_complex=True)  # (B, F, T)
+            spec = torch.stft(
+                wave.float(),
+                n_fft=self.window,
+                hop_length=self.hop,
+                win_length=self.window,
+                window=self.hann,
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
+            )  # (B, F, T)
             power = spec.real.square() + spec.imag.square()  # (B, F, T)
             mel = self._project(power)  # (B, n_mels, T)
         db = 10.0 * torch.log10(mel.clamp_min(AMIN))  # (B, n_mels, T)
@@ -138,8 +154,10 @@ class LogMel(nn.Module):
         return mel.reshape(-1, b, t).permute(1, 0, 2)  # (B, n_mels, T)
 
     def extra_repr(self) -> str:
-        return (f"sample_rate={self.sample_rate}, window={self.window}, hop={self.hop}, "
-                f"n_mels={self.n_mels}, top_db={self.top_db}")
+        return (
+            f"sample_rate={self.sample_rate}, window={self.window}, hop={self.hop}, "
+            f"n_mels={self.n_mels}, top_db={self.top_db}"
+        )
 
 
 # --- normalisation and resampling --------------------------------------------
@@ -207,8 +225,9 @@ class Resample(torchaudio.transforms.Resample):
         if self.orig_freq == self.new_freq:
             return wave.float()
         with torch.autocast(device_type=wave.device.type, enabled=False):  # fp32, like the 2D front end
-            return apply_sinc_kernel(wave.float(), self.kernel, self.width, self.orig_freq // self.gcd,
-                                     self.new_freq // self.gcd)
+            return apply_sinc_kernel(
+                wave.float(), self.kernel, self.width, self.orig_freq // self.gcd, self.new_freq // self.gcd
+            )
 
     def noise_gain(self) -> float:
         """The factor by which this resampling scales white noise's standard deviation.
@@ -222,8 +241,9 @@ class Resample(torchaudio.transforms.Resample):
         return float(self.kernel.double().square().sum(dim=(1, 2)).mean().sqrt())
 
 
-def apply_sinc_kernel(wave: torch.Tensor, kernel: torch.Tensor, width: int, orig: int, new: int,
-                      out_len: int | None = None) -> torch.Tensor:
+def apply_sinc_kernel(
+    wave: torch.Tensor, kernel: torch.Tensor, width: int, orig: int, new: int, out_len: int | None = None
+) -> torch.Tensor:
     """torchaudio's windowed-sinc resampling with a prebuilt kernel, without host reads.
 
     torchaudio's own `_apply_sinc_resample_kernel` slices with a 0-d tensor (a host read per
@@ -244,7 +264,7 @@ def apply_sinc_kernel(wave: torch.Tensor, kernel: torch.Tensor, width: int, orig
     if out_len is not None and out_len < target:
         target = out_len
         keep = -(-target * orig // new) + width + orig  # the last input sample the kept outputs read
-        wave = wave[:, :min(n, keep)]
+        wave = wave[:, : min(n, keep)]
     x = torch.nn.functional.pad(wave, (width, width + orig))  # (B, N' + 2 width + orig)
     y = torch.nn.functional.conv1d(x[:, None], kernel, stride=orig)  # (B, new, frames)
     return y.transpose(1, 2).reshape(b, -1)[:, :target]  # (B, target)

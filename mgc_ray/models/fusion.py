@@ -5,6 +5,7 @@ architectures with DenseNet" (late fusion after K. Gadzicki, R. Khamsehashari
 and C. Zetsche, "Early vs late fusion in multimodal convolutional neural
 networks", FUSION 2020).
 """
+
 from __future__ import annotations
 
 import dataclasses

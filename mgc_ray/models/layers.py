@@ -1,4 +1,5 @@
 """Small building blocks shared by the models."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -88,8 +89,11 @@ class PaperClassifierNet(HeadNet):
 
     def reset_classifier(self, n_classes: int) -> None:
         """Replace the classifier block (0: none, `forward` returns the pooled features)."""
-        self.head = (MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
-                     if n_classes > 0 else nn.Identity())
+        self.head = (
+            MLPHead(self.num_features, HIDDEN, n_classes, self.drop_rate)  # 1024 -> 512 -> 128 -> n
+            if n_classes > 0
+            else nn.Identity()
+        )
 
 
 class ConvSame1d(nn.Conv1d):

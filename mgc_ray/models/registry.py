@@ -3,6 +3,7 @@
 A builder takes the ModelConfig it is given and returns a model whose `config` is
 that ModelConfig, so `build_model(model.config)` rebuilds it (mgc_ray.models.checkpoint).
 """
+
 from __future__ import annotations
 
 from typing import Callable, TypeVar

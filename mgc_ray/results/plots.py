@@ -3,6 +3,7 @@
 Every function takes plain data (lists, dicts, an optuna Study), not Ray objects, writes
 one PNG atomically (a temporary name, then rename) and returns its path.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mgc_ray.config import VAL_LOSS
 from mgc_ray.files import atomic_write
 
 
@@ -36,8 +38,15 @@ def confusion_png(cm: np.ndarray, label_names: Sequence[str], path: str | Path, 
     ax.set_yticks(range(k), label_names)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -75,12 +84,12 @@ def learning_curves_png(history: Sequence[Mapping], path: str | Path, title: str
     plt = _plt()
     epochs = [int(row["epoch"]) + 1 for row in history]
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label in (("train/loss", "train loss"), ("val/loss", "validation loss")):
+    for key, label in (("train/loss", "train loss"), (VAL_LOSS, "validation loss")):
         ax_loss.plot(epochs, [_num(row.get(key)) for row in history], marker="o", label=label)
     for key, label in (("val/macro_f1", "validation macro F1"), ("val/paper_f1", "validation F1 (paper's)")):
         if any(key in row for row in history):
             ax_f1.plot(epochs, [_num(row.get(key)) for row in history], marker="o", label=label)
-    losses = [_num(row.get("val/loss")) for row in history]
+    losses = [_num(row.get(VAL_LOSS)) for row in history]
     if any(math.isfinite(v) for v in losses):
         kept = epochs[int(np.nanargmin(losses))]
         for ax in (ax_loss, ax_f1):
@@ -97,8 +106,9 @@ def learning_curves_png(history: Sequence[Mapping], path: str | Path, title: str
     return _save(fig, path)
 
 
-def trial_curves_png(trials: Sequence[Mapping], max_epochs: int, path: str | Path, title: str,
-                     metric_label: str = "validation macro F1") -> Path:
+def trial_curves_png(
+    trials: Sequence[Mapping], max_epochs: int, path: str | Path, title: str, metric_label: str = "validation macro F1"
+) -> Path:
     """Every trial's validation metric over epochs, as ASHA saw them.
 
     Args:
@@ -115,12 +125,23 @@ def trial_curves_png(trials: Sequence[Mapping], max_epochs: int, path: str | Pat
     for t in trials:
         if not len(t["epochs"]):
             continue
-        line, = ax.plot(t["epochs"], t["values"], marker=".", linewidth=3 if t.get("best") else 1.2,
-                        alpha=1.0 if t.get("best") else 0.75,
-                        label=f"{t['name']}{' (best)' if t.get('best') else ''}")
+        (line,) = ax.plot(
+            t["epochs"],
+            t["values"],
+            marker=".",
+            linewidth=3 if t.get("best") else 1.2,
+            alpha=1.0 if t.get("best") else 0.75,
+            label=f"{t['name']}{' (best)' if t.get('best') else ''}",
+        )
         if t.get("failed"):
-            ax.plot(t["epochs"][-1], t["values"][-1], "s", color="red", markersize=8,
-                    label=None if failed_shown else "failed")
+            ax.plot(
+                t["epochs"][-1],
+                t["values"][-1],
+                "s",
+                color="red",
+                markersize=8,
+                label=None if failed_shown else "failed",
+            )
             failed_shown = True
         elif t.get("stopped"):
             ax.plot(t["epochs"][-1], t["values"][-1], "x", color=line.get_color(), markersize=11, mew=2.5)
@@ -166,8 +187,9 @@ def optuna_importance_png(study, path: str | Path, title: str, target_name: str)
         return _save(fig, path)
 
 
-def comparison_png(tables: Mapping[str, Sequence[Mapping]], metrics: Sequence[tuple[str, str]],
-                   path: str | Path, title: str) -> Path:
+def comparison_png(
+    tables: Mapping[str, Sequence[Mapping]], metrics: Sequence[tuple[str, str]], path: str | Path, title: str
+) -> Path:
     """Grouped bars: per dataset (a row of panels), per metric (a panel), per arch (a group),
     one bar per kind of row (the paper's, ours at paper settings, ours best searched).
 
@@ -191,8 +213,13 @@ def comparison_png(tables: Mapping[str, Sequence[Mapping]], metrics: Sequence[tu
                     hit = [r for r in rows if r["arch"] == arch and r["kind"] == kind]
                     vals.append(_num(hit[0].get(key)) if hit else float("nan"))
                 xs = np.arange(len(archs)) + (k - (len(kinds) - 1) / 2) * width
-                bars = ax.bar(xs, np.nan_to_num(vals, nan=0.0), width, color=colours[k % len(colours)],
-                              label=kind if (i, j) == (0, 0) else None)
+                bars = ax.bar(
+                    xs,
+                    np.nan_to_num(vals, nan=0.0),
+                    width,
+                    color=colours[k % len(colours)],
+                    label=kind if (i, j) == (0, 0) else None,
+                )
                 for x, v, b in zip(xs, vals, bars):
                     if math.isfinite(v):
                         ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=6, rotation=90)

@@ -9,20 +9,21 @@ is skipped with one `mgc_ray:` line, never failing the search at its end):
     parallel_coordinate.png   Optuna's view of the searched hyperparameters vs best/val_loss
     param_importances.png     Optuna's hyperparameter importances (>= 2 trials, >= 2 varying params)
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
 from mgc_ray.config import METRIC, PAPER, SEARCHED, TrainConfig
 from mgc_ray.files import atomic_text, atomic_write
 from mgc_ray.metrics import TABLE_COLUMNS, definitions
-from mgc_ray.results import plots
+from mgc_ray.results import markdown, plots
 
 TARGET = METRIC  # what the search ranked trials by; the Optuna plots' value
 
@@ -34,8 +35,10 @@ def reference_note(dataset: str) -> str:
     """What the paper's row means beside ours on `dataset`."""
     if dataset == PAPER_DATASET:
         return "The paper's row is Table 1 of the paper, on the same dataset (fma_small, 8 genres)."
-    return (f"The paper's row is Table 1 of the paper on fma_small (8 genres of real music): on {dataset} it is a "
-            "reference point, not a like-for-like result, so the differences from it say nothing about the paper.")
+    return (
+        f"The paper's row is Table 1 of the paper on fma_small (8 genres of real music): on {dataset} it is a "
+        "reference point, not a like-for-like result, so the differences from it say nothing about the paper."
+    )
 
 
 def summary_rows(arch: str, rows: dict) -> list[dict]:
@@ -52,38 +55,63 @@ def summary_rows(arch: str, rows: dict) -> list[dict]:
     return out
 
 
-def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def summary_table(arch: str, summary: list[dict], dataset: str) -> str:
     """The summary rows as a markdown table, titled, with what the paper's row means on `dataset`."""
     like = dataset == PAPER_DATASET
     head = ["", *COLUMNS, "Δ paper_f1" if like else "Δ paper_f1 (reference only)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in summary:
-        vals = [_fmt(r.get(k)) for k in COLUMNS]
-        delta = r.get("delta_paper_f1")
-        lines.append("| " + " | ".join([r["row"], *vals, "" if delta is None else f"{delta:+.3f}"]) + " |")
-    return (f"\n{arch} on {dataset}: test split beside the paper's Table 1\n" + "\n".join(lines) + "\n"
-            + reference_note(dataset) + "\n")
+    lines = markdown.table(
+        head,
+        [
+            [
+                r["row"],
+                *(markdown.cell(r.get(k)) for k in COLUMNS),
+                "" if r.get("delta_paper_f1") is None else f"{r['delta_paper_f1']:+.3f}",
+            ]
+            for r in summary
+        ],
+    )
+    return (
+        f"\n{arch} on {dataset}: test split beside the paper's Table 1\n"
+        + "\n".join(lines)
+        + "\n"
+        + reference_note(dataset)
+        + "\n"
+    )
 
 
-def overall_summary(plan, done: dict[str, dict], best_loss: dict[str, float], best_arch: str,
-                    budget_note: str | None = None) -> str:
+def overall_summary(
+    plan, done: dict[str, dict], best_loss: dict[str, float], best_arch: str, budget_note: str | None = None
+) -> str:
     """summary.md of a search over several archs: each arch's best (and paper) trial beside its
     Table 1 row, then the best overall."""
     head = ["arch", "row", "best val loss", *COLUMNS]
-    lines = [f"# {plan.name}", "", f"{plan.num_samples} trial(s) over {', '.join(plan.archs)} on `{plan.dataset}` "
-             f"(one Optuna study, ASHA across all archs; up to {plan.max_epochs} epochs). Test split, crop level.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arch, summary in done.items():
-        for r in summary["rows"]:
-            loss = f"{best_loss[arch]:.3f}" if r["row"] == "ours, best searched" else ""
-            lines.append("| " + " | ".join([arch, r["row"], loss, *(_fmt(r.get(k)) for k in COLUMNS)]) + " |")
+    lines = [
+        f"# {plan.name}",
+        "",
+        f"{plan.num_samples} trial(s) over {', '.join(plan.archs)} on `{plan.dataset}` "
+        f"(one Optuna study, ASHA across all archs; up to {plan.max_epochs} epochs). Test split, crop level.",
+        "",
+    ]
+    lines += markdown.table(
+        head,
+        [
+            [
+                arch,
+                r["row"],
+                f"{best_loss[arch]:.3f}" if r["row"] == "ours, best searched" else "",
+                *(markdown.cell(r.get(k)) for k in COLUMNS),
+            ]
+            for arch, summary in done.items()
+            for r in summary["rows"]
+        ],
+    )
     best = next(r for r in done[best_arch]["rows"] if r["row"] == "ours, best searched")
-    lines += ["", f"Best overall (lowest validation loss): {best_arch}, val loss {best_loss[best_arch]:.3f}, "
-              f"test paper_f1 {_fmt(best.get('paper_f1'))}; each arch's own files are in its folder here.", ""]
+    lines += [
+        "",
+        f"Best overall (lowest validation loss): {best_arch}, val loss {best_loss[best_arch]:.3f}, "
+        f"test paper_f1 {markdown.cell(best.get('paper_f1'))}; each arch's own files are in its folder here.",
+        "",
+    ]
     if budget_note:
         lines += [budget_note, ""]
     lines += [reference_note(plan.dataset), ""]
@@ -101,13 +129,20 @@ def leaderboard_rows(grid) -> list[dict]:
     rows = []
     for r in grid:
         m, cfg = r.metrics or {}, r.config or {}
-        rows.append({"trial_id": m.get("trial_id", Path(str(r.path)).name),
-                     "status": "ERROR" if r.error is not None else "OK",
-                     "epochs": m.get("training_iteration", 0),
-                     "best_val_loss": m.get("best/val_loss"), "best_epoch": m.get("best/epoch"),
-                     "best_val_paper_f1": m.get("best/val_paper_f1"), "best_val_macro_f1": m.get("best/val_macro_f1"),
-                     **{k: cfg.get(k) for k in SEARCHED}, "device": m.get("device"),
-                     **{k.replace("/", "_"): m.get(k) for k in COST}})
+        rows.append(
+            {
+                "trial_id": m.get("trial_id", Path(str(r.path)).name),
+                "status": "ERROR" if r.error is not None else "OK",
+                "epochs": m.get("training_iteration", 0),
+                "best_val_loss": m.get("best/val_loss"),
+                "best_epoch": m.get("best/epoch"),
+                "best_val_paper_f1": m.get("best/val_paper_f1"),
+                "best_val_macro_f1": m.get("best/val_macro_f1"),
+                **{k: cfg.get(k) for k in SEARCHED},
+                "device": m.get("device"),
+                **{k.replace("/", "_"): m.get(k) for k in COST},
+            }
+        )
     return sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0.0))
 
 
@@ -120,22 +155,35 @@ def cost_totals(grid) -> dict:
     ms = [r.metrics or {} for r in grid]
     tot = {k: sum(float(m.get(k) or 0) for m in ms) for k in COST[:4]}
     devices = sorted({str(m["device"]) for m in ms if m.get("device")})
-    return {"devices": devices, "trials": len(ms), **tot,
-            "cost/samples_per_s": tot["cost/samples_seen"] / max(tot["cost/wall_s"], 1e-9)}
+    return {
+        "devices": devices,
+        "trials": len(ms),
+        **tot,
+        "cost/samples_per_s": tot["cost/samples_seen"] / max(tot["cost/wall_s"], 1e-9),
+    }
 
 
 def cost_line(totals: dict) -> str:
-    return (f"Cost of the search's trials ({totals['trials']}, on {', '.join(totals['devices']) or 'unknown'}): "
-            f"{totals['cost/gpu_s']:.1f} GPU-s (GPU share x wall), {totals['cost/cpu_s']:.1f} CPU-s, "
-            f"{totals['cost/wall_s']:.1f} trial wall-s, {totals['cost/samples_seen']:,.0f} training samples seen, "
-            f"{totals['cost/samples_per_s']:.1f} samples/s.")
+    return (
+        f"Cost of the search's trials ({totals['trials']}, on {', '.join(totals['devices']) or 'unknown'}): "
+        f"{totals['cost/gpu_s']:.1f} GPU-s (GPU share x wall), {totals['cost/cpu_s']:.1f} CPU-s, "
+        f"{totals['cost/wall_s']:.1f} trial wall-s, {totals['cost/samples_seen']:,.0f} training samples seen, "
+        f"{totals['cost/samples_per_s']:.1f} samples/s."
+    )
 
 
-def write_search_results(out: Path, plan, grid, rows: dict, manifest,
-                         space_entries: dict[str, dict] | None = None, notes: Sequence[str] = ()) -> list[Path]:
+def write_search_results(
+    out: Path,
+    plan,
+    grid,
+    rows: dict,
+    manifest,
+    space_entries: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> list[Path]:
     """Write the leaderboard, best config, summary, test metrics and figures; return the files.
 
-    `space_entries`: the `space:` block the search drew from (the Optuna figures' axes);
+    `space_entries`: the entries the search drew from (`SearchSpace.space`: the Optuna figures' axes);
     None: axes span the values seen. `notes`: sentences for the summary's head (why a budget
     ended the search, rungs that cut at chance).
     """
@@ -148,41 +196,107 @@ def write_search_results(out: Path, plan, grid, rows: dict, manifest,
     board = pd.DataFrame(leaderboard_rows(grid))
     files.append(atomic_write(out / "leaderboard.csv", lambda tmp: board.to_csv(tmp, index=False)))
     cfg = dataclasses.asdict(TrainConfig.from_dict(best["result"].config))
-    files.append(atomic_text(out / "best_config.yaml", yaml.safe_dump(
-        {"config": cfg, "data_seed": manifest.data_seed, "checkpoint": best["checkpoint"],
-         "mlflow_run_id": best["run_id"],
-         "best_val_loss": float(best["result"].metrics["best/val_loss"]),
-         "best_epoch": int(best["result"].metrics["best/epoch"])}, sort_keys=False)))
-    files.append(atomic_text(out / "test_metrics.json", json.dumps(
-        {"seed": plan.seed, "data_seed": manifest.data_seed, "cache": plan.cache,
-         "test_track_ids": list(best["scores"].track_ids),
-         **{role: {"crop": dict(r["scores"].crop), "track": dict(r["scores"].track)} for role, r in rows.items()}},
-        indent=2)))
+    files.append(
+        atomic_text(
+            out / "best_config.yaml",
+            yaml.safe_dump(
+                {
+                    "config": cfg,
+                    "data_seed": manifest.data_seed,
+                    "checkpoint": best["checkpoint"],
+                    "mlflow_run_id": best["run_id"],
+                    "best_val_loss": float(best["result"].metrics["best/val_loss"]),
+                    "best_epoch": int(best["result"].metrics["best/epoch"]),
+                },
+                sort_keys=False,
+            ),
+        )
+    )
+    files.append(
+        atomic_text(
+            out / "test_metrics.json",
+            json.dumps(
+                {
+                    "seed": plan.seed,
+                    "data_seed": manifest.data_seed,
+                    "cache": plan.cache,
+                    "test_track_ids": list(best["scores"].track_ids),
+                    **{
+                        role: {"crop": dict(r["scores"].crop), "track": dict(r["scores"].track)}
+                        for role, r in rows.items()
+                    },
+                },
+                indent=2,
+            ),
+        )
+    )
     summary = summary_rows(plan.arch, rows)
-    first = ("The first trial was at the paper's settings." if "paper" in rows else
-             "No trial was at the paper's settings (the search space starts elsewhere), so no row is labelled so.")
-    md = [f"# {plan.name}", "", f"Arch `{plan.arch}` on `{plan.dataset}` ({plan.num_samples} trial(s), "
-          f"up to {plan.max_epochs} epochs, seed {plan.seed}, data seed {manifest.data_seed}: "
-          f"{manifest.num_tracks.get('test', 0)} test tracks, {manifest.n_classes} genres). {first}", "",
-          *[line for note in notes for line in (note, "")],
-          summary_table(plan.arch, summary, plan.dataset), "", cost_line(cost_totals(grid)), "",
-          "Track level (crops covering the whole clip, logits averaged), best trial: "
-          + ", ".join(f"{k} {_fmt(best['scores'].track.get(k))}" for k in COLUMNS), "",
-          definitions(manifest.n_classes), "", "Best config:", "", "```yaml",
-          yaml.safe_dump(cfg, sort_keys=False).strip(), "```", ""]
+    first = (
+        "The first trial was at the paper's settings."
+        if "paper" in rows
+        else "No trial was at the paper's settings (the search space starts elsewhere), so no row is labelled so."
+    )
+    md = [
+        f"# {plan.name}",
+        "",
+        f"Arch `{plan.arch}` on `{plan.dataset}` ({plan.num_samples} trial(s), "
+        f"up to {plan.max_epochs} epochs, seed {plan.seed}, data seed {manifest.data_seed}: "
+        f"{manifest.num_tracks.get('test', 0)} test tracks, {manifest.n_classes} genres). {first}",
+        "",
+        *[line for note in notes for line in (note, "")],
+        summary_table(plan.arch, summary, plan.dataset),
+        "",
+        cost_line(cost_totals(grid)),
+        "",
+        "Track level (crops covering the whole clip, logits averaged), best trial: "
+        + ", ".join(f"{k} {markdown.cell(best['scores'].track.get(k))}" for k in COLUMNS),
+        "",
+        definitions(manifest.n_classes),
+        "",
+        "Best config:",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg, sort_keys=False).strip(),
+        "```",
+        "",
+    ]
     files.append(atomic_text(out / "summary.md", "\n".join(md)))
-    _figure(files, "confusion-matrix", lambda: plots.confusion_png(
-        best["scores"].confusion, label_names, out / "confusion_matrix.png",
-        f"{plan.arch}: test confusion (crop level)"))
+    _figure(
+        files,
+        "confusion-matrix",
+        lambda: plots.confusion_png(
+            best["scores"].confusion,
+            label_names,
+            out / "confusion_matrix.png",
+            f"{plan.arch}: test confusion (crop level)",
+        ),
+    )
     history = _history(best["result"])
     if history:
-        _figure(files, "per-class F1", lambda: plots.per_class_f1_png(
-            history, label_names, out / "per_class_f1.png", f"{plan.arch}: validation F1 per genre"))
-        _figure(files, "learning curves", lambda: plots.learning_curves_png(
-            history, out / "learning_curves.png", f"{plan.arch}: best trial {trial_name(best['result'])}"))
-    _figure(files, "trial curves", lambda: plots.trial_curves_png(
-        trial_curves(grid, best["result"], plan.max_epochs), plan.max_epochs, out / "trial_curves.png",
-        f"{plan.arch}: every trial (ASHA stops the weaker ones early)"))
+        _figure(
+            files,
+            "per-class F1",
+            lambda: plots.per_class_f1_png(
+                history, label_names, out / "per_class_f1.png", f"{plan.arch}: validation F1 per genre"
+            ),
+        )
+        _figure(
+            files,
+            "learning curves",
+            lambda: plots.learning_curves_png(
+                history, out / "learning_curves.png", f"{plan.arch}: best trial {trial_name(best['result'])}"
+            ),
+        )
+    _figure(
+        files,
+        "trial curves",
+        lambda: plots.trial_curves_png(
+            trial_curves(grid, best["result"], plan.max_epochs),
+            plan.max_epochs,
+            out / "trial_curves.png",
+            f"{plan.arch}: every trial (ASHA stops the weaker ones early)",
+        ),
+    )
     _optuna_figures(files, out, plan, grid, space_entries or {})
     return files
 
@@ -192,8 +306,10 @@ def _figure(files: list[Path], what: str, draw: Callable[[], Path]) -> None:
     try:
         files.append(draw())
     except Exception as exc:  # noqa: BLE001 - a figure must never lose the search's results
-        print(f"mgc_ray: {what} figure skipped ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-              flush=True)
+        print(
+            f"mgc_ray: {what} figure skipped ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            flush=True,
+        )
 
 
 def trial_name(result) -> str:
@@ -212,9 +328,16 @@ def trial_curves(grid, best_result, max_epochs: int) -> list[dict]:
         epochs = [int(e) + 1 for e in df["epoch"]]
         failed = r.error is not None
         limit = int((r.config or {}).get("max_epochs", max_epochs))
-        out.append({"name": trial_name(r), "epochs": epochs, "values": [float(v) for v in df["val/macro_f1"]],
-                    "failed": failed, "stopped": not failed and bool(epochs) and epochs[-1] < limit,
-                    "best": trial_name(r) == trial_name(best_result)})
+        out.append(
+            {
+                "name": trial_name(r),
+                "epochs": epochs,
+                "values": [float(v) for v in df["val/macro_f1"]],
+                "failed": failed,
+                "stopped": not failed and bool(epochs) and epochs[-1] < limit,
+                "best": trial_name(r) == trial_name(best_result),
+            }
+        )
     return out
 
 
@@ -222,12 +345,18 @@ def _native(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def study_from_grid(grid, space_entries: dict[str, dict]):
+def study_from_grid(grid, space_entries: Mapping[str, Any]):
     """An in-memory Optuna study of the finished trials: searched params -> best/val_loss.
 
     Only hyperparameters that vary between trials go in (a constant adds nothing). Each one's
-    distribution is the search space's (`space_entries`, from search_spaces/<arch>.yaml) when
-    every value lies in it, else one spanning the values seen.
+    distribution is the search space's entry's (`space_entries`: `space.Entry` by name, the
+    `SearchSpace.space` the search drew from) when every value lies in it; else, for a range,
+    one spanning the values seen, and for a choice or a hyperparameter not searched, the values seen.
+
+    Args:
+        grid: Tune's results.
+        space_entries: {name: space.Entry}; a dict entry (`{type, ...}`) is read by
+            `space.entry_from_dict`.
 
     Returns:
         (study or None, reason it is None or "").
@@ -235,36 +364,45 @@ def study_from_grid(grid, space_entries: dict[str, dict]):
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    done = [r for r in grid if r.error is None and r.metrics and r.config
-            and isinstance(r.metrics.get(TARGET), (int, float)) and math.isfinite(float(r.metrics[TARGET]))]
+    from mgc_ray.search.space import Entry, entry_from_dict
+
+    done = [
+        r
+        for r in grid
+        if r.error is None
+        and r.metrics
+        and r.config
+        and isinstance(r.metrics.get(TARGET), (int, float))
+        and math.isfinite(float(r.metrics[TARGET]))
+    ]
     if len(done) < 2:
         return None, f"{len(done)} finished trial(s); a study needs at least 2"
     observed = {k: [_native(r.config.get(k)) for r in done] for k in SEARCHED}
     varying = [k for k, vs in observed.items() if None not in vs and len(set(vs)) > 1]
     if not varying:
         return None, "no hyperparameter varies between the trials"
+    entries = {k: e if isinstance(e, Entry) else entry_from_dict(k, e) for k, e in space_entries.items()}
     dists = {}
     for k in varying:
-        spec, vs = space_entries.get(k) or {}, observed[k]
-        kind = spec.get("type")
-        if kind in ("loguniform", "uniform") and all(float(spec["low"]) <= float(v) <= float(spec["high"]) for v in vs):
-            dists[k] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=kind == "loguniform")
-        elif kind == "choice" and all(v in spec["values"] for v in vs):
-            dists[k] = CategoricalDistribution([_native(v) for v in spec["values"]])
-        elif kind in ("loguniform", "uniform"):
+        entry, vs = entries.get(k), observed[k]
+        if entry is not None and all(entry.contains(v) for v in vs):
+            dists[k] = entry.distribution()
+        elif entry is not None and not entry.choices():  # a range the values left: the span seen
             lo, hi = min(map(float, vs)), max(map(float, vs))
             dists[k] = FloatDistribution(lo, hi, log=lo > 0)
         else:
             dists[k] = CategoricalDistribution(sorted(set(vs)))
     study = optuna.create_study(direction="minimize", study_name="search")
     for i, r in enumerate(done):
-        study.add_trial(optuna.trial.create_trial(
-            params={k: observed[k][i] for k in varying}, distributions=dists,
-            value=float(r.metrics[TARGET])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: observed[k][i] for k in varying}, distributions=dists, value=float(r.metrics[TARGET])
+            )
+        )
     return study, ""
 
 
-def _optuna_figures(files: list[Path], out: Path, plan, grid, entries: dict[str, dict]) -> None:
+def _optuna_figures(files: list[Path], out: Path, plan, grid, entries: Mapping[str, Any]) -> None:
     """Parallel coordinates and importances of the search, or one line saying why not."""
     import optuna
 
@@ -280,12 +418,25 @@ def _optuna_figures(files: list[Path], out: Path, plan, grid, entries: dict[str,
         print(f"mgc_ray: Optuna parallel-coordinate and importance figures skipped: {why}", flush=True)
         return
     target = "best val loss"
-    _figure(files, "parallel-coordinate", lambda: plots.optuna_parallel_png(
-        study, out / "parallel_coordinate.png", f"{plan.arch}: searched hyperparameters vs {target}", target))
+    _figure(
+        files,
+        "parallel-coordinate",
+        lambda: plots.optuna_parallel_png(
+            study, out / "parallel_coordinate.png", f"{plan.arch}: searched hyperparameters vs {target}", target
+        ),
+    )
     n_params = len(study.trials[0].params)
     if n_params < 2:
-        print(f"mgc_ray: parameter-importance figure skipped: only {n_params} hyperparameter varies "
-              "between the trials (importance compares at least 2)", flush=True)
+        print(
+            f"mgc_ray: parameter-importance figure skipped: only {n_params} hyperparameter varies "
+            "between the trials (importance compares at least 2)",
+            flush=True,
+        )
         return
-    _figure(files, "parameter-importance", lambda: plots.optuna_importance_png(
-        study, out / "param_importances.png", f"{plan.arch}: hyperparameter importance for {target}", target))
+    _figure(
+        files,
+        "parameter-importance",
+        lambda: plots.optuna_importance_png(
+            study, out / "param_importances.png", f"{plan.arch}: hyperparameter importance for {target}", target
+        ),
+    )

@@ -23,6 +23,7 @@ budget, and a new trial starts only if a first epoch as long as the longest seen
 `min_trials`: trials that start even when the budget is spent (1: there is always an epoch
 to evaluate; the demo asks for 2, the paper trial and one sampled trial).
 """
+
 from __future__ import annotations
 
 import time
@@ -49,8 +50,9 @@ class Budget(Callback):
         plan_ahead: stop before the budget rather than at the first report after it (the demo's).
     """
 
-    def __init__(self, time_s: float | None = None, gpu_s: float | None = None, min_trials: int = 1,
-                 plan_ahead: bool = False):
+    def __init__(
+        self, time_s: float | None = None, gpu_s: float | None = None, min_trials: int = 1, plan_ahead: bool = False
+    ):
         self.time_s, self.gpu_s, self.min_trials, self.plan_ahead = time_s, gpu_s, min_trials, plan_ahead
         self.wall_before = self.gpu_before = 0.0  # spent by earlier sessions of this search (--resume)
         self.resumed = False
@@ -91,8 +93,11 @@ class Budget(Callback):
             parts.append(f"time budget {fmt_duration(self.time_s)}")
         if self.gpu_s is not None:
             parts.append(f"GPU budget {self.gpu_s / 3600:g} GPU-hours")
-        spent = f"; {fmt_duration(self.wall_before)} and {self.gpu_before / 3600:.3g} GPU-hours spent before " \
-                "this --resume" if self.resumed else ""
+        spent = (
+            f"; {fmt_duration(self.wall_before)} and {self.gpu_before / 3600:.3g} GPU-hours spent before this --resume"
+            if self.resumed
+            else ""
+        )
         return " and ".join(parts) + spent
 
     # --- decisions (BudgetStopper, BudgetLimiter) ---------------------------------------
@@ -130,11 +135,17 @@ class Budget(Callback):
         _ACTIVE = self
         self._start = self._last_step = time.monotonic()
         if self.limited() and self.plan_ahead:
-            print(f"mgc_ray: {self.describe()}: a trial stops at a report when its next epoch would end past it, "
-                  "and a new trial starts only if its first epoch fits", flush=True)
+            print(
+                f"mgc_ray: {self.describe()}: a trial stops at a report when its next epoch would end past it, "
+                "and a new trial starts only if its first epoch fits",
+                flush=True,
+            )
         elif self.limited():
-            print(f"mgc_ray: {self.describe()}: once it is spent no new trial starts and running trials "
-                  "stop at their next report", flush=True)
+            print(
+                f"mgc_ray: {self.describe()}: once it is spent no new trial starts and running trials "
+                "stop at their next report",
+                flush=True,
+            )
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._began[trial.trial_id] = time.monotonic()
@@ -143,8 +154,9 @@ class Budget(Callback):
         now = time.monotonic()
         dt, self._last_step = now - (self._last_step or now), now
         self._trials = len(trials)
-        self._gpu_now += dt * sum(t.placement_group_factory.required_resources.get("GPU", 0.0)
-                                  for t in trials if t.status == "RUNNING")
+        self._gpu_now += dt * sum(
+            t.placement_group_factory.required_resources.get("GPU", 0.0) for t in trials if t.status == "RUNNING"
+        )
 
     def on_experiment_end(self, trials, **info):
         global _ACTIVE
@@ -153,8 +165,14 @@ class Budget(Callback):
             _ACTIVE = None
 
     def get_state(self) -> dict:
-        return {"wall_s": self.wall(), "gpu_s": self.gpu(), "time_s": self.time_s, "gpu_limit_s": self.gpu_s,
-                "min_trials": self.min_trials, "plan_ahead": self.plan_ahead}
+        return {
+            "wall_s": self.wall(),
+            "gpu_s": self.gpu(),
+            "time_s": self.time_s,
+            "gpu_limit_s": self.gpu_s,
+            "min_trials": self.min_trials,
+            "plan_ahead": self.plan_ahead,
+        }
 
     def set_state(self, state: dict) -> None:
         """--resume: continue the count; keep the saved limits unless this command gives its own."""

@@ -2,12 +2,14 @@
 
 Ray stays here and in the runner; `tracking` (MLflow) imports no Ray.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from ray.tune import Callback
 
+from mgc_ray.config import VAL_LOSS
 from mgc_ray.search.tracking import (
     Tag,
     client,
@@ -50,7 +52,15 @@ class TrialLogger(Callback):
         return set(self._runs)
 
     def __getstate__(self):  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_c": None, "_runs": {}, "_last_step": {}, "_nodes": {}, "_restarts": {}, "_devices": {}}
+        return {
+            **self.__dict__,
+            "_c": None,
+            "_runs": {},
+            "_last_step": {},
+            "_nodes": {},
+            "_restarts": {},
+            "_devices": {},
+        }
 
     def run_id(self, trial) -> str:
         rid = self._runs.get(trial.trial_id)
@@ -60,13 +70,20 @@ class TrialLogger(Callback):
                 rid = found[0].info.run_id
                 if found[0].info.status != "RUNNING":
                     self.c.update_run(rid, status="RUNNING")
-                history = self.c.get_metric_history(rid, "val/loss")
+                history = self.c.get_metric_history(rid, VAL_LOSS)
                 self._last_step[trial.trial_id] = max((m.step for m in history), default=-1)
                 self._restarts[trial.trial_id] = int(found[0].data.tags.get(Tag.RESTARTS, 0))
             else:
-                run = self.c.create_run(self.exp_id, run_name=trial.trial_id, tags={
-                    Tag.PARENT: self.parent_id, Tag.SOURCE: "trial", Tag.TRIAL: trial.trial_id,
-                    Tag.ARCH: str(trial.config.get("arch"))})
+                run = self.c.create_run(
+                    self.exp_id,
+                    run_name=trial.trial_id,
+                    tags={
+                        Tag.PARENT: self.parent_id,
+                        Tag.SOURCE: "trial",
+                        Tag.TRIAL: trial.trial_id,
+                        Tag.ARCH: str(trial.config.get("arch")),
+                    },
+                )
                 rid = run.info.run_id
                 log_params(self.c, rid, trial_params(trial.config))
             self._runs[trial.trial_id] = rid
@@ -169,8 +186,9 @@ class Progress(Callback):
         self.status = {t.trial_id: t.status for t in trials}
 
     def interrupted(self, num_samples: int, budget_ended: bool = False) -> bool:
-        return ((len(self.status) < num_samples and not budget_ended)
-                or any(s not in ("TERMINATED", "ERROR") for s in self.status.values()))
+        return (len(self.status) < num_samples and not budget_ended) or any(
+            s not in ("TERMINATED", "ERROR") for s in self.status.values()
+        )
 
 
 class DiskGuard(Callback):

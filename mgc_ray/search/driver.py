@@ -3,6 +3,7 @@
 `plan.py` resolves the CLI into a `Plan`; this module owns everything Ray Tune and
 takes nothing but the plan, the search space, the manifest and the trial resources.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from mgc_ray.cluster import TrialResources
-from mgc_ray.config import METRIC, MODE, TrainConfig, experiment_path
+from mgc_ray.config import METRIC, MODE, VAL_LOSS, TrainConfig, experiment_path
 from mgc_ray.data.cache import Manifest
 from mgc_ray.errors import UserError
 from mgc_ray.files import LOW_FREE_BYTES, atomic_text
@@ -21,6 +22,7 @@ from mgc_ray.metrics import prefixed
 from mgc_ray.results import report
 from mgc_ray.search import budget, study, tracking
 from mgc_ray.search.callbacks import ArchLoggers, DiskGuard, Progress, TrialLogger
+from mgc_ray.search.plan import search_folders
 from mgc_ray.search.rungs import make_scheduler
 from mgc_ray.search.space import SearchSpace
 from mgc_ray.search.tracking import Tag
@@ -48,8 +50,13 @@ class _BenignSyncRace(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith("Saving experiment state to storage") and record.exc_info:
             record.exc_info, record.exc_text = None, None
-            record.msg, record.args = ("experiment state sync skipped a file that was being rewritten; "
-                                       "the next sync carries it (Ray 2.60 race, harmless)"), ()
+            record.msg, record.args = (
+                (
+                    "experiment state sync skipped a file that was being rewritten; "
+                    "the next sync carries it (Ray 2.60 race, harmless)"
+                ),
+                (),
+            )
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
@@ -70,8 +77,10 @@ class _TrialFailureLine(logging.Filter):
 
 def quiet_tune_logs() -> None:
     """Tune's log lines above in one line each (the tune CLI's single- and multi-arch searches)."""
-    for name, kind in (("ray.tune.execution.experiment_state", _BenignSyncRace),
-                       ("ray.tune.execution.tune_controller", _TrialFailureLine)):
+    for name, kind in (
+        ("ray.tune.execution.experiment_state", _BenignSyncRace),
+        ("ray.tune.execution.tune_controller", _TrialFailureLine),
+    ):
         log = logging.getLogger(name)
         if not any(isinstance(f, kind) for f in log.filters):
             log.addFilter(kind())
@@ -83,17 +92,26 @@ def _tuner(plan, spaces: list, manifest: Manifest, trainable, param_space, concu
     from ray import tune
 
     run_config = tune.RunConfig(
-        name=plan.name, storage_path=plan.storage_path, callbacks=callbacks, stop=budget.BudgetStopper(),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS,
-                                                checkpoint_score_attribute="val/loss",
-                                                checkpoint_score_order="min"),
-        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1)
+        name=plan.name,
+        storage_path=plan.storage_path,
+        callbacks=callbacks,
+        stop=budget.BudgetStopper(),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute=VAL_LOSS, checkpoint_score_order=MODE
+        ),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        verbose=1,
+    )
     if plan.resume:
-        tuner = tune.Tuner.restore(experiment_path(plan.storage_path, plan.name), trainable=trainable, param_space=param_space,
-                                   resume_unfinished=True,
-                                   # a trial that failed on a full disk or a lost node continues from its
-                                   # checkpoint; one that raised itself stops again at once (trainable.py)
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(
+            experiment_path(plan.storage_path, plan.name),
+            trainable=trainable,
+            param_space=param_space,
+            resume_unfinished=True,
+            # a trial that failed on a full disk or a lost node continues from its
+            # checkpoint; one that raised itself stops again at once (trainable.py)
+            resume_errored=True,
+        )
         _use_callbacks(tuner, callbacks)
         return tuner
     if plan.paper_only:
@@ -104,9 +122,12 @@ def _tuner(plan, spaces: list, manifest: Manifest, trainable, param_space, concu
         # at the note of its own error (trainable.FAILURE_NOTE, found through the worker's
         # tune.get_context()). Off until that is understood.
         tune_config = tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=plan.num_samples,
+            metric=METRIC,
+            mode=MODE,
+            num_samples=plan.num_samples,
             search_alg=budget.BudgetLimiter(make_study_searcher(plan, spaces), max_concurrent=concurrent),
-            scheduler=make_scheduler(spaces, manifest, plan.max_epochs, plan.grace_period))
+            scheduler=make_scheduler(spaces, manifest, plan.max_epochs, plan.grace_period),
+        )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -115,8 +136,17 @@ def make_study_searcher(plan, spaces: list):
     RDB storage, warm starts."""
     from mgc_ray.search.searcher import StudySearcher
 
-    return StudySearcher(plan.optuna_storage, plan.name, list(spaces), plan.seed, plan.max_epochs,
-                         metric=METRIC, mode=MODE, resume=plan.resume, warm_start=plan.warm_start)
+    return StudySearcher(
+        plan.optuna_storage,
+        plan.name,
+        list(spaces),
+        plan.seed,
+        plan.max_epochs,
+        metric=METRIC,
+        mode=MODE,
+        resume=plan.resume,
+        warm_start=plan.warm_start,
+    )
 
 
 def _use_callbacks(tuner, callbacks: list) -> None:
@@ -133,8 +163,11 @@ def _report_errors(grid) -> None:
     for r in grid:
         if r.error is not None:
             lines = [ln for ln in str(r.error).strip().splitlines() if ln.strip()]
-            print(f"mgc_ray: trial {report.trial_name(r)} failed: {lines[-1] if lines else type(r.error).__name__}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"mgc_ray: trial {report.trial_name(r)} failed: {lines[-1] if lines else type(r.error).__name__}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: TrialResources) -> dict:
@@ -168,8 +201,10 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))  # read by Tune's controller
     _verify_cache(manifest)
     datasets = CacheDatasets.build(manifest)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, datasets=datasets, manifest=manifest,
-                                                         gpu_share=gpus), {"cpu": cpus, "gpu": gpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, datasets=datasets, manifest=manifest, gpu_share=gpus),
+        {"cpu": cpus, "gpu": gpus},
+    )
     param_space = {"max_epochs": plan.max_epochs, "seed": plan.seed, "compile": plan.compile}
     if not several:  # several: the study draws `arch` too
         param_space["arch"] = plan.arch
@@ -181,7 +216,7 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
     runs = {s.arch: _search_run(c, plan, s, manifest, resources) for s in spaces}  # arch -> (experiment, run)
     logger = ArchLoggers({a: TrialLogger(uri, e, p) for a, (e, p) in runs.items()})
     progress = Progress()
-    guard = DiskGuard(watched_folders(plan), LOW_FREE_BYTES)
+    guard = DiskGuard(search_folders(plan.storage_path, plan.results_root, plan.mlflow_uri), LOW_FREE_BYTES)
     status, stale, ledger = dict.fromkeys(runs, "FAILED"), [], None
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
@@ -190,12 +225,18 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
             stale = [x for e, p in runs.values() for x in tracking.close_children(c, e, p, "KILLED")]
         where = ", ".join(f"{tracking.experiment_name(a, plan.dataset)!r} run {p}" for a, (_, p) in runs.items())
         print(f"mgc_ray: MLflow {uri}: {where} (mlflow ui --backend-store-uri {uri})", flush=True)
-        print(f"mgc_ray: {plan.num_samples} trial(s) of {', '.join(runs)}, up to {plan.max_epochs} epochs, "
-              f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
-              f"{experiment_path(plan.storage_path, plan.name)}", flush=True)
+        print(
+            f"mgc_ray: {plan.num_samples} trial(s) of {', '.join(runs)}, up to {plan.max_epochs} epochs, "
+            f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
+            f"{experiment_path(plan.storage_path, plan.name)}",
+            flush=True,
+        )
         if not plan.paper_only:
-            print(f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
-                  f"({study.dashboard_command(plan.optuna_storage)})", flush=True)
+            print(
+                f"mgc_ray: Optuna study {plan.name!r} in {plan.optuna_storage} "
+                f"({study.dashboard_command(plan.optuna_storage)})",
+                flush=True,
+            )
         quiet_tune_logs()
         ledger = _budget(plan)  # last, so that its clock starts with the search
         tuner = _tuner(plan, spaces, manifest, trainable, param_space, concurrent, [logger, progress, guard, ledger])
@@ -207,8 +248,18 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
         chance = _chance_note(tuner)  # one scheduler across the archs: its note goes to each
         if not several:
             exp_id, parent = runs[plan.arch]
-            summary = finish(plan, spaces[0], grid, datasets, manifest, c, exp_id, parent,
-                             budget_note=budget_note, chance_note=chance)
+            summary = finish(
+                plan,
+                spaces[0],
+                grid,
+                datasets,
+                manifest,
+                c,
+                exp_id,
+                parent,
+                budget_note=budget_note,
+                chance_note=chance,
+            )
             status[plan.arch] = "FINISHED"
             return summary
         return _finish_archs(plan, spaces, list(grid), datasets, manifest, c, runs, status, budget_note, chance)
@@ -216,12 +267,17 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
         status = dict.fromkeys(runs, "KILLED")
         if guard.full is not None:
             path, what, free = guard.full
-            raise UserError(f"{what} {path} is nearly full ({free / 2**20:.1f} MiB free): the search stopped as with "
-                            f"Ctrl+C; free space there, then finish it with the same command and --resume "
-                            f"--experiment-name {plan.name} --storage-path {plan.storage_path}") from None
-        print(f"mgc_ray: search {plan.name} interrupted; finish it with the same command and "
-              f"--resume --experiment-name {plan.name} --storage-path {plan.storage_path}", file=sys.stderr,
-              flush=True)
+            raise UserError(
+                f"{what} {path} is nearly full ({free / 2**20:.1f} MiB free): the search stopped as with "
+                f"Ctrl+C; free space there, then finish it with the same command and --resume "
+                f"--experiment-name {plan.name} --storage-path {plan.storage_path}"
+            ) from None
+        print(
+            f"mgc_ray: search {plan.name} interrupted; finish it with the same command and "
+            f"--resume --experiment-name {plan.name} --storage-path {plan.storage_path}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise
     finally:
         for a, (e, p) in runs.items():
@@ -239,20 +295,41 @@ def _search_run(c, plan, space: SearchSpace, manifest: Manifest, resources: Tria
     """(experiment id, search run id) of `space.arch` in MLflow, made (or, resumed, found) here."""
     exp_id = tracking.experiment_id(c, tracking.experiment_name(space.arch, plan.dataset), plan.mlflow_uri)
     tracking.ensure_paper_run(c, exp_id, space.arch)
-    params = {"arch": space.arch, "dataset": plan.dataset, "cache": plan.cache, "num_samples": plan.num_samples,
-              "max_epochs": plan.max_epochs, "seed": plan.seed, "data_seed": manifest.data_seed,
-              "paper_only": plan.paper_only, "first_trial_is_paper": space.starts_at_paper,
-              "optuna_storage": None if plan.paper_only else plan.optuna_storage,
-              "cpus_per_trial": resources.cpus, "gpus_per_trial": resources.gpus,
-              "max_concurrent": resources.max_concurrent, "split_scheme": manifest.split_scheme,
-              "sample_rate": manifest.sample_rate, "n_classes": manifest.n_classes}
+    params = {
+        "arch": space.arch,
+        "dataset": plan.dataset,
+        "cache": plan.cache,
+        "num_samples": plan.num_samples,
+        "max_epochs": plan.max_epochs,
+        "seed": plan.seed,
+        "data_seed": manifest.data_seed,
+        "paper_only": plan.paper_only,
+        "first_trial_is_paper": space.starts_at_paper,
+        "optuna_storage": None if plan.paper_only else plan.optuna_storage,
+        "cpus_per_trial": resources.cpus,
+        "gpus_per_trial": resources.gpus,
+        "max_concurrent": resources.max_concurrent,
+        "split_scheme": manifest.split_scheme,
+        "sample_rate": manifest.sample_rate,
+        "n_classes": manifest.n_classes,
+    }
     if plan.archs:
         params["archs"] = ",".join(plan.archs)
     return exp_id, tracking.ensure_search_run(c, exp_id, plan.name, params)
 
 
-def _finish_archs(plan, spaces: list, results: list, datasets, manifest: Manifest, c, runs: dict, status: dict,
-                  budget_note: str | None, chance: str | None) -> dict:
+def _finish_archs(
+    plan,
+    spaces: list,
+    results: list,
+    datasets,
+    manifest: Manifest,
+    c,
+    runs: dict,
+    status: dict,
+    budget_note: str | None,
+    chance: str | None,
+) -> dict:
     """A search over several archs: finish each arch as a one-arch search would (in its own folder),
     then the best overall. Sets each arch's run status in `status`."""
     root = Path(plan.results_root) / plan.dataset / plan.name
@@ -263,13 +340,27 @@ def _finish_archs(plan, spaces: list, results: list, datasets, manifest: Manifes
         ok = [r for r in mine if r.error is None and r.metrics and METRIC in r.metrics]
         exp_id, parent = runs[s.arch]
         if not ok:
-            print(f"mgc_ray: {s.arch}: {'no trial finished' if mine else 'no trial drew it'}; "
-                  "no row for it", file=sys.stderr, flush=True)
+            print(
+                f"mgc_ray: {s.arch}: {'no trial finished' if mine else 'no trial drew it'}; no row for it",
+                file=sys.stderr,
+                flush=True,
+            )
             status[s.arch] = "FINISHED" if not mine else "FAILED"
             continue
         arch_plan = dataclasses.replace(plan, arch=s.arch, archs=(), num_samples=len(mine))
-        done[s.arch] = finish(arch_plan, s, mine, datasets, manifest, c, exp_id, parent, out=root / s.arch,
-                              budget_note=budget_note, chance_note=chance)
+        done[s.arch] = finish(
+            arch_plan,
+            s,
+            mine,
+            datasets,
+            manifest,
+            c,
+            exp_id,
+            parent,
+            out=root / s.arch,
+            budget_note=budget_note,
+            chance_note=chance,
+        )
         best_loss[s.arch] = min(r.metrics[METRIC] for r in ok)
         status[s.arch] = "FINISHED"
     if not done:
@@ -299,8 +390,12 @@ def _budget(plan) -> budget.Budget:
     time_s = plan.time_budget_s
     if plan.search_ends_by is not None:
         time_s = max(1.0, plan.search_ends_by - time.monotonic())
-    return budget.Budget(time_s=time_s, gpu_s=plan.gpu_hours * 3600 if plan.gpu_hours else None,
-                         min_trials=plan.budget_min_trials, plan_ahead=plan.search_ends_by is not None)
+    return budget.Budget(
+        time_s=time_s,
+        gpu_s=plan.gpu_hours * 3600 if plan.gpu_hours else None,
+        min_trials=plan.budget_min_trials,
+        plan_ahead=plan.search_ends_by is not None,
+    )
 
 
 def _log_budget(c, parents: list[str], ledger: budget.Budget, n_trials: int, num_samples: int) -> str | None:
@@ -309,9 +404,12 @@ def _log_budget(c, parents: list[str], ledger: budget.Budget, n_trials: int, num
         return None
     stopped = ", ".join(f"{t} after epoch {e}" for t, e in ledger.stopped.items())
     gpu = f" and {ledger.gpu() / 3600:.3g} GPU-hours" if ledger.gpu() else ""
-    note = (f"{ledger.ended[0].upper()}{ledger.ended[1:]} after {budget.fmt_duration(ledger.wall())}{gpu} of search: "
-            f"it ended the search with {n_trials} of {num_samples} trials"
-            + (f"; stopped at a report: {stopped}" if stopped else "") + ".")
+    note = (
+        f"{ledger.ended[0].upper()}{ledger.ended[1:]} after {budget.fmt_duration(ledger.wall())}{gpu} of search: "
+        f"it ended the search with {n_trials} of {num_samples} trials"
+        + (f"; stopped at a report: {stopped}" if stopped else "")
+        + "."
+    )
     print(f"mgc_ray: {note}", flush=True)
     for parent in parents:
         c.set_tag(parent, Tag.BUDGET_ENDED, note)
@@ -323,22 +421,16 @@ def _verify_cache(manifest: Manifest) -> None:
     from mgc_ray.data.cache import verify_shards
 
     size, hashed, seconds = verify_shards(manifest)
-    how = (f"{seconds:.1f} s, {hashed / 1e6 / max(seconds, 1e-9):.0f} MB/s" if hashed == size else
-           f"{(size - hashed) / 1e6:.1f} MB of it hashed by prepare just before, unchanged since")
-    print(f"mgc_ray: cache checked: {sum(len(v) for v in manifest.shards.values())} shards, {size / 1e6:.1f} MB "
-          f"match their SHA-256 ({how})", flush=True)
-
-
-def watched_folders(plan) -> list[tuple[str, str]]:
-    """(folder, how the user names it) for each local folder the search writes to while it runs."""
-    from mgc_ray.cluster import is_uri
-
-    folders = [] if is_uri(plan.storage_path) else [(plan.storage_path, "--storage-path")]
-    folders.append((plan.results_root, "--results-dir"))
-    if plan.mlflow_uri.startswith("sqlite:///"):
-        folders.append((str(Path(plan.mlflow_uri[len("sqlite:///"):]).expanduser().resolve().parent),
-                        "the --mlflow-uri folder"))
-    return folders
+    how = (
+        f"{seconds:.1f} s, {hashed / 1e6 / max(seconds, 1e-9):.0f} MB/s"
+        if hashed == size
+        else f"{(size - hashed) / 1e6:.1f} MB of it hashed by prepare just before, unchanged since"
+    )
+    print(
+        f"mgc_ray: cache checked: {sum(len(v) for v in manifest.shards.values())} shards, {size / 1e6:.1f} MB "
+        f"match their SHA-256 ({how})",
+        flush=True,
+    )
 
 
 def _paper_result(grid, space: SearchSpace):
@@ -351,13 +443,14 @@ def _evaluate(result, datasets):
     from mgc_ray.models import checkpoint as ckpt
     from mgc_ray.trial.scoring import score_split
 
-    best = result.get_best_checkpoint(metric="val/loss", mode="min")
+    best = result.get_best_checkpoint(metric=VAL_LOSS, mode=MODE)
     if best is None:
         raise UserError(f"trial {result.path} left no checkpoint to evaluate")
     with best.as_directory() as d:
         model, payload = ckpt.load_model(d)
-        scores = score_split(model, datasets.test, list(payload.label_names),
-                             crop_len=payload.model_config.crop_samples)
+        scores = score_split(
+            model, datasets.test, list(payload.label_names), crop_len=payload.model_config.crop_samples
+        )
     return scores, payload, best.path
 
 
@@ -377,8 +470,19 @@ def _score_trial(result, datasets, c, exp_id, parent) -> dict:
     return dict(result=result, scores=scores, payload=payload, checkpoint=ckpt_path, run_id=run_id)
 
 
-def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, budget_note: str | None = None,
-           out: Path | None = None, chance_note: str | None = None) -> dict:
+def finish(
+    plan,
+    space,
+    grid,
+    datasets,
+    manifest: Manifest,
+    c,
+    exp_id,
+    parent,
+    budget_note: str | None = None,
+    out: Path | None = None,
+    chance_note: str | None = None,
+) -> dict:
     """Evaluate the best (and the paper) trial on the test split; log and write everything
     (under `out`, default <results_root>/<dataset>/<name>).
 
@@ -403,8 +507,9 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, b
     c.set_tag(parent, Tag.CHECKPOINT, rows["best"]["checkpoint"])
     if chance_note:
         c.set_tag(parent, Tag.CHANCE_CUTS, chance_note)
-    files = report.write_search_results(out, plan, grid, rows, manifest, space.space,
-                                        notes=[n for n in (budget_note, chance_note) if n])
+    files = report.write_search_results(
+        out, plan, grid, rows, manifest, space.space, notes=[n for n in (budget_note, chance_note) if n]
+    )
     best_run = rows["best"]["run_id"]
     for target in filter(None, {parent, best_run}):
         tracking.log_artifacts(c, target, files)
@@ -414,5 +519,11 @@ def finish(plan, space, grid, datasets, manifest: Manifest, c, exp_id, parent, b
     print(report.cost_line(totals), flush=True)
     tracking.log_metrics(c, parent, {k: v for k, v in totals.items() if k.startswith("cost/")})
     print(f"mgc_ray: results in {out}", flush=True)
-    return {"rows": summary, "results_dir": str(out), "best_config": TrainConfig.from_dict(best.config),
-            "best_checkpoint": rows["best"]["checkpoint"], "parent_run_id": parent, "budget_ended": budget_note}
+    return {
+        "rows": summary,
+        "results_dir": str(out),
+        "best_config": TrainConfig.from_dict(best.config),
+        "best_checkpoint": rows["best"]["checkpoint"],
+        "parent_run_id": parent,
+        "budget_ended": budget_note,
+    }

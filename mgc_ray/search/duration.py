@@ -1,4 +1,5 @@
 """Durations on the command line (--time-budget 90s, 20m, 2h, 1h30m) and in messages; no Ray."""
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,9 @@ def parse_duration(text: str, flag: str = "--time-budget") -> float:
     elif re.fullmatch(r"(\d+(\.\d+)?[smh])+", s):
         seconds = sum(float(n) * UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", s))
     else:
-        raise UserError(f"{flag} {text!r} is not a duration: give seconds or a number with s, m or h "
-                        "(90s, 20m, 2h, 1h30m)")
+        raise UserError(
+            f"{flag} {text!r} is not a duration: give seconds or a number with s, m or h (90s, 20m, 2h, 1h30m)"
+        )
     if not seconds > 0:
         raise UserError(f"{flag} {text!r} must be more than 0 seconds")
     return seconds

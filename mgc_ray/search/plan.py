@@ -5,6 +5,7 @@ search's name, --resume state, the Optuna storage), so most bad input is refused
 second, before Ray starts. `tune.main` calls these in order; the runner reads only the
 `Plan`. The built-in demo's sizes and its own time budget live here too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ from mgc_ray.config import (
     ray_address,
 )
 from mgc_ray.errors import UserError
-from mgc_ray.files import locked, writable_dir
+from mgc_ray.files import SQLITE, locked, sqlite_path, writable_dir
 
 # The built-in demo of this command: small enough that a DenseNet epoch is short on a CPU
 # (77 training tracks: ~40 s of training on a core that trains DenseNet-121 at 1.9 samples/s,
@@ -54,8 +55,10 @@ def arch_list(text: str) -> tuple[str, ...]:
     names = sorted(PAPER) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in PAPER]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"invalid choice: {', '.join(repr(n) for n in bad) or repr(text)} "
-                                         f"(choose from {', '.join(sorted(PAPER))}, or all)")
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {', '.join(repr(n) for n in bad) or repr(text)} "
+            f"(choose from {', '.join(sorted(PAPER))}, or all)"
+        )
     return tuple(dict.fromkeys(names))
 
 
@@ -75,17 +78,17 @@ class Plan:
     storage_path: str
     num_samples: int
     max_epochs: int
-    seed: int                 # the sampler's and the trials' (the data's is the manifest's data_seed)
+    seed: int  # the sampler's and the trials' (the data's is the manifest's data_seed)
     paper_only: bool
     mlflow_uri: str
-    results_root: str         # per-search tables and figures go under <results_root>/<dataset>/<name>
+    results_root: str  # per-search tables and figures go under <results_root>/<dataset>/<name>
     resume: bool = False
     grace_period: int | None = None  # epochs; None: the rule in rungs.py
     time_budget_s: float | None = None  # --time-budget
-    gpu_hours: float | None = None      # --gpu-hours
+    gpu_hours: float | None = None  # --gpu-hours
     search_ends_by: float | None = None  # the demo's own budget: time.monotonic() by which the search should end
-    budget_min_trials: int = 1           # trials that start even when the budget is spent
-    compile: bool = False     # torch.compile each trial's model
+    budget_min_trials: int = 1  # trials that start even when the budget is spent
+    compile: bool = False  # torch.compile each trial's model
     optuna_storage: str = ""  # the study's RDB URL (study.default_storage unless --optuna-storage)
     archs: tuple[str, ...] = ()  # several: one study over these archs (arch is then their label)
     warm_start: tuple[str, ...] = ()  # earlier studies whose finished trials the study starts from
@@ -109,10 +112,14 @@ def check_flags(args) -> None:
     if args.gpu_hours is not None and not args.gpu_hours > 0:
         raise UserError(f"--gpu-hours must be > 0, got {args.gpu_hours:g}")
     if args.object_store_gb is not None and args.object_store_gb < 0.1:
-        raise UserError(f"--object-store-gb must be at least 0.1 (Ray's minimum is 75 MiB), got {args.object_store_gb:g}")
+        raise UserError(
+            f"--object-store-gb must be at least 0.1 (Ray's minimum is 75 MiB), got {args.object_store_gb:g}"
+        )
     if args.object_store_gb is not None and ray_address(args.address):
-        raise UserError("--object-store-gb sizes a local Ray only; a joined cluster's store is set by `ray start "
-                        "--object-store-memory` on each node")
+        raise UserError(
+            "--object-store-gb sizes a local Ray only; a joined cluster's store is set by `ray start "
+            "--object-store-memory` on each node"
+        )
 
 
 def check_dashboard_host(args) -> None:
@@ -124,15 +131,17 @@ def check_dashboard_host(args) -> None:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.bind((args.dashboard_host, 0))
     except OSError:
-        raise UserError(f"--dashboard-host {args.dashboard_host} is not an address of this machine: use 127.0.0.1 "
-                        "(the default), 0.0.0.0 or one of its own addresses") from None
+        raise UserError(
+            f"--dashboard-host {args.dashboard_host} is not an address of this machine: use 127.0.0.1 "
+            "(the default), 0.0.0.0 or one of its own addresses"
+        ) from None
 
 
 def resolve_storage(raw: str | None) -> str:
     """Tune's storage: a URI as given, else a local folder (made and checked writable)."""
     raw = raw or str(home() / "ray_results")
     if raw.startswith("file://"):
-        raw = raw[len("file://"):]
+        raw = raw[len("file://") :]
     if is_uri(raw):
         return raw.rstrip("/")
     return str(writable_dir(Path(raw).expanduser().resolve(), "--storage-path"))
@@ -146,8 +155,10 @@ def resolve_data(args) -> tuple[str, str | None, str]:
     if args.cache:
         cache = Path(args.cache).expanduser().resolve()
         if not cache.is_dir():
-            raise UserError(f"--cache {args.cache} does not exist: give a folder made by python -m mgc_ray.prepare "
-                            "(or --fma-root to prepare one)")
+            raise UserError(
+                f"--cache {args.cache} does not exist: give a folder made by python -m mgc_ray.prepare "
+                "(or --fma-root to prepare one)"
+            )
         return str(cache), None, f"cache-{cache.name}"
     if args.audio_dir or args.csv:
         from mgc_ray.data.collection import source_kind
@@ -186,8 +197,11 @@ def write_demo_once(fma: Path, size: dict) -> None:
     from mgc_ray.demo import write_demo
 
     if not (fma / "fma_metadata" / "tracks.csv").is_file():
-        print(f"mgc_ray: no data given: writing the built-in demo dataset to {fma} "
-              f"({size['tracks_per_genre']} tracks x {len(GENRES)} genres x {size['seconds']:g} s)", flush=True)
+        print(
+            f"mgc_ray: no data given: writing the built-in demo dataset to {fma} "
+            f"({size['tracks_per_genre']} tracks x {len(GENRES)} genres x {size['seconds']:g} s)",
+            flush=True,
+        )
         write_demo(fma, seed=0, **size)
     else:
         print(f"mgc_ray: no data given: using the built-in demo dataset at {fma}", flush=True)
@@ -212,14 +226,17 @@ def check_data(args, cache: str, fma_root: str | None):
     if fma_root is not None and (args.audio_dir or args.csv):
         from mgc_ray.data import collection
 
-        dataset = collection.load(args.audio_dir and fma_root, args.csv and fma_root, args.split or "paper",
-                                  args.data_seed)
+        dataset = collection.load(
+            args.audio_dir and fma_root, args.csv and fma_root, args.split or "paper", args.data_seed
+        )
     elif fma_root is not None:
         from mgc_ray.data.fma import SPLIT_SCHEMES, load_dataset
 
         if (args.split or "paper") not in SPLIT_SCHEMES:
-            raise UserError(f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
-                            f"{' or '.join(SPLIT_SCHEMES)}")
+            raise UserError(
+                f"--split {args.split} is for a collection (--audio-dir or --csv); FMA takes "
+                f"{' or '.join(SPLIT_SCHEMES)}"
+            )
         dataset = load_dataset(fma_root, args.subset, args.split or "paper", args.data_seed)
     return manifest, dataset
 
@@ -232,12 +249,16 @@ def search_name(args, dataset: str, storage: str) -> str:
     prefix = f"{args.arch}-{dataset}{'-paper' if args.paper else ''}-"
     if args.resume:
         if is_uri(storage):
-            raise UserError("--resume with a URI --storage-path needs --experiment-name: "
-                            "give the name the interrupted search printed")
+            raise UserError(
+                "--resume with a URI --storage-path needs --experiment-name: "
+                "give the name the interrupted search printed"
+            )
         found = sorted((p for p in Path(storage).glob(prefix + "*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise UserError(f"--resume: no earlier search {prefix}* under {storage}: "
-                            "give --experiment-name and --storage-path of the search to finish")
+            raise UserError(
+                f"--resume: no earlier search {prefix}* under {storage}: "
+                "give --experiment-name and --storage-path of the search to finish"
+            )
         return found[-1].name
     return prefix + time.strftime("%Y%m%d-%H%M%S")
 
@@ -264,58 +285,99 @@ def check_experiment(args, storage: str, name: str) -> None:
         from ray import tune
 
         if not tune.Tuner.can_restore(path):
-            raise UserError(f"--resume: {path} holds no Tune state to resume: "
-                            "check --storage-path and --experiment-name")
+            raise UserError(
+                f"--resume: {path} holds no Tune state to resume: check --storage-path and --experiment-name"
+            )
     elif not is_uri(storage) and Path(path).is_dir() and any(Path(path).iterdir()):
-        raise UserError(f"a search named {name} already exists in {storage}: add --resume to finish it, "
-                        "or choose another --experiment-name")
+        raise UserError(
+            f"a search named {name} already exists in {storage}: add --resume to finish it, "
+            "or choose another --experiment-name"
+        )
 
 
 def demo_budget(args, plan: Plan, gpus: float, started: float) -> Plan:
     """The demo's default search on a machine without a GPU gets a budget of its own: the whole
     command ends by `started + DEMO_DEADLINE_S` (the search by DEMO_TAIL_S before that). Not when
     the user sized the search (--num-samples, --max-epochs, a budget) or resumes it (it keeps its own)."""
-    if (plan.dataset != "demo" or gpus or args.resume or args.paper or args.time_budget or args.gpu_hours
-            or args.num_samples or args.max_epochs):
+    if (
+        plan.dataset != "demo"
+        or gpus
+        or args.resume
+        or args.paper
+        or args.time_budget
+        or args.gpu_hours
+        or args.num_samples
+        or args.max_epochs
+    ):
         return plan
-    return dataclasses.replace(plan, search_ends_by=started + DEMO_DEADLINE_S - DEMO_TAIL_S,
-                               budget_min_trials=DEMO_MIN_TRIALS)
+    return dataclasses.replace(
+        plan, search_ends_by=started + DEMO_DEADLINE_S - DEMO_TAIL_S, budget_min_trials=DEMO_MIN_TRIALS
+    )
+
+
 def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
     """(the Optuna storage URL, the warm-start study names), checked before Ray starts."""
     from mgc_ray.search import study
 
     storage = args.optuna_storage or study.default_storage(args.mlflow_uri, home())
-    if not storage.startswith(("sqlite:///", "postgresql", "mysql")):
-        raise UserError(f"--optuna-storage {storage!r} is not an Optuna RDB URL: use sqlite:///PATH "
-                        "(or a postgresql:// or mysql:// URL)")
-    if storage.startswith("sqlite:///"):
-        writable_dir(Path(storage[len("sqlite:///"):]).expanduser().resolve().parent, "--optuna-storage folder")
+    if not storage.startswith((SQLITE, "postgresql", "mysql")):
+        raise UserError(
+            f"--optuna-storage {storage!r} is not an Optuna RDB URL: use sqlite:///PATH "
+            "(or a postgresql:// or mysql:// URL)"
+        )
+    if sqlite_path(storage) is not None:
+        writable_dir(sqlite_path(storage).parent, "--optuna-storage folder")
     warm = tuple(n.strip() for n in (args.warm_start or "").split(",") if n.strip())
     if warm and (args.paper or args.resume):
         raise UserError("--warm-start starts a new search: it cannot go with --paper or --resume")
     if args.paper:
         return storage, ()
     if not args.resume and study.study_exists(storage, name):
-        raise UserError(f"an Optuna study named {name} already exists in {storage}: add --resume to continue it, "
-                        "or choose another --experiment-name")
+        raise UserError(
+            f"an Optuna study named {name} already exists in {storage}: add --resume to continue it, "
+            "or choose another --experiment-name"
+        )
     for n in warm:
         study.open_study(storage, n)  # refuses an unknown name, listing the known ones
     return storage, warm
 
 
-def make_plan(args, archs: tuple[str, ...], cache: str, dataset: str, name: str, storage: str, results_root: Path,
-              optuna_storage: str, warm: tuple[str, ...]) -> Plan:
+def make_plan(
+    args,
+    archs: tuple[str, ...],
+    cache: str,
+    dataset: str,
+    name: str,
+    storage: str,
+    results_root: Path,
+    optuna_storage: str,
+    warm: tuple[str, ...],
+) -> Plan:
     """The `Plan` of these flags: the search's size from the flags, else the data's defaults
     (smoke, demo or FMA; --paper: one trial of the paper's epochs, except on the demo)."""
     defaults = SMOKE_SEARCH if args.smoke else (DEMO_SEARCH if dataset.startswith("demo") else FMA_SEARCH)
     paper_epochs = defaults["max_epochs"] if args.smoke or dataset.startswith("demo") else PAPER[archs[0]].epochs
-    return Plan(arch=args.arch, cache=cache, dataset=dataset, name=name, storage_path=storage,
-                num_samples=1 if args.paper else (args.num_samples or max(defaults["num_samples"], len(archs))),
-                max_epochs=args.max_epochs or (paper_epochs if args.paper else defaults["max_epochs"]),
-                seed=args.seed, paper_only=args.paper, mlflow_uri=args.mlflow_uri,
-                results_root=str(results_root), resume=args.resume, grace_period=args.grace_period,
-                time_budget_s=args.time_budget, gpu_hours=args.gpu_hours, compile=args.compile,
-                optuna_storage=optuna_storage, warm_start=warm, archs=archs if len(archs) > 1 else ())
+    return Plan(
+        arch=args.arch,
+        cache=cache,
+        dataset=dataset,
+        name=name,
+        storage_path=storage,
+        num_samples=1 if args.paper else (args.num_samples or max(defaults["num_samples"], len(archs))),
+        max_epochs=args.max_epochs or (paper_epochs if args.paper else defaults["max_epochs"]),
+        seed=args.seed,
+        paper_only=args.paper,
+        mlflow_uri=args.mlflow_uri,
+        results_root=str(results_root),
+        resume=args.resume,
+        grace_period=args.grace_period,
+        time_budget_s=args.time_budget,
+        gpu_hours=args.gpu_hours,
+        compile=args.compile,
+        optuna_storage=optuna_storage,
+        warm_start=warm,
+        archs=archs if len(archs) > 1 else (),
+    )
 
 
 def smoke_spaces(args, spaces: list) -> list:
@@ -324,3 +386,14 @@ def smoke_spaces(args, spaces: list) -> list:
         return spaces
     fixed = dict(SMOKE_INPUT) if args.paper else {**SMOKE_INPUT, "batch_size": SMOKE_BATCH}
     return [s.shrunk(fixed) for s in spaces]
+
+
+def search_folders(storage: str, results_root: str, mlflow_uri: str) -> list[tuple[str, str]]:
+    """(folder, how the user names it) for each local folder a search writes to while it runs:
+    checked for space before it starts (tune) and watched while it runs (the driver's DiskGuard)."""
+    folders = [] if is_uri(storage) else [(storage, "--storage-path")]
+    folders.append((str(results_root), "--results-dir"))
+    db = sqlite_path(mlflow_uri)
+    if db is not None:
+        folders.append((str(db.parent), "the --mlflow-uri folder"))
+    return folders

@@ -18,6 +18,7 @@ the figures (`SampleASHA`), and the search's summary says so. "At chance": a val
 within CHANCE_SHARE of what predicting the training split's genre mix scores on the validation
 split (ln K for K balanced genres).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,10 +75,25 @@ class SampleASHA(ASHAScheduler):
     (driver memory; pickled with the scheduler into Tune's experiment state).
     """
 
-    def __init__(self, *, max_epochs: int, grace: int, per_epoch: int, chance: float, reduction_factor: float,
-                 metric: str | None = None, mode: str | None = None):
-        super().__init__(time_attr=TIME_ATTR, metric=metric, mode=mode, max_t=max_epochs * per_epoch,
-                         grace_period=grace * per_epoch, reduction_factor=reduction_factor)
+    def __init__(
+        self,
+        *,
+        max_epochs: int,
+        grace: int,
+        per_epoch: int,
+        chance: float,
+        reduction_factor: float,
+        metric: str | None = None,
+        mode: str | None = None,
+    ):
+        super().__init__(
+            time_attr=TIME_ATTR,
+            metric=metric,
+            mode=mode,
+            max_t=max_epochs * per_epoch,
+            grace_period=grace * per_epoch,
+            reduction_factor=reduction_factor,
+        )
         self.per_epoch, self.chance = per_epoch, chance
         self.chance_cuts: dict[float, int] = {}
 
@@ -96,11 +112,14 @@ class SampleASHA(ASHAScheduler):
                 losses = [v * self._metric_op for v in recorded.values()]  # min mode: metric_op -1
                 if at_chance(losses, self.chance) and milestone not in self.chance_cuts:
                     self.chance_cuts[milestone] = len(losses)
-                    print(f"mgc_ray: warning: ASHA cut trial {trial.trial_id} at the rung of {milestone:,.0f} "
-                          f"training samples ({_epochs(milestone / self.per_epoch)}), where all {len(losses)} "
-                          f"trials were still at chance (validation loss >= {CHANCE_SHARE:g} x "
-                          f"{self.chance:.3f}): the cut says nothing of them yet; a longer --grace-period "
-                          "(or more training data) lets learning start", flush=True)
+                    print(
+                        f"mgc_ray: warning: ASHA cut trial {trial.trial_id} at the rung of {milestone:,.0f} "
+                        f"training samples ({_epochs(milestone / self.per_epoch)}), where all {len(losses)} "
+                        f"trials were still at chance (validation loss >= {CHANCE_SHARE:g} x "
+                        f"{self.chance:.3f}): the cut says nothing of them yet; a longer --grace-period "
+                        "(or more training data) lets learning start",
+                        flush=True,
+                    )
                 return
 
 
@@ -110,22 +129,34 @@ def chance_note(scheduler) -> str | None:
     if not cuts:
         return None
     rungs = ", ".join(f"{_epochs(m / scheduler.per_epoch)} ({n} trials)" for m, n in sorted(cuts.items()))
-    return (f"ASHA cut trials at rungs where every trial was still at chance: {rungs}. Those cuts say nothing of "
-            "the trials they stopped; a longer --grace-period (or more training data) lets learning start.")
+    return (
+        f"ASHA cut trials at rungs where every trial was still at chance: {rungs}. Those cuts say nothing of "
+        "the trials they stopped; a longer --grace-period (or more training data) lets learning start."
+    )
 
 
 def _epochs(n: float) -> str:
     return f"{n:g} epoch" + ("" if n == 1 else "s")
 
 
-def make_scheduler(spaces: Sequence[SearchSpace], manifest: Manifest, max_epochs: int, grace_period: int | None,
-                   paper_only: bool = False) -> "SampleASHA":
+def make_scheduler(
+    spaces: Sequence[SearchSpace],
+    manifest: Manifest,
+    max_epochs: int,
+    grace_period: int | None,
+    paper_only: bool = False,
+) -> "SampleASHA":
     """ASHA over training samples seen (`SampleASHA`), its grace period `grace_period` epochs,
     or the default rule (`grace_epochs`) when None."""
     n_train = manifest.num_tracks["train"]
     batches = sorted({b for s in spaces for b in batch_sizes(s, paper_only)})
-    grace = grace_period or grace_epochs(n_train, [int(s.start["batch_size"]) for s in spaces], max(batches),
-                                         max_epochs)
-    return SampleASHA(max_epochs=max_epochs, grace=max(1, min(grace, max_epochs)),
-                      per_epoch=samples_per_epoch(n_train, batches), chance=chance_loss(manifest),
-                      reduction_factor=REDUCTION_FACTOR)
+    grace = grace_period or grace_epochs(
+        n_train, [int(s.start["batch_size"]) for s in spaces], max(batches), max_epochs
+    )
+    return SampleASHA(
+        max_epochs=max_epochs,
+        grace=max(1, min(grace, max_epochs)),
+        per_epoch=samples_per_epoch(n_train, batches),
+        chance=chance_loss(manifest),
+        reduction_factor=REDUCTION_FACTOR,
+    )

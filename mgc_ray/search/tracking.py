@@ -25,6 +25,7 @@ and tries again (`_Retrying`).
 
 No Ray here; MLflow is imported only when called.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,31 +37,32 @@ from typing import Any, Iterable
 
 from mgc_ray.config import PAPER, SEARCHED
 from mgc_ray.errors import UserError
+from mgc_ray.files import sqlite_path
 
 
 class Tag:
     """Every MLflow tag name this project writes or reads, defined once."""
 
-    SOURCE = "mgc.source"              # paper | search | trial
+    SOURCE = "mgc.source"  # paper | search | trial
     ARCH = "mgc.arch"
-    SEARCH = "mgc.search"              # a search run's name
-    TRIAL = "mgc.trial_id"             # a trial run's Tune trial id
-    PARENT = "mlflow.parentRunId"      # MLflow's own: a trial run's search run
-    NOTE = "mlflow.note.content"       # MLflow's own: the run's description in the UI
-    CHECKPOINT = "mgc.checkpoint"      # the run's model: a checkpoint directory
-    BEST_TRIAL = "mgc.best_trial"      # on a search run: the trial id with the lowest val loss
-    PAPER_TRIAL = "mgc.paper_trial"    # on a search run: the trial id at the paper's settings
+    SEARCH = "mgc.search"  # a search run's name
+    TRIAL = "mgc.trial_id"  # a trial run's Tune trial id
+    PARENT = "mlflow.parentRunId"  # MLflow's own: a trial run's search run
+    NOTE = "mlflow.note.content"  # MLflow's own: the run's description in the UI
+    CHECKPOINT = "mgc.checkpoint"  # the run's model: a checkpoint directory
+    BEST_TRIAL = "mgc.best_trial"  # on a search run: the trial id with the lowest val loss
+    PAPER_TRIAL = "mgc.paper_trial"  # on a search run: the trial id at the paper's settings
     LOST = "mgc.lost"
     NODE_IDS = "mgc.node_ids"
-    DEVICE = "mgc.device"              # a trial run's device: "cpu" or the GPU's name
+    DEVICE = "mgc.device"  # a trial run's device: "cpu" or the GPU's name
     RESTARTS = "mgc.restarts"
     LAST_FAILURE = "mgc.last_failure"
     EPOCHS_RUN = "mgc.epochs_run"
     STOPPED_EARLY = "mgc.stopped_early"
     ERROR = "mgc.error"
-    BUDGET = "mgc.budget"              # on a search run: its --time-budget / --gpu-hours
+    BUDGET = "mgc.budget"  # on a search run: its --time-budget / --gpu-hours
     BUDGET_ENDED = "mgc.budget_ended"  # on a search run: the budget ended it, and how
-    CHANCE_CUTS = "mgc.chance_cuts"    # on a search run: ASHA rungs that cut among trials all at chance
+    CHANCE_CUTS = "mgc.chance_cuts"  # on a search run: ASHA rungs that cut among trials all at chance
     BEST_OVERALL = "mgc.best_overall"  # on each search run of a search over several archs: the best arch
 
 
@@ -100,7 +102,8 @@ class _Retrying:
                 except Exception as exc:  # noqa: BLE001 - MlflowException or SQLAlchemy's OperationalError
                     if "database is locked" not in str(exc) or attempt == LOCKED_RETRIES - 1:
                         raise
-                    time.sleep(min(0.1 * 2 ** attempt, 5.0) * (0.5 + random.random()))
+                    time.sleep(min(0.1 * 2**attempt, 5.0) * (0.5 + random.random()))
+
         return call
 
 
@@ -115,10 +118,10 @@ def client(uri: str):
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri=uri)
-    if uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is not None:
         from mgc_ray.files import locked
 
-        db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
         with locked(db.parent / f".{db.name}.lock"):
             c.search_experiments(max_results=1)  # opens the store: makes and migrates its tables if new
     _CLIENTS[uri] = _Retrying(c)
@@ -127,9 +130,8 @@ def client(uri: str):
 
 def artifact_root(uri: str) -> str | None:
     """Artifacts beside a sqlite store (`<db dir>/mlartifacts`); a server decides its own."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
-    return None
+    db = sqlite_path(uri)
+    return (db.parent / "mlartifacts").as_uri() if db is not None else None
 
 
 def experiment_id(c, name: str, uri: str) -> str:
@@ -158,10 +160,16 @@ def ensure_paper_run(c, exp_id: str, arch: str) -> str:
     if found:
         return found[0].info.run_id
     preset = PAPER[arch]
-    run = c.create_run(exp_id, run_name=f"paper Table 1: {preset.label}",
-                       tags={Tag.SOURCE: "paper", Tag.ARCH: arch,
-                             Tag.NOTE: f"Test-set figures of {preset.label} in Table 1 of the paper (fma_small, "
-                                       "8 genres): a reference for every dataset, like for like on fma_small only."})
+    run = c.create_run(
+        exp_id,
+        run_name=f"paper Table 1: {preset.label}",
+        tags={
+            Tag.SOURCE: "paper",
+            Tag.ARCH: arch,
+            Tag.NOTE: f"Test-set figures of {preset.label} in Table 1 of the paper (fma_small, "
+            "8 genres): a reference for every dataset, like for like on fma_small only.",
+        },
+    )
     rid = run.info.run_id
     log_params(c, rid, {"arch": arch, **preset.point(), "max_epochs": preset.epochs})
     log_metrics(c, rid, {f"test/{k}": v for k, v in preset.table1.items()})
@@ -176,8 +184,9 @@ def ensure_search_run(c, exp_id: str, name: str, params: dict[str, Any]) -> str:
         rid = found[0].info.run_id
         c.update_run(rid, status="RUNNING")
         return rid
-    run = c.create_run(exp_id, run_name=name, tags={Tag.SOURCE: "search", Tag.SEARCH: name,
-                                                      Tag.ARCH: str(params.get("arch"))})
+    run = c.create_run(
+        exp_id, run_name=name, tags={Tag.SOURCE: "search", Tag.SEARCH: name, Tag.ARCH: str(params.get("arch"))}
+    )
     log_params(c, run.info.run_id, params)
     return run.info.run_id
 
@@ -212,11 +221,13 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 def open_store(uri: str):
     """An MlflowClient for reading `uri`; a sqlite file that does not exist is a UserError
     (MLflow would silently create an empty store there)."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):]).expanduser()
+    path = sqlite_path(uri)
+    if path is not None:
         if not path.is_file():
-            raise UserError(f"no MLflow store at {path} (--mlflow-uri {uri}): give the URI the search printed, "
-                            "or run a search first (python -m mgc_ray.tune --arch ...)")
+            raise UserError(
+                f"no MLflow store at {path} (--mlflow-uri {uri}): give the URI the search printed, "
+                "or run a search first (python -m mgc_ray.tune --arch ...)"
+            )
     return client(uri)
 
 
@@ -227,8 +238,10 @@ def get_run(c, run_id: str, uri: str):
     try:
         return c.get_run(run_id)
     except MlflowException:
-        raise UserError(f"no run {run_id!r} in the MLflow store {uri}: copy the run id from the MLflow UI "
-                        "or from the line `mgc_ray: MLflow ... run ID` that the search printed") from None
+        raise UserError(
+            f"no run {run_id!r} in the MLflow store {uri}: copy the run id from the MLflow UI "
+            "or from the line `mgc_ray: MLflow ... run ID` that the search printed"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -266,13 +279,17 @@ def resolve_run(uri: str, run_id: str) -> RunModel:
     run = get_run(c, run_id, uri)
     tags = run.data.tags
     if tags.get(Tag.SOURCE) == "paper":
-        raise UserError(f"run {run_id} is the paper's Table 1 reference: it holds figures, not a model; "
-                        "give the id of a search run or of its best or paper-settings trial")
+        raise UserError(
+            f"run {run_id} is the paper's Table 1 reference: it holds figures, not a model; "
+            "give the id of a search run or of its best or paper-settings trial"
+        )
     ckpt = tags.get(Tag.CHECKPOINT)
     if not ckpt:
-        raise UserError(f"run {run_id} ({run.info.run_name}) has no {Tag.CHECKPOINT} tag: only a finished search "
-                        "run and its best and paper-settings trials carry one; give one of those, or "
-                        "--checkpoint DIR (a trial's checkpoint_NNNNNN folder under the Tune storage path)")
+        raise UserError(
+            f"run {run_id} ({run.info.run_name}) has no {Tag.CHECKPOINT} tag: only a finished search "
+            "run and its best and paper-settings trials carry one; give one of those, or "
+            "--checkpoint DIR (a trial's checkpoint_NNNNNN folder under the Tune storage path)"
+        )
     parent = search_run(c, run, uri)
     cache = parent.data.params.get("cache") if parent is not None else None
     return RunModel(run_id=run_id, checkpoint=ckpt, arch=tags.get(Tag.ARCH), cache=cache)
@@ -295,7 +312,7 @@ def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
     ts = int(time.time() * 1000)
     items = [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
     for i in range(0, len(items), 500):  # MLflow's batch limit is 1000 metrics
-        c.log_batch(run_id, metrics=items[i:i + 500])
+        c.log_batch(run_id, metrics=items[i : i + 500])
 
 
 def log_artifacts(c, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:

@@ -6,6 +6,7 @@ Its random parameters are drawn on the host with a seeded numpy Generator, so
 nothing is read back from the device and the CPU can run ahead of the GPU
 (the trial's step has no host sync). Evaluation and prediction never call it.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,9 +82,15 @@ class Augment(nn.Module):
     # past its centre at these ratios (lowpass_filter_width 6 at rolloff 0.99); 64 is ample.
     STRETCH_MARGIN = 64
 
-    def __init__(self, noise_p: float = NOISE_P, noise_max_rel: float = NOISE_MAX_REL,
-                 stretch_p: float = STRETCH_P, stretch_range: Sequence[float] = STRETCH_RANGE,
-                 stretch_method: str = "sinc", noise_gain: float = 1.0) -> None:
+    def __init__(
+        self,
+        noise_p: float = NOISE_P,
+        noise_max_rel: float = NOISE_MAX_REL,
+        stretch_p: float = STRETCH_P,
+        stretch_range: Sequence[float] = STRETCH_RANGE,
+        stretch_method: str = "sinc",
+        noise_gain: float = 1.0,
+    ) -> None:
         super().__init__()
         lo, hi = (float(v) for v in stretch_range)
         if not (0 <= noise_p <= 1 and 0 <= stretch_p <= 1 and noise_max_rel >= 0 and 0 < lo <= hi):
@@ -178,8 +185,13 @@ class Augment(nn.Module):
             out.index_copy_(0, idx, _pad_end(y, n))  # (B, out_len): cut, or a short track's end zero-padded
         return out
 
-    def apply(self, wave: torch.Tensor, params: dict[str, np.ndarray],
-              generator: torch.Generator | None = None, out_len: int | None = None) -> torch.Tensor:
+    def apply(
+        self,
+        wave: torch.Tensor,
+        params: dict[str, np.ndarray],
+        generator: torch.Generator | None = None,
+        out_len: int | None = None,
+    ) -> torch.Tensor:
         """Apply drawn params (see `sample_params`) to a (B, N) batch; returns (B, out_len or N) float32.
 
         Reads nothing back from the device: which examples to stretch is known on the host,
@@ -208,8 +220,9 @@ class Augment(nn.Module):
             out = out + std[:, None] * noise  # (B, N); std is 0 where no noise was drawn
         return out
 
-    def forward(self, wave: torch.Tensor, generator: np.random.Generator | None = None,
-                out_len: int | None = None) -> torch.Tensor:
+    def forward(
+        self, wave: torch.Tensor, generator: np.random.Generator | None = None, out_len: int | None = None
+    ) -> torch.Tensor:
         """Augment a training batch.
 
         Args:
@@ -237,6 +250,8 @@ class Augment(nn.Module):
         return self._generators[key]
 
     def extra_repr(self) -> str:
-        return (f"noise_p={self.noise_p}, noise_max_rel={self.noise_max_rel}, stretch_p={self.stretch_p}, "
-                f"stretch_range={self.stretch_range}, stretch_method={self.stretch_method!r}, "
-                f"noise_gain={self.noise_gain:g}")
+        return (
+            f"noise_p={self.noise_p}, noise_max_rel={self.noise_max_rel}, stretch_p={self.stretch_p}, "
+            f"stretch_range={self.stretch_range}, stretch_method={self.stretch_method!r}, "
+            f"noise_gain={self.noise_gain:g}"
+        )

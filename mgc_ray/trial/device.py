@@ -17,6 +17,7 @@ share: an error of its own, which recurs (trainable.py stops its retries). An
 out-of-memory error well below the cap means the GPU itself was full (a process
 outside Ray, or CUDA contexts beyond the headroom): `GpuBusyError`, retried.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,15 +53,14 @@ class GpuBusyError(RuntimeError):
 class TrialDevice:
     """Where a trial trains."""
 
-    device: str                    # "cpu" or "cuda:<index as torch sees it>"
-    name: str                      # "cpu" or the GPU's name, e.g. "NVIDIA H200"
+    device: str  # "cpu" or "cuda:<index as torch sees it>"
+    name: str  # "cpu" or the GPU's name, e.g. "NVIDIA H200"
     gpu_ids: tuple[str, ...] = ()  # the ids Ray assigned (node-level)
-    share: float = 0.0             # GPUs the trial holds (a fraction when trials share one)
+    share: float = 0.0  # GPUs the trial holds (a fraction when trials share one)
     memory_fraction: float | None = None  # the allocator's cap as a part of the GPU; None: no cap
 
 
-def choose_device(gpu_ids: Sequence[str], cuda_available: bool, cuda_count: int,
-                  visible: str | None) -> str:
+def choose_device(gpu_ids: Sequence[str], cuda_available: bool, cuda_count: int, visible: str | None) -> str:
     """The torch device for a trial Ray gave `gpu_ids`.
 
     Args:
@@ -79,20 +79,25 @@ def choose_device(gpu_ids: Sequence[str], cuda_available: bool, cuda_count: int,
     if not ids:
         return "cpu"
     if len(ids) > 1:
-        raise DeviceError(f"this trial holds GPUs {','.join(ids)} but trains on one: "
-                          "search with --gpus-per-trial 1 or less")
+        raise DeviceError(
+            f"this trial holds GPUs {','.join(ids)} but trains on one: search with --gpus-per-trial 1 or less"
+        )
     if not cuda_available or cuda_count < 1:
-        raise DeviceError(f"Ray gave this trial GPU {ids[0]} but torch sees no CUDA device "
-                          f"(CUDA_VISIBLE_DEVICES={visible!r}): install a CUDA build of torch on the GPU "
-                          "nodes, or search on the CPUs with --gpus-per-trial 0")
+        raise DeviceError(
+            f"Ray gave this trial GPU {ids[0]} but torch sees no CUDA device "
+            f"(CUDA_VISIBLE_DEVICES={visible!r}): install a CUDA build of torch on the GPU "
+            "nodes, or search on the CPUs with --gpus-per-trial 0"
+        )
     shown = [v.strip() for v in visible.split(",") if v.strip()] if visible is not None else None
     if shown is None:
         index = int(ids[0]) if ids[0].isdigit() else 0
     elif ids[0] in shown:
         index = shown.index(ids[0])
     else:
-        raise DeviceError(f"Ray gave this trial GPU {ids[0]} but CUDA_VISIBLE_DEVICES={visible!r} hides it: "
-                          "do not set CUDA_VISIBLE_DEVICES for Ray workers")
+        raise DeviceError(
+            f"Ray gave this trial GPU {ids[0]} but CUDA_VISIBLE_DEVICES={visible!r} hides it: "
+            "do not set CUDA_VISIBLE_DEVICES for Ray workers"
+        )
     if index >= cuda_count:
         raise DeviceError(f"Ray gave this trial GPU {ids[0]} but torch sees only {cuda_count} CUDA device(s)")
     return f"cuda:{index}"
@@ -118,17 +123,22 @@ def oom_error(batch_size: int, share: float, cap_bytes: int | None, reserved_byt
         GpuMemoryError (its own cap or the whole GPU reached: recurs) or GpuBusyError (below the
         cap: the GPU was full with other work; retried).
     """
-    gib = 2 ** 30
+    gib = 2**30
     if cap_bytes is not None and reserved_bytes < OWN_CAP_REACHED * cap_bytes:
-        return GpuBusyError(f"CUDA out of memory with {reserved_bytes / gib:.1f} of this trial's "
-                            f"{cap_bytes / gib:.1f} GiB in use: the GPU is full with other work; keep other "
-                            "processes off the trials' GPUs")
+        return GpuBusyError(
+            f"CUDA out of memory with {reserved_bytes / gib:.1f} of this trial's "
+            f"{cap_bytes / gib:.1f} GiB in use: the GPU is full with other work; keep other "
+            "processes off the trials' GPUs"
+        )
     if cap_bytes is None:
-        return GpuMemoryError(f"CUDA out of memory at batch size {batch_size} on a whole GPU: "
-                              "lower the search space's batch_size")
-    return GpuMemoryError(f"CUDA out of memory at batch size {batch_size} in {share:g} of a GPU "
-                          f"({cap_bytes / gib:.1f} GiB): give each trial more (--gpus-per-trial {min(1.0, 2 * share):g}) "
-                          "or lower the search space's batch_size")
+        return GpuMemoryError(
+            f"CUDA out of memory at batch size {batch_size} on a whole GPU: lower the search space's batch_size"
+        )
+    return GpuMemoryError(
+        f"CUDA out of memory at batch size {batch_size} in {share:g} of a GPU "
+        f"({cap_bytes / gib:.1f} GiB): give each trial more (--gpus-per-trial {min(1.0, 2 * share):g}) "
+        "or lower the search space's batch_size"
+    )
 
 
 def trial_device(share: float) -> TrialDevice:
@@ -145,8 +155,9 @@ def trial_device(share: float) -> TrialDevice:
         return TrialDevice("cpu", "cpu")
     import torch
 
-    dev = choose_device(ids, torch.cuda.is_available(), torch.cuda.device_count(),
-                        os.environ.get("CUDA_VISIBLE_DEVICES"))
+    dev = choose_device(
+        ids, torch.cuda.is_available(), torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
     frac = memory_fraction(share)
     device = torch.device(dev)
     torch.cuda.set_device(device)

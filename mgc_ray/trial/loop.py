@@ -3,6 +3,7 @@
 The trial (`trainable.py`) feeds it batches from Ray Data; tests and
 benchmarks feed it tensors directly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,14 +54,20 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = True)
     step counts on the device (the for-each Adam reads each step count on the host); the
     same update up to float rounding. `fused=False` is torch's default for comparison.
     """
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=True if fused else None)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if fused else None)
 
 
-def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                optimizer: torch.optim.Optimizer, *, augment=None, generator=None,
-                recipe: Recipe | None = None, device: torch.device | None = None,
-                amp: bool = True) -> dict[str, float]:
+def train_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    augment=None,
+    generator=None,
+    recipe: Recipe | None = None,
+    device: torch.device | None = None,
+    amp: bool = True,
+) -> dict[str, float]:
     """One pass over `batches` with unweighted cross-entropy (the paper's loss).
 
     Args:
@@ -130,8 +137,7 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
         raise RuntimeError("the training split gave no batch: is it smaller than one batch?")
     mean = float(total) / n  # the epoch's one host read; it waits for the last step
     seconds = time.perf_counter() - t0
-    out = {"loss": mean, "samples": n, "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9),
-           "data_wait_s": wait}
+    out = {"loss": mean, "samples": n, "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9), "data_wait_s": wait}
     if timing:  # every event has completed: float(total) waited for the last step
         busy = sum(a.elapsed_time(b) for a, b in zip(marks[1::2], marks[2::2]))  # ms inside steps
         span = marks[0].elapsed_time(marks[-1])  # ms from the epoch's start to its last step's end
@@ -140,8 +146,9 @@ def train_epoch(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, batches: Iterable, *, device: torch.device | None = None,
-                   amp: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_logits(
+    model: torch.nn.Module, batches: Iterable, *, device: torch.device | None = None, amp: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits of every crop.
 
     Args:
@@ -163,8 +170,9 @@ def predict_logits(model: torch.nn.Module, batches: Iterable, *, device: torch.d
     return torch.cat(out).numpy(), torch.cat(labels).numpy(), torch.cat(ids).numpy()
 
 
-def track_level(logits: np.ndarray, labels: np.ndarray,
-                track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def track_level(
+    logits: np.ndarray, labels: np.ndarray, track_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average the crops' logits per track (crops covering the whole clip).
 
     Args:

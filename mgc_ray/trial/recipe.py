@@ -22,6 +22,7 @@ device as small tensors: nothing is read back from the device in a training step
 
 Validation, test and prediction never see any of this: only `train.train_epoch` draws.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ class Draw(NamedTuple):
 
     masks: Masks | None
     partner: torch.Tensor | None  # (B,) index of each example's mixup partner; None: no mixup
-    lam: float                    # weight of each example itself (1.0 without mixup)
+    lam: float  # weight of each example itself (1.0 without mixup)
 
     def mix(self, wave: torch.Tensor) -> torch.Tensor:
         """Args: wave (B, N). Returns: (B, N) lam x wave + (1 - lam) x partner's (wave itself without mixup)."""

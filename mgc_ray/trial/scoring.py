@@ -1,5 +1,6 @@
 """Score a trained model on a split: crop level (one centred crop, the paper's way)
 and track level (crops covering the whole clip, logits averaged)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,15 @@ class Scores:
     track_ids: tuple[int, ...]
 
 
-def score_split(model: torch.nn.Module, ds, label_names: list[str], *, crop_len: int,
-                batch_size: int = EVAL_BATCH, device: torch.device | None = None) -> Scores:
+def score_split(
+    model: torch.nn.Module,
+    ds,
+    label_names: list[str],
+    *,
+    crop_len: int,
+    batch_size: int = EVAL_BATCH,
+    device: torch.device | None = None,
+) -> Scores:
     """Every metric of `mgc_ray.metrics` at crop and track level.
 
     Args:
@@ -52,12 +60,22 @@ def score_split(model: torch.nn.Module, ds, label_names: list[str], *, crop_len:
     device = device or pick_device()
     model = prepare_model(model, device)
     k = len(label_names)
-    logits, labels, _ = predict_logits(model, eval_batches(ds, crop_len=crop_len, batch_size=batch_size,
-                                                           mode="centre", device=str(device)), device=device)
+    logits, labels, _ = predict_logits(
+        model,
+        eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="centre", device=str(device)),
+        device=device,
+    )
     crop, confusion = score(logits, labels, label_names), confusion_matrix(labels, logits.argmax(1), k)
-    logits, labels, ids = predict_logits(model, eval_batches(ds, crop_len=crop_len, batch_size=batch_size,
-                                                             mode="cover", device=str(device)), device=device)
+    logits, labels, ids = predict_logits(
+        model,
+        eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="cover", device=str(device)),
+        device=device,
+    )
     logits, labels, tracks = track_level(logits, labels, ids)
-    return Scores(crop=crop, track=score(logits, labels, label_names), confusion=confusion,
-                  track_confusion=confusion_matrix(labels, logits.argmax(1), k),
-                  track_ids=tuple(int(t) for t in tracks))
+    return Scores(
+        crop=crop,
+        track=score(logits, labels, label_names),
+        confusion=confusion,
+        track_confusion=confusion_matrix(labels, logits.argmax(1), k),
+        track_ids=tuple(int(t) for t in tracks),
+    )

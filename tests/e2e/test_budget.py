@@ -1,6 +1,7 @@
 """Budgets (--time-budget, --gpu-hours): a spent budget ends a search as a finished one, with
 its results, its test metrics and nothing left RUNNING, and says so; --resume continues the
 count. Bad durations are one line and exit 2."""
+
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from mgc_ray.search.duration import parse_duration
 N_TRIALS, EPOCHS = 4, 3
 
 
-@pytest.mark.parametrize("text,seconds", [("90s", 90), ("20m", 1200), ("2h", 7200), ("1h30m", 5400),
-                                          ("45", 45), ("1.5m", 90), (" 2H ", 7200)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("90s", 90), ("20m", 1200), ("2h", 7200), ("1h30m", 5400), ("45", 45), ("1.5m", 90), (" 2H ", 7200)],
+)
 def test_durations_parse(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -25,12 +28,22 @@ def test_a_bad_duration_is_a_user_error(text):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("argv,needle", [(["--time-budget", "soon"], "is not a duration"),
-                                         (["--time-budget", "0m"], "more than 0 seconds"),
-                                         (["--gpu-hours", "0"], "--gpu-hours must be > 0")])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--time-budget", "soon"], "is not a duration"),
+        (["--time-budget", "0m"], "more than 0 seconds"),
+        (["--gpu-hours", "0"], "--gpu-hours must be > 0"),
+    ],
+)
 def test_bad_budget_flags_are_one_line_and_exit_2(tmp_path, argv, needle):
-    proc = subprocess.run([sys.executable, "-m", "mgc_ray.tune", "--arch", "densenet", *argv], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mgc_ray.tune", "--arch", "densenet", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and needle in proc.stderr and "Traceback" not in proc.stderr
 
@@ -86,10 +99,23 @@ def test_a_spent_budget_ends_the_search_with_results(tmp_path, smoke_home, cli_r
     # A budget that is spent before the first report: the first trial (a paper trial) is
     # stopped at its first epoch, no other trial starts, and the search still finishes; with
     # several archs the same budget ends the one search over all of them.
-    run = cli_runs("mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard", "--num-samples", str(N_TRIALS),
-                                             "--max-epochs", str(EPOCHS), "--time-budget", "1s",
-                                             arch=",".join(archs)),
-                   cwd=tmp_path, env=rel.env(smoke_home))
+    run = cli_runs(
+        "mgc_ray.tune",
+        *rel.args(
+            tmp_path,
+            "--smoke",
+            "--no-dashboard",
+            "--num-samples",
+            str(N_TRIALS),
+            "--max-epochs",
+            str(EPOCHS),
+            "--time-budget",
+            "1s",
+            arch=",".join(archs),
+        ),
+        cwd=tmp_path,
+        env=rel.env(smoke_home),
+    )
     assert run.wait(600) == 0, run.tail()
     out = run.output
     assert "| ours, paper settings |" in out, "the comparison table is printed"
@@ -106,8 +132,9 @@ def test_a_spent_budget_ends_the_search_with_results(tmp_path, smoke_home, cli_r
         assert parent.data.metrics["search/wall_s"] > 1
     c, parent, _ = searches[trial.data.params["arch"]]
     assert "test/paper_f1" in parent.data.metrics and "test/paper_f1" in trial.data.metrics
-    assert [m.step for m in c.get_metric_history(trial.info.run_id, "val/loss")] == [0], \
+    assert [m.step for m in c.get_metric_history(trial.info.run_id, "val/loss")] == [0], (
         "the trial ran one epoch: it was stopped at its first report"
+    )
     results = next((tmp_path / "results" / "demo-smoke").glob(f"{'+'.join(archs)}-*"))
     if len(archs) > 1:
         assert ended in (results / "summary.md").read_text()
@@ -120,14 +147,28 @@ def test_a_spent_budget_ends_the_search_with_results(tmp_path, smoke_home, cli_r
 def test_resume_continues_the_budget_count(tmp_path, smoke_home, cli_runs, rel):
     # A search with a large budget, interrupted mid-trial; resumed with a budget smaller than
     # what the first session already spent, it starts no new trial: the count went on.
-    args = rel.args(tmp_path, "--smoke", "--no-dashboard", "--space", str(tmp_path / "space.yaml"),
-                    "--num-samples", str(N_TRIALS), "--max-epochs", "6", "--grace-period", "6")
+    args = rel.args(
+        tmp_path,
+        "--smoke",
+        "--no-dashboard",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--num-samples",
+        str(N_TRIALS),
+        "--max-epochs",
+        "6",
+        "--grace-period",
+        "6",
+    )
     (tmp_path / "space.yaml").write_text(rel.CALM_SPACE)
     env = rel.env(smoke_home)
     run = cli_runs("mgc_ray.tune", *args, "--time-budget", "1h", cwd=tmp_path, env=env)
     exp = run.wait_until(lambda: rel.experiment_dir(tmp_path), 120, "the Tune experiment folder")
-    run.wait_until(lambda: any(0 < len(rows) < 6 for rows in rel.trial_results(exp).values()), 300,
-                   "a trial part-way through its epochs")
+    run.wait_until(
+        lambda: any(0 < len(rows) < 6 for rows in rel.trial_results(exp).values()),
+        300,
+        "a trial part-way through its epochs",
+    )
     run.signal(signal.SIGINT)
     assert run.wait(120) == 130, run.tail()
     parent, children = _runs(rel, tmp_path)
@@ -151,9 +192,14 @@ def test_resume_continues_the_budget_count(tmp_path, smoke_home, cli_runs, rel):
 
 def test_gpu_hours_without_gpus_is_refused(tmp_path, smoke_home, rel):
     # Here the trials get no GPU, so GPU-hours would never be spent: one line, exit 2, before any trial.
-    proc = subprocess.run([sys.executable, "-m", "mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard",
-                                                                           "--gpu-hours", "0.5")],
-                          cwd=tmp_path, env=rel.env(smoke_home), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard", "--gpu-hours", "0.5")],
+        cwd=tmp_path,
+        env=rel.env(smoke_home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "--gpu-hours" in errors[0] and "Traceback" not in proc.stderr

@@ -1,4 +1,5 @@
 """Any collection: a folder per genre or a CSV, through prepare -> tune -> evaluate -> predict as a user runs it."""
+
 import json
 import os
 
@@ -46,8 +47,10 @@ def test_a_folder_per_genre_gives_its_labels_and_every_format(tmp_path):
 
 
 def test_a_csv_with_artists_keeps_each_artist_in_one_split(tmp_path, capsys):
-    rows = [{"path": f"a/{i}.wav", "label": ["rock", "jazz", "pop", "folk"][i % 4], "artist": f"artist{i // 3}"}
-            for i in range(120)]
+    rows = [
+        {"path": f"a/{i}.wav", "label": ["rock", "jazz", "pop", "folk"][i % 4], "artist": f"artist{i // 3}"}
+        for i in range(120)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "list.csv", index=False)
     ds = collection.from_csv(tmp_path / "list.csv", "artist", seed=0)
     assert ds.label_names == ["folk", "jazz", "pop", "rock"]
@@ -64,14 +67,21 @@ def test_a_csv_with_artists_keeps_each_artist_in_one_split(tmp_path, capsys):
 def test_a_csv_split_column_is_used_as_given(tmp_path):
     split = ["train"] * 6 + ["validation", "test"]
     pd.DataFrame({"path": [f"{i}.flac" for i in range(8)], "label": ["x", "y"] * 4, "split": split}).to_csv(
-        tmp_path / "s.csv", index=False)
+        tmp_path / "s.csv", index=False
+    )
     ds = collection.from_csv(tmp_path / "s.csv", "given")
     assert list(ds.tracks["split"]) == ["train"] * 6 + ["val", "test"]
 
 
-@pytest.mark.parametrize("case, match", [
-    ("one_genre", "at least two"), ("artist_without_column", "needs artists"), ("missing_label", "lacks the column"),
-    ("bad_split_value", "use train, val or test")])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("one_genre", "at least two"),
+        ("artist_without_column", "needs artists"),
+        ("missing_label", "lacks the column"),
+        ("bad_split_value", "use train, val or test"),
+    ],
+)
 def test_bad_collections_are_one_clear_error(tmp_path, case, match):
     if case == "one_genre":
         _write_collection(tmp_path / "m", tracks_per_genre=2)
@@ -81,9 +91,11 @@ def test_bad_collections_are_one_clear_error(tmp_path, case, match):
         with pytest.raises(UserError, match=match):
             collection.from_folder(tmp_path / "m")
         return
-    frame = {"artist_without_column": pd.DataFrame({"path": ["a.wav", "b.wav"], "label": ["x", "y"]}),
-             "missing_label": pd.DataFrame({"path": ["a.wav"], "genre": ["x"]}),
-             "bad_split_value": pd.DataFrame({"path": ["a.wav", "b.wav"], "label": ["x", "y"], "split": ["train", "dev"]})}
+    frame = {
+        "artist_without_column": pd.DataFrame({"path": ["a.wav", "b.wav"], "label": ["x", "y"]}),
+        "missing_label": pd.DataFrame({"path": ["a.wav"], "genre": ["x"]}),
+        "bad_split_value": pd.DataFrame({"path": ["a.wav", "b.wav"], "label": ["x", "y"], "split": ["train", "dev"]}),
+    }
     frame[case].to_csv(tmp_path / "c.csv", index=False)
     split = {"artist_without_column": "artist", "bad_split_value": "given"}.get(case, "paper")
     with pytest.raises(UserError, match=match):
@@ -106,9 +118,23 @@ def test_folder_per_genre_prepare_tune_evaluate_predict(tmp_path, run_module):
     assert sum(manifest["num_tracks"].values()) == len(files) and not manifest["bad_tracks"]
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_module("mgc_ray.tune", "--arch", "baseline_a_2d", "--audio-dir", str(music), "--smoke",
-                      "--no-dashboard", "--mlflow-uri", uri, "--results-dir", str(tmp_path / "results"),
-                      "--storage-path", str(tmp_path / "ray"), env=env, cwd=tmp_path)
+    proc = run_module(
+        "mgc_ray.tune",
+        "--arch",
+        "baseline_a_2d",
+        "--audio-dir",
+        str(music),
+        "--smoke",
+        "--no-dashboard",
+        "--mlflow-uri",
+        uri,
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--storage-path",
+        str(tmp_path / "ray"),
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     c = MlflowClient(tracking_uri=uri)
     exp = c.get_experiment_by_name("mgc_ray/baseline_a_2d/folder-music")
@@ -117,15 +143,25 @@ def test_folder_per_genre_prepare_tune_evaluate_predict(tmp_path, run_module):
     assert parent.data.params["cache"] == cache, "tune found the cache prepare made: no second decode"
 
     out = tmp_path / "eval"
-    proc = run_module("mgc_ray.evaluate", "--run-id", parent.info.run_id, "--mlflow-uri", uri, "--out", str(out),
-                      env=env, cwd=tmp_path)
+    proc = run_module(
+        "mgc_ray.evaluate",
+        "--run-id",
+        parent.info.run_id,
+        "--mlflow-uri",
+        uri,
+        "--out",
+        str(out),
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label_names"] == sorted(GENRES) and metrics["tracks"] == manifest["num_tracks"]["test"]
 
     some = [p for p in files if p.endswith((".ogg", ".au"))][:2]
-    proc = run_module("mgc_ray.predict", *some, "--run-id", parent.info.run_id, "--mlflow-uri", uri, "--json",
-                      env=env, cwd=tmp_path)
+    proc = run_module(
+        "mgc_ray.predict", *some, "--run-id", parent.info.run_id, "--mlflow-uri", uri, "--json", env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     text = json.dumps(doc)

@@ -1,5 +1,6 @@
 """`python -m mgc_ray.compare`: the session's real search store, and the row-choosing rules
 on a store written here run by run."""
+
 import csv
 from pathlib import Path
 
@@ -75,8 +76,14 @@ def test_store_without_searches_is_one_clear_error(run_module, tmp_path):
 
 # --- the rules that choose rows, on a store written run by run ---------------------
 def _metrics(base: float) -> dict:
-    return {"test/paper_f1": base, "test/paper_accuracy": 0.8 + base / 10, "test/macro_precision": base,
-            "test/macro_recall": base, "test/macro_f1": base, "test/top1_accuracy": base}
+    return {
+        "test/paper_f1": base,
+        "test/paper_accuracy": 0.8 + base / 10,
+        "test/macro_precision": base,
+        "test/macro_recall": base,
+        "test/macro_f1": base,
+        "test/top1_accuracy": base,
+    }
 
 
 class Store:
@@ -95,17 +102,24 @@ class Store:
 
     def search(self, exp: str, name: str, *, paper_only=False, status="FINISHED", best=None, tags=None):
         self.t += 1000
-        run = self.c.create_run(exp, run_name=name, start_time=self.t,
-                                tags={"mgc.source": "search", **({"mgc.best_trial": best} if best else {}),
-                                      **(tags or {})})
+        run = self.c.create_run(
+            exp,
+            run_name=name,
+            start_time=self.t,
+            tags={"mgc.source": "search", **({"mgc.best_trial": best} if best else {}), **(tags or {})},
+        )
         self.tracking.log_params(self.c, run.info.run_id, {"paper_only": paper_only})
         self.c.set_terminated(run.info.run_id, status)
         return run.info.run_id
 
     def trial(self, exp: str, parent: str, trial_id: str, params: dict, val_loss: float, test: float | None):
         self.t += 1000
-        run = self.c.create_run(exp, run_name=trial_id, start_time=self.t, tags={
-            "mgc.source": "trial", "mgc.trial_id": trial_id, "mlflow.parentRunId": parent})
+        run = self.c.create_run(
+            exp,
+            run_name=trial_id,
+            start_time=self.t,
+            tags={"mgc.source": "trial", "mgc.trial_id": trial_id, "mlflow.parentRunId": parent},
+        )
         rid = run.info.run_id
         self.tracking.log_params(self.c, rid, params)
         self.tracking.log_metrics(self.c, rid, {"best/val_loss": val_loss, **(_metrics(test) if test else {})})
@@ -115,8 +129,14 @@ class Store:
 
 def _paper_params(arch: str) -> dict:
     p = PAPER[arch]
-    return {"lr": p.lr, "weight_decay": p.weight_decay, "batch_size": p.batch_size, "window": p.window,
-            "n_mels": p.n_mels, "crop_seconds": p.crop_seconds}
+    return {
+        "lr": p.lr,
+        "weight_decay": p.weight_decay,
+        "batch_size": p.batch_size,
+        "window": p.window,
+        "n_mels": p.n_mels,
+        "crop_seconds": p.crop_seconds,
+    }
 
 
 def test_rows_are_chosen_by_the_documented_rules(tmp_path):

@@ -2,6 +2,7 @@
 MGC_HOME (so one demo and one cache, written once), one MLflow store, one results folder and
 one Tune storage path. Each gets its own Ray and dashboard (the loser of a port race starts
 again on another port), its own search name, and every run and result survives."""
+
 import re
 
 import pytest
@@ -40,9 +41,12 @@ def test_searches_started_at_once_each_finish_and_lose_nothing(tmp_path, cli_run
     assert len(runs_all) == 1 + 2 * SEARCHES and not [r for r in runs_all if r.info.status == "RUNNING"]
     retried = sum("starting Ray again" in out for out in outs)
     assert all(not run.leftovers() for run in runs), "each command's local Ray ends with it"
-    faults.record(f"{SEARCHES} searches started at the same instant (one MGC_HOME, MLflow store, results "
-                  f"and storage path; {retried} lost the dashboard port race and restarted Ray)", 1,
-                  "each finished with its own Ray, dashboard, name, MLflow runs and results; nothing lost")
+    faults.record(
+        f"{SEARCHES} searches started at the same instant (one MGC_HOME, MLflow store, results "
+        f"and storage path; {retried} lost the dashboard port race and restarted Ray)",
+        1,
+        "each finished with its own Ray, dashboard, name, MLflow runs and results; nothing lost",
+    )
 
 
 def rel_arch(rel) -> str:

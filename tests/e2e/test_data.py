@@ -1,4 +1,5 @@
 """Ray Data epochs: genre-mixed batches, repeatable epochs without a barrier, stretch without silence."""
+
 import os
 import re
 
@@ -81,8 +82,10 @@ def small_cache(tmp_path_factory):
 
 
 def _epoch(datasets, epoch: int) -> list[tuple[list[int], float]]:
-    return [(label.tolist(), float(wave.double().sum())) for wave, label in
-            train_batches(datasets, crop_len=2000, batch_size=8, seed=3, epoch=epoch)]
+    return [
+        (label.tolist(), float(wave.double().sum()))
+        for wave, label in train_batches(datasets, crop_len=2000, batch_size=8, seed=3, epoch=epoch)
+    ]
 
 
 @pytest.mark.parametrize("materialise", [False, True], ids=["streamed", "materialised"])
@@ -118,11 +121,20 @@ def test_stretched_crops_of_long_tracks_end_in_audio(method):
     window = aug.input_len(crop)
     rng = np.random.default_rng(0)
     long = (rng.standard_normal(5 * crop) * 3000).astype(np.int16)  # a 20,000-sample track
-    rows = _crop_rows({"track_id": [1, 2, 3], "label": [0, 0, 0], "samples": [long, long, long]},
-                      crop_len=window, mode="random", seed=0, epoch=0)
+    rows = _crop_rows(
+        {"track_id": [1, 2, 3], "label": [0, 0, 0], "samples": [long, long, long]},
+        crop_len=window,
+        mode="random",
+        seed=0,
+        epoch=0,
+    )
     wave = torch.from_numpy(rows["wave"]).float() / 32768  # (3, window)
-    params = {"stretch": np.ones(3, dtype=bool), "rate": np.array([1.1, 0.9, 1.05]), "noise": np.zeros(3, dtype=bool),
-              "noise_rel": np.zeros(3, dtype=np.float32)}
+    params = {
+        "stretch": np.ones(3, dtype=bool),
+        "rate": np.array([1.1, 0.9, 1.05]),
+        "noise": np.zeros(3, dtype=bool),
+        "noise_rel": np.zeros(3, dtype=np.float32),
+    }
     out = aug.apply(wave, params, out_len=crop)
     assert out.shape == (3, crop)
     tail = out[:, -200:].abs().amax(dim=1)
@@ -131,8 +143,9 @@ def test_stretched_crops_of_long_tracks_end_in_audio(method):
     bare = aug.apply(wave[:, :crop], params)
     assert float(bare[0, -200:].abs().max()) == 0.0
     # a track shorter than the crop is zero-padded as before
-    short = _crop_rows({"track_id": [4], "label": [0], "samples": [long[:crop // 2]]}, crop_len=window,
-                       mode="random", seed=0, epoch=0)["wave"]
+    short = _crop_rows(
+        {"track_id": [4], "label": [0], "samples": [long[: crop // 2]]}, crop_len=window, mode="random", seed=0, epoch=0
+    )["wave"]
     padded = aug.apply(torch.from_numpy(short).float(), {k: v[:1] for k, v in params.items()}, out_len=crop)
     assert padded.shape == (1, crop) and float(padded[0, -100:].abs().max()) == 0.0
 

@@ -1,4 +1,5 @@
 """`python -m mgc_ray.evaluate` on a model trained in the session (the `smoke_search` fixture)."""
+
 import csv
 import json
 
@@ -16,8 +17,9 @@ OUT_FILES = ("metrics.json", "confusion_matrix.png", "confusion_matrix_track.png
 
 def test_run_id_scores_the_test_split_and_logs_to_the_run(smoke_search, run_module, tmp_path):
     out = tmp_path / "eval"
-    proc = run_module("mgc_ray.evaluate", "--run-id", smoke_search.best_run_id, "--mlflow-uri", smoke_search.uri,
-                      "--out", str(out))
+    proc = run_module(
+        "mgc_ray.evaluate", "--run-id", smoke_search.best_run_id, "--mlflow-uri", smoke_search.uri, "--out", str(out)
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in OUT_FILES:
         assert (out / name).is_file(), name
@@ -58,8 +60,21 @@ def test_run_id_scores_the_test_split_and_logs_to_the_run(smoke_search, run_modu
 # ray_local: evaluate reuses a Ray that is already up (and leaves it up)
 def test_checkpoint_and_cache_on_the_validation_split(smoke_search, ray_local, tmp_path, capsys):
     out = tmp_path / "val"
-    assert evaluate_main(["--checkpoint", smoke_search.checkpoint, "--cache", smoke_search.cache,
-                          "--split", "val", "--out", str(out)]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                smoke_search.checkpoint,
+                "--cache",
+                smoke_search.cache,
+                "--split",
+                "val",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == "val" and m["run_id"] is None
     # The checkpoint kept the epoch of the lowest validation loss; scoring the same centred
@@ -81,13 +96,16 @@ def test_cache_at_another_sample_rate_is_refused(smoke_search, tmp_path):
         evaluate_main(["--checkpoint", smoke_search.checkpoint, "--cache", str(cache), "--out", str(tmp_path / "o")])
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--checkpoint", "{ckpt}"], r"no cache to score on: give --cache"),
-    (["--run-id", "0123456789abcdef"], r"no run '0123456789abcdef'"),
-    (["--run-id", "{paper}"], r"paper's Table 1 reference"),
-    (["--run-id", "x", "--mlflow-uri", "sqlite:///{tmp}/none.db"], r"no MLflow store"),
-    (["--checkpoint", "{tmp}"], r"no checkpoint at"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--checkpoint", "{ckpt}"], r"no cache to score on: give --cache"),
+        (["--run-id", "0123456789abcdef"], r"no run '0123456789abcdef'"),
+        (["--run-id", "{paper}"], r"paper's Table 1 reference"),
+        (["--run-id", "x", "--mlflow-uri", "sqlite:///{tmp}/none.db"], r"no MLflow store"),
+        (["--checkpoint", "{tmp}"], r"no checkpoint at"),
+    ],
+)
 def test_bad_input_is_one_clear_error(smoke_search, tmp_path, args, match):
     from mlflow.tracking import MlflowClient
 
@@ -100,8 +118,9 @@ def test_bad_input_is_one_clear_error(smoke_search, tmp_path, args, match):
 
 
 def test_cli_error_is_one_line_and_exit_2(smoke_search, run_module, tmp_path):
-    proc = run_module("mgc_ray.evaluate", "--checkpoint", smoke_search.checkpoint, "--split", "train",
-                      "--cache", smoke_search.cache)
+    proc = run_module(
+        "mgc_ray.evaluate", "--checkpoint", smoke_search.checkpoint, "--split", "train", "--cache", smoke_search.cache
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr

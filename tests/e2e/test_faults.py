@@ -1,6 +1,7 @@
 """Faults inside a search, injected for real: a trial's worker SIGKILLed mid-epoch, a trial
 that raises. The search goes on, resumes the killed trial from its checkpoint, records
 the raising one as failed, and loses nothing. The same run checks the dashboard's guard."""
+
 import os
 import re
 import signal
@@ -32,18 +33,36 @@ def _trial_workers(run, rel) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alone(
-        tmp_path, smoke_home, cli_runs, rel, faults):
+    tmp_path, smoke_home, cli_runs, rel, faults
+):
     space = tmp_path / "space.yaml"
     space.write_text(rel.DIVERGING_SPACE)
     # seed 0: Optuna draws lr 1e8 for the second trial (checked below), the paper's lr first and third
-    run = cli_runs("mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--space", str(space), "--num-samples", "3",
-                                             "--max-epochs", str(EPOCHS), "--seed", "0", "--dashboard-host", "0.0.0.0"),
-                   cwd=tmp_path, env=rel.env(smoke_home))
+    run = cli_runs(
+        "mgc_ray.tune",
+        *rel.args(
+            tmp_path,
+            "--smoke",
+            "--space",
+            str(space),
+            "--num-samples",
+            "3",
+            "--max-epochs",
+            str(EPOCHS),
+            "--seed",
+            "0",
+            "--dashboard-host",
+            "0.0.0.0",
+        ),
+        cwd=tmp_path,
+        env=rel.env(smoke_home),
+    )
 
     # Safe defaults: a dashboard on another host than 127.0.0.1 is warned about, and its API
     # wants Ray's token (RAY_AUTH_MODE stays as ray.init sets it: token).
-    found = run.wait_until(lambda: re.search(r"Ray dashboard at http://\S+:(\d+)", run.output), 180,
-                           "the dashboard address")
+    found = run.wait_until(
+        lambda: re.search(r"Ray dashboard at http://\S+:(\d+)", run.output), 180, "the dashboard address"
+    )
     assert "has no authentication of its own beyond Ray's token" in run.output
     api = f"http://127.0.0.1:{found.group(1)}/api/version"
     assert _status(api) == 401, "the dashboard API must refuse a request without Ray's token"
@@ -53,8 +72,9 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
 
     # A worker dies mid-epoch: SIGKILL the first trial's process once its first checkpoint is reported.
     exp = run.wait_until(lambda: rel.experiment_dir(tmp_path), 120, "the Tune experiment folder")
-    first = run.wait_until(lambda: next((t for t, rs in rel.trial_results(exp).items() if rs), None), 240,
-                           "the first trial's first epoch")
+    first = run.wait_until(
+        lambda: next((t for t, rs in rel.trial_results(exp).items() if rs), None), 240, "the first trial's first epoch"
+    )
     # The driver logs a result before it has taken in the checkpoint reported with it (an
     # asynchronous save step): wait for that checkpoint's folder, so the retry has one to start from.
     run.wait_until(lambda: any(exp.glob(f"train_trial_{first}_*/checkpoint_*")), 60, "the first checkpoint")
@@ -88,7 +108,8 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
 
     failed = [r for r in children if r.info.status == "FAILED"]
     assert len(failed) == 1 and float(failed[0].data.params["lr"]) == 1e8, (
-        "Optuna no longer draws lr 1e8 for seed 0: pick a --seed that does")
+        "Optuna no longer draws lr 1e8 for seed 0: pick a --seed that does"
+    )
     assert "diverged" in failed[0].data.tags["mgc.error"]
     assert not results[failed[0].data.tags["mgc.trial_id"]], "the diverged trial never reported an epoch"
     error_txt = next(exp.glob(f"train_trial_{failed[0].data.tags['mgc.trial_id']}_*/error.txt")).read_text()
@@ -96,7 +117,8 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
     assert len(attempts) == 1 + MAX_FAILURES, "Tune retries any error (FailureConfig)"
     assert "FloatingPointError" in attempts[0] and "RecurringTrialError" not in attempts[0]
     assert all("RecurringTrialError: FloatingPointError" in a for a in attempts[1:]), (
-        "a retry of the trial's own error stops at once, it does not re-run the epoch")
+        "a retry of the trial's own error stops at once, it does not re-run the epoch"
+    )
     assert re.search(rf"mgc_ray: trial {failed[0].data.tags['mgc.trial_id']} failed: .*diverged", out)
 
     ok = [r for r in children if r.info.status == "FINISHED"]
@@ -104,7 +126,13 @@ def test_killed_worker_resumes_from_its_checkpoint_and_a_raising_trial_fails_alo
     board = next((tmp_path / "results" / "demo-smoke").glob("*/leaderboard.csv")).read_text().splitlines()
     assert len(board) == 1 + 3 and sum(",ERROR," in row for row in board) == 1
     assert not run.leftovers(), "the command's local Ray ends with it"
-    faults.record("a trial's worker SIGKILLed mid-trial", 1,
-                  "the trial resumed from its checkpoint; each epoch was logged once in MLflow")
-    faults.record("a trial that raises (diverged loss)", 1 + MAX_FAILURES,
-                  "it alone failed; its retries stopped at once; the search finished")
+    faults.record(
+        "a trial's worker SIGKILLed mid-trial",
+        1,
+        "the trial resumed from its checkpoint; each epoch was logged once in MLflow",
+    )
+    faults.record(
+        "a trial that raises (diverged loss)",
+        1 + MAX_FAILURES,
+        "it alone failed; its retries stopped at once; the search finished",
+    )

@@ -10,6 +10,7 @@ in 100 shards of 64, as prepare writes them) and its epoch of 6,400 crops, but 3
 instead of 30-s ones (1.1 GB instead of 10.6 GB, for CI's time): what a fault can lose or
 repeat here are shards, blocks and tasks, and those are FMA small's count.
 """
+
 import collections
 import os
 import signal
@@ -20,14 +21,14 @@ import pytest
 
 from mgc_ray.config import CACHE_SAMPLE_RATE
 
-TRACKS = 8000                     # FMA small
-CLIP_S = 3.0                      # see the module doc: the shard and track counts are FMA small's
-CROP = 2 * CACHE_SAMPLE_RATE      # 2-s training windows (the smoke search's crops)
+TRACKS = 8000  # FMA small
+CLIP_S = 3.0  # see the module doc: the shard and track counts are FMA small's
+CROP = 2 * CACHE_SAMPLE_RATE  # 2-s training windows (the smoke search's crops)
 BATCH = 32
-TRAIN = 6400                      # 80 % of 8,000: 200 batches of 32, none dropped
-STORE_BYTES = 128 * 2**20         # a small local Ray's object store (tests' usual)
-FILLER_BYTES = 8 * 2**20          # the full store's other objects, 8 MB each ...
-FILLERS = 14                      # ... 112 MB of the 128 MB: what a materialised cache or another trial holds
+TRAIN = 6400  # 80 % of 8,000: 200 batches of 32, none dropped
+STORE_BYTES = 128 * 2**20  # a small local Ray's object store (tests' usual)
+FILLER_BYTES = 8 * 2**20  # the full store's other objects, 8 MB each ...
+FILLERS = 14  # ... 112 MB of the 128 MB: what a materialised cache or another trial holds
 # A read worker is killed at the first batch from each of these on where one is busy: reading runs
 # ahead of a consumer that only counts, and is over by about batch 100 of 200 on 2 cores.
 KILL_FROM_BATCHES = (10, 30, 50)
@@ -52,8 +53,10 @@ def scale_cache(tmp_path_factory, fma_samples) -> str:
 
     out = tmp_path_factory.mktemp("scale") / "cache"
     genres = os.path.join(fma_samples, "derived", "fma_small_genre_top.csv")
-    assert synth_cache.main(["--out", str(out), "--tracks", str(TRACKS), "--seconds", str(CLIP_S),
-                             "--genres-csv", genres]) == 0
+    assert (
+        synth_cache.main(["--out", str(out), "--tracks", str(TRACKS), "--seconds", str(CLIP_S), "--genres-csv", genres])
+        == 0
+    )
     return str(out)
 
 
@@ -69,16 +72,37 @@ def test_a_lost_node_under_ray_data_costs_the_search_nothing(scale_cache, tmp_pa
 
     space = tmp_path / "space.yaml"
     space.write_text(SEARCH_SPACE)
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE_BYTES})
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE_BYTES},
+    )
     workers = [cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE_BYTES) for _ in range(2)]
     cluster.wait_for_nodes()
     try:
-        run = cli_runs("mgc_ray.tune", *rel.args(tmp_path, "--cache", scale_cache, "--space", str(space),
-                                                 "--address", cluster.address, "--shared-storage", "--cpus-per-trial",
-                                                 "1", "--num-samples", "1", "--max-epochs", str(SEARCH_EPOCHS),
-                                                 "--grace-period", str(SEARCH_EPOCHS)),  # no ASHA cut
-                       cwd=tmp_path, env=rel.env(tmp_path / "home"))
+        run = cli_runs(
+            "mgc_ray.tune",
+            *rel.args(
+                tmp_path,
+                "--cache",
+                scale_cache,
+                "--space",
+                str(space),
+                "--address",
+                cluster.address,
+                "--shared-storage",
+                "--cpus-per-trial",
+                "1",
+                "--num-samples",
+                "1",
+                "--max-epochs",
+                str(SEARCH_EPOCHS),
+                "--grace-period",
+                str(SEARCH_EPOCHS),
+            ),  # no ASHA cut
+            cwd=tmp_path,
+            env=rel.env(tmp_path / "home"),
+        )
         exp = run.wait_until(lambda: rel.experiment_dir(tmp_path), 300, "the Tune experiment folder")
 
         def checkpointed():
@@ -101,7 +125,8 @@ def test_a_lost_node_under_ray_data_costs_the_search_nothing(scale_cache, tmp_pa
     rows = results[lost]
     assert sorted({r["epoch"] for r in rows}) == list(range(SEARCH_EPOCHS)), "every epoch of the lost trial ran"
     assert rows[-1]["restored_epochs"] >= 1 and rows[-1]["node_id"] != worker.node_id, (
-        "the lost trial resumed from its checkpoint on the surviving node")
+        "the lost trial resumed from its checkpoint on the surviving node"
+    )
     assert rows[-1]["cost/samples_seen"] == SEARCH_EPOCHS * TRAIN, "every epoch's samples counted once"
 
     c, parent, children = rel.mlflow_search(tmp_path, dataset=f"cache-{Path(scale_cache).name}")
@@ -109,9 +134,12 @@ def test_a_lost_node_under_ray_data_costs_the_search_nothing(scale_cache, tmp_pa
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     assert children[0].data.tags["mgc.trial_id"] == lost and children[0].data.tags["mgc.restarts"] == "1"
     assert [m.step for m in c.get_metric_history(children[0].info.run_id, "val/loss")] == list(range(SEARCH_EPOCHS))
-    faults.record("a trial's node lost mid-search (a head and 2 worker nodes, 8,000-track streamed cache)", 1,
-                  "the trial resumed from its checkpoint on the other node; each epoch logged once in MLflow, "
-                  "each sample counted once; Ray's messages one line each, no traceback")
+    faults.record(
+        "a trial's node lost mid-search (a head and 2 worker nodes, 8,000-track streamed cache)",
+        1,
+        "the trial resumed from its checkpoint on the other node; each epoch logged once in MLflow, "
+        "each sample counted once; Ray's messages one line each, no traceback",
+    )
 
 
 # --- streamed epochs in a local Ray ------------------------------------------------------------
@@ -142,8 +170,9 @@ def _epoch(datasets, epoch: int, on_batch=None) -> list[tuple[int, int]]:
     from mgc_ray.data.pipeline import train_batches
 
     seen = []
-    for i, (wave, _, tid) in enumerate(train_batches(datasets, crop_len=CROP, batch_size=BATCH, seed=0,
-                                                     epoch=epoch, with_ids=True)):
+    for i, (wave, _, tid) in enumerate(
+        train_batches(datasets, crop_len=CROP, batch_size=BATCH, seed=0, epoch=epoch, with_ids=True)
+    ):
         seen += [(int(t), zlib.crc32(w.numpy().tobytes())) for t, w in zip(tid, wave)]
         if on_batch:
             on_batch(i)
@@ -165,7 +194,9 @@ def _assert_same_epoch(seen, undisturbed, train_ids):
 def _train_ids(datasets) -> set[int]:
     import pyarrow.parquet as pq
 
-    return {int(t) for p in datasets.train_files for t in pq.read_table(p, columns=["track_id"])["track_id"].to_pylist()}
+    return {
+        int(t) for p in datasets.train_files for t in pq.read_table(p, columns=["track_id"])["track_id"].to_pylist()
+    }
 
 
 @pytest.mark.slow
@@ -173,7 +204,9 @@ def test_killed_ray_data_workers_lose_and_repeat_nothing(streamed, undisturbed, 
     killed = []
 
     def kill(i):
-        busy = _read_workers(rel) if len(killed) < len(KILL_FROM_BATCHES) and i >= KILL_FROM_BATCHES[len(killed)] else []
+        busy = (
+            _read_workers(rel) if len(killed) < len(KILL_FROM_BATCHES) and i >= KILL_FROM_BATCHES[len(killed)] else []
+        )
         if busy:
             os.kill(busy[0], signal.SIGKILL)
             killed.append((i, busy[0]))
@@ -181,8 +214,11 @@ def test_killed_ray_data_workers_lose_and_repeat_nothing(streamed, undisturbed, 
     seen = _epoch(streamed, 1, kill)
     assert len(killed) == len(KILL_FROM_BATCHES), f"killed only {killed} (batch, pid): reading ended early"
     _assert_same_epoch(seen, undisturbed, _train_ids(streamed))
-    faults.record("a Ray Data read worker SIGKILLed mid streamed epoch (8,000-track cache)", len(killed),
-                  "Ray Data re-ran the task: every track handed out once, the same crops in the same order")
+    faults.record(
+        "a Ray Data read worker SIGKILLed mid streamed epoch (8,000-track cache)",
+        len(killed),
+        "Ray Data re-ran the task: every track handed out once, the same crops in the same order",
+    )
 
 
 def _spilled_bytes() -> float:
@@ -210,7 +246,10 @@ def test_a_full_object_store_spills_and_the_epoch_goes_on(streamed, undisturbed,
     assert spilled >= FILLER_BYTES, "the store was full: the epoch's blocks made Ray spill the other objects"
     _assert_same_epoch(seen, undisturbed, _train_ids(streamed))
     assert all(np.array_equal(ray.get(r), a) for r, a in zip(refs, fillers)), "the spilled objects came back whole"
-    faults.record(f"the object store full ({FILLERS * FILLER_BYTES >> 20} of {STORE_BYTES >> 20} MB held by other "
-                  "objects) during a streamed epoch (8,000-track cache)", 1,
-                  f"Ray spilled {spilled / 2**20:.0f} MB of them to disk and read them back whole; every track "
-                  "handed out once, the same crops in the same order")
+    faults.record(
+        f"the object store full ({FILLERS * FILLER_BYTES >> 20} of {STORE_BYTES >> 20} MB held by other "
+        "objects) during a streamed epoch (8,000-track cache)",
+        1,
+        f"Ray spilled {spilled / 2**20:.0f} MB of them to disk and read them back whole; every track "
+        "handed out once, the same crops in the same order",
+    )

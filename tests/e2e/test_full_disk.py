@@ -3,6 +3,7 @@ on a full filesystem is refused in one line naming the folder; one whose storage
 midway stops (as Ctrl+C does, before the disk is quite full) in one line naming it, with every
 MLflow run ended, and --resume finishes it once there is room. Each test mounts a small tmpfs of its own (and unmounts it); where mounting is
 not allowed (not root, no CAP_SYS_ADMIN) they skip."""
+
 import contextlib
 import os
 import subprocess
@@ -18,8 +19,9 @@ def small_fs(parent, mib: int):
     """A tmpfs of `mib` MiB mounted at a fresh folder under `parent`, unmounted after."""
     mnt = parent / f"fs-{uuid.uuid4().hex[:8]}"
     mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)], capture_output=True,
-                       text=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if p.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}): needs root or CAP_SYS_ADMIN")
     try:
@@ -57,8 +59,11 @@ def test_a_full_folder_is_refused_before_anything_starts(tmp_path, smoke_home, r
     with small_fs(tmp_path, 16) as full:
         fill(full, leave=2**20)  # 1 MiB left: below MIN_FREE_BYTES
         base = rel.args(tmp_path, "--smoke", "--no-dashboard")
-        cases = {"--storage-path": str(full / "ray"), "--results-dir": str(full / "results"),
-                 "--mlflow-uri": f"sqlite:///{full / 'mlflow.db'}"}
+        cases = {
+            "--storage-path": str(full / "ray"),
+            "--results-dir": str(full / "results"),
+            "--mlflow-uri": f"sqlite:///{full / 'mlflow.db'}",
+        }
         for flag, value in cases.items():
             args = list(base)
             args[args.index(flag) + 1] = value
@@ -70,8 +75,11 @@ def test_a_full_folder_is_refused_before_anything_starts(tmp_path, smoke_home, r
         line = _one_error_line(p.stdout + p.stderr)
         assert p.returncode == 2 and "the cache folder" in line and str(full) in line, line
         assert not (tmp_path / "mlflow.db").exists(), "refused before any MLflow run was made"
-    faults.record("a full --storage-path, --results-dir, MLflow store folder or cache folder (MGC_HOME) at start",
-                  len(cases) + 1, "exit 2, one line naming the folder, before Ray starts; nothing written")
+    faults.record(
+        "a full --storage-path, --results-dir, MLflow store folder or cache folder (MGC_HOME) at start",
+        len(cases) + 1,
+        "exit 2, one line naming the folder, before Ray starts; nothing written",
+    )
 
 
 @pytest.mark.slow
@@ -80,8 +88,19 @@ def test_storage_that_fills_midway_stops_in_one_line_and_resumes(tmp_path, smoke
     # room for the start-up check, then (the filler removed) for the resume's check beside the checkpoints
     with small_fs(tmp_path, 2 * MIN_FREE_BYTES // 2**20 + 32) as disk:
         storage = disk / "ray"
-        args = rel.args(tmp_path, "--smoke", "--no-dashboard", "--num-samples", "2", "--max-epochs", str(epochs),
-                        "--grace-period", str(epochs), "--experiment-name", "filling")
+        args = rel.args(
+            tmp_path,
+            "--smoke",
+            "--no-dashboard",
+            "--num-samples",
+            "2",
+            "--max-epochs",
+            str(epochs),
+            "--grace-period",
+            str(epochs),
+            "--experiment-name",
+            "filling",
+        )
         args[args.index("--storage-path") + 1] = str(storage)
         run = cli_runs("mgc_ray.tune", *args, cwd=tmp_path, env=rel.env(smoke_home))
         run.wait_until(lambda: any(rel.trial_results(storage / "filling").values()), 1200, "the first epoch")
@@ -106,5 +125,8 @@ def test_storage_that_fills_midway_stops_in_one_line_and_resumes(tmp_path, smoke
             steps = [m.step for m in c.get_metric_history(r.info.run_id, "val/loss")]
             assert steps == list(range(epochs)), "every epoch logged once, none lost"
         assert (tmp_path / "results" / "demo-smoke" / "filling" / "leaderboard.csv").is_file()
-    faults.record("the --storage-path filesystem filled up mid-search", 1,
-                  "exit 2, one line naming the folder, no MLflow run left RUNNING; --resume finished every epoch once")
+    faults.record(
+        "the --storage-path filesystem filled up mid-search",
+        1,
+        "exit 2, one line naming the folder, no MLflow run left RUNNING; --resume finished every epoch once",
+    )

@@ -2,6 +2,7 @@
 (a bad disk, a partial copy between machines), and shards cut short, are every one found before
 anything trains on them; prepare re-run rebuilds exactly the damaged shards; a search on a
 damaged cache stops with one line naming the shard."""
+
 import os
 import shutil
 
@@ -67,10 +68,16 @@ def test_every_flipped_byte_in_a_shard_or_the_manifest_is_found(cache, faults):
                 open(path, "wb").write(data)
     assert not missed, f"changes not found: {missed[:5]}"
     assert _found(cache, "") is None
-    faults.record("a byte changed at a random offset in a cache shard", FLIPS,
-                  "found by the SHA-256 check before any read, one line naming the shard")
-    faults.record("a byte changed at a random offset in manifest.json", FLIPS,
-                  "found by the manifest's own checksum, one line naming it")
+    faults.record(
+        "a byte changed at a random offset in a cache shard",
+        FLIPS,
+        "found by the SHA-256 check before any read, one line naming the shard",
+    )
+    faults.record(
+        "a byte changed at a random offset in manifest.json",
+        FLIPS,
+        "found by the manifest's own checksum, one line naming it",
+    )
 
 
 def test_truncated_and_missing_shards_are_found(cache, faults):
@@ -99,9 +106,20 @@ def test_every_flipped_byte_in_a_sidecar_makes_prepare_redo_that_shard(cache, de
 
     rng = np.random.default_rng(2)
     m = read_manifest(cache)
-    settings = {k: getattr(m, k) for k in ("schema_version", "sample_rate", "subset", "split_scheme", "data_seed",
-                                            "min_track_seconds", "silence_peak", "tracks_per_shard",
-                                            "track_list_sha1")}
+    settings = {
+        k: getattr(m, k)
+        for k in (
+            "schema_version",
+            "sample_rate",
+            "subset",
+            "split_scheme",
+            "data_seed",
+            "min_track_seconds",
+            "silence_peak",
+            "tracks_per_shard",
+            "track_list_sha1",
+        )
+    }
     settings["label_names"] = list(m.label_names)
     plans = {p.name: p for p in plan_shards(fma.load_dataset(demo_root).tracks, PER_SHARD)}
     names = list(plans)
@@ -116,8 +134,11 @@ def test_every_flipped_byte_in_a_sidecar_makes_prepare_redo_that_shard(cache, de
             raise AssertionError(f"{name}.json byte {at}: {exc}") from None
         finally:
             open(path, "wb").write(data)
-    faults.record("a byte changed at a random offset in a shard's sidecar", FLIPS,
-                  "prepare re-run finds it and rebuilds that shard")
+    faults.record(
+        "a byte changed at a random offset in a shard's sidecar",
+        FLIPS,
+        "prepare re-run finds it and rebuilds that shard",
+    )
 
 
 def test_prepare_rebuilds_only_the_damaged_shards(cache, demo_root, tmp_path, capfd, faults):
@@ -129,7 +150,7 @@ def test_prepare_rebuilds_only_the_damaged_shards(cache, demo_root, tmp_path, ca
     damaged = [shards[1], shards[-1]]
     for p in damaged:
         _flip(p, rng)
-    _flip(os.path.join(copy, "shards", os.path.basename(shards[2])[:-len(".parquet")] + ".json"), rng)
+    _flip(os.path.join(copy, "shards", os.path.basename(shards[2])[: -len(".parquet")] + ".json"), rng)
     _flip(os.path.join(copy, "manifest.json"), rng)
     redo = set(damaged) | {shards[2]}
     kept = {p: os.stat(p).st_mtime_ns for p in shards if p not in redo}
@@ -139,30 +160,39 @@ def test_prepare_rebuilds_only_the_damaged_shards(cache, demo_root, tmp_path, ca
     assert {p: os.stat(p).st_mtime_ns for p in kept} == kept, "undamaged shards are not rewritten"
     assert {p: open(p, "rb").read() for p in _files(copy, "")} == ref, "rebuilt byte for byte"
     assert _found(copy, "") is None
-    faults.record("damaged shards, a damaged sidecar and a damaged manifest, then prepare re-run", 1,
-                  "exactly the damaged shards rebuilt, byte for byte; the rest untouched")
+    faults.record(
+        "damaged shards, a damaged sidecar and a damaged manifest, then prepare re-run",
+        1,
+        "exactly the damaged shards rebuilt, byte for byte; the rest untouched",
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("archs", ["baseline_a_2d", "baseline_a_2d,baseline_a_1d"], ids=["one-arch", "two-archs"])
-def test_a_search_on_a_damaged_cache_stops_before_training(cache, tmp_path, smoke_home, run_module, rel, faults,
-                                                           archs):
+def test_a_search_on_a_damaged_cache_stops_before_training(cache, tmp_path, smoke_home, run_module, rel, faults, archs):
     copy = str(tmp_path / "cache")
     shutil.copytree(cache, copy)
     victim = _files(copy, ".parquet")[0]
     with open(victim, "r+b") as f:  # 2,000 bytes changed in place, as the issue's bad disk did
         f.seek(len(f.read()) // 2)
         f.write(os.urandom(2000))
-    p = run_module("mgc_ray.tune", *rel.args(tmp_path, "--smoke", "--no-dashboard", "--cache", copy, arch=archs),
-                   env=rel.env(smoke_home), cwd=tmp_path)
+    p = run_module(
+        "mgc_ray.tune",
+        *rel.args(tmp_path, "--smoke", "--no-dashboard", "--cache", copy, arch=archs),
+        env=rel.env(smoke_home),
+        cwd=tmp_path,
+    )
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-3000:]
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and victim in errors[0] and "damaged" in errors[0], p.stderr[-3000:]
     assert "Traceback" not in p.stdout + p.stderr
     exp = rel.experiment_dir(tmp_path)
     assert exp is None or not rel.trial_results(exp), "no trial trained on the damaged cache"
-    faults.record(f"2,000 bytes of a shard overwritten, then a search of {archs}", 1,
-                  "exit 2 with one line naming the shard, before any trial")
+    faults.record(
+        f"2,000 bytes of a shard overwritten, then a search of {archs}",
+        1,
+        "exit 2 with one line naming the shard, before any trial",
+    )
 
 
 def test_a_shard_is_hashed_once_per_process_until_it_is_written_again(tmp_path):

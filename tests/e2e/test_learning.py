@@ -3,6 +3,7 @@ trial), a 2D model learns the demo generator's data far above chance (0.125). It
 first at `python -m mgc_ray.demo`'s own size (16 tracks x 8 genres x 15 s, what this check was
 set for), where the tune command looks for its demo; that command's own is smaller, to fit
 its 5-minute budget."""
+
 import os
 import subprocess
 import sys
@@ -26,12 +27,35 @@ def test_a_2d_model_learns_the_demo_data(tmp_path):
     space.write_text(SPACE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MGC_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    demo = subprocess.run([sys.executable, "-m", "mgc_ray.demo", "--tracks-per-genre", "16", "--seconds", "15"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    demo = subprocess.run(
+        [sys.executable, "-m", "mgc_ray.demo", "--tracks-per-genre", "16", "--seconds", "15"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
-    cmd = [sys.executable, "-m", "mgc_ray.tune", "--arch", "baseline_a_2d", "--space", str(space),
-           "--num-samples", "1", "--max-epochs", str(MAX_EPOCHS), "--no-dashboard", "--mlflow-uri", uri,
-           "--results-dir", str(tmp_path / "results"), "--storage-path", str(tmp_path / "ray")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgc_ray.tune",
+        "--arch",
+        "baseline_a_2d",
+        "--space",
+        str(space),
+        "--num-samples",
+        "1",
+        "--max-epochs",
+        str(MAX_EPOCHS),
+        "--no-dashboard",
+        "--mlflow-uri",
+        uri,
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--storage-path",
+        str(tmp_path / "ray"),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

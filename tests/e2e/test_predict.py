@@ -1,4 +1,5 @@
 """`python -m mgc_ray.predict` on a model trained in the session, and the checkpoint's guards."""
+
 import dataclasses
 import json
 import math
@@ -49,8 +50,17 @@ def _windows(seconds: float, crop_seconds: float) -> int:
 
 def test_any_file_is_answered_and_a_broken_one_does_not_stop_the_others(smoke_search, run_module, audio):
     order = [audio["real"], audio["broken"], audio["stereo"], audio["long"], audio["short"]]
-    proc = run_module("mgc_ray.predict", *order, "--run-id", smoke_search.best_run_id,
-                      "--mlflow-uri", smoke_search.uri, "--json", "--top", "3")
+    proc = run_module(
+        "mgc_ray.predict",
+        *order,
+        "--run-id",
+        smoke_search.best_run_id,
+        "--mlflow-uri",
+        smoke_search.uri,
+        "--json",
+        "--top",
+        "3",
+    )
     assert proc.returncode == 2, "a file that cannot be read makes the exit status 2"
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and audio["broken"] in errors[0] and "Traceback" not in proc.stderr
@@ -82,8 +92,20 @@ def test_text_output_and_stereo_44k_equals_mono_22k(smoke_search, audio, tmp_pat
     sf.write(tmp_path / "mono22.wav", mono22, 22_050, subtype="FLOAT")
     up = resample_poly(mono22, 2, 1).astype(np.float32)
     sf.write(tmp_path / "stereo44.wav", np.stack([up, up], axis=1), 44_100, subtype="FLOAT")
-    assert predict_main([str(tmp_path / "mono22.wav"), str(tmp_path / "stereo44.wav"),
-                         "--checkpoint", smoke_search.checkpoint, "--json", "--top", "8"]) == 0
+    assert (
+        predict_main(
+            [
+                str(tmp_path / "mono22.wav"),
+                str(tmp_path / "stereo44.wav"),
+                "--checkpoint",
+                smoke_search.checkpoint,
+                "--json",
+                "--top",
+                "8",
+            ]
+        )
+        == 0
+    )
     a, b = json.loads(capsys.readouterr().out)["files"]
     for g, p in a["probabilities"].items():
         assert b["probabilities"][g] == pytest.approx(p, abs=2e-3)
@@ -94,10 +116,13 @@ def test_text_output_and_stereo_44k_equals_mono_22k(smoke_search, audio, tmp_pat
     assert len(lines) == 3 and lines[1].strip().startswith("1.") and lines[2].strip().startswith("2.")
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--top", "0"], r"--top must be >= 1"),
-    (["--run-id", "0123456789abcdef", "--mlflow-uri", "{uri}"], r"no run '0123456789abcdef'"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--top", "0"], r"--top must be >= 1"),
+        (["--run-id", "0123456789abcdef", "--mlflow-uri", "{uri}"], r"no run '0123456789abcdef'"),
+    ],
+)
 def test_bad_flags_are_one_clear_error(smoke_search, audio, args, match):
     args = [a.format(uri=smoke_search.uri) for a in args]
     if "--run-id" not in args:

@@ -1,4 +1,5 @@
 """prepare: mp3 -> int16 Parquet shards + manifest, as Ray tasks; bad tracks reported; idempotent and atomic."""
+
 import os
 import shutil
 import signal
@@ -22,11 +23,35 @@ from mgc_ray.prepare import check_track, plan_shards, prepare
 
 SR = 22050
 PER_SHARD = 4  # small shards: several per split even on the tiny demo
-MANIFEST_KEYS = {"schema_version", "sample_rate", "subset", "split_scheme", "data_seed", "fma_root", "label_names",
-                 "counts", "num_tracks", "wave_mean", "wave_std", "bad_tracks", "shards", "min_track_seconds",
-                 "silence_peak", "tracks_per_shard", "track_list_sha1", "shard_sha256"}
-SCHEMA = pa.schema([("track_id", pa.int64()), ("label", pa.int32()), ("split", pa.string()),
-                    ("num_samples", pa.int64()), ("samples", pa.list_(pa.int16()))])
+MANIFEST_KEYS = {
+    "schema_version",
+    "sample_rate",
+    "subset",
+    "split_scheme",
+    "data_seed",
+    "fma_root",
+    "label_names",
+    "counts",
+    "num_tracks",
+    "wave_mean",
+    "wave_std",
+    "bad_tracks",
+    "shards",
+    "min_track_seconds",
+    "silence_peak",
+    "tracks_per_shard",
+    "track_list_sha1",
+    "shard_sha256",
+}
+SCHEMA = pa.schema(
+    [
+        ("track_id", pa.int64()),
+        ("label", pa.int32()),
+        ("split", pa.string()),
+        ("num_samples", pa.int64()),
+        ("samples", pa.list_(pa.int16())),
+    ]
+)
 
 
 def read_tracks(cache_dir) -> dict:
@@ -88,8 +113,10 @@ def test_round_trip(clean, demo_root):
         assert {g: n for g, n in m["counts"][split].items() if n} == want
         assert m["num_tracks"][split] == len(ds.tracks[ds.tracks["split"] == split])
     # shards: one split each, in chunks of PER_SHARD of the split's seeded (genre-mixed) order
-    order = {s: [t for p in plan_shards(ds.tracks, PER_SHARD, m["data_seed"]) if p.split == s for t in p.track_ids]
-             for s in SPLITS}
+    order = {
+        s: [t for p in plan_shards(ds.tracks, PER_SHARD, m["data_seed"]) if p.split == s for t in p.track_ids]
+        for s in SPLITS
+    }
     for split in SPLITS:
         paths = read_manifest(out).shard_paths(split)
         assert all(os.path.isabs(p) for p in paths)
@@ -139,8 +166,11 @@ def test_check_cache_errors(clean, tmp_path):
     out, m = clean
     with pytest.raises(UserError, match="not a prepared cache.*mgc_ray.prepare"):
         check_cache(tmp_path)
-    for change, match in ((dict(schema_version=0), "schema 0"), (dict(sample_rate=16000), "16000 Hz"),
-                          (dict(split_scheme="official"), "official split")):
+    for change, match in (
+        (dict(schema_version=0), "schema 0"),
+        (dict(sample_rate=16000), "16000 Hz"),
+        (dict(split_scheme="official"), "official split"),
+    ):
         d = tmp_path / match.replace(" ", "_")
         d.mkdir()
         (d / "manifest.json").write_text(sealed_json({**m, **change}))
@@ -167,17 +197,34 @@ def broken_root(demo_root, tmp_path):
     sf.write(path[ids[5]], np.zeros(4 * SR, np.float32), SR, format="MP3")  # silence
     os.remove(path[ids[6]])  # missing from disk
     data = open(path[ids[7]], "rb").read()
-    open(path[ids[7]], "wb").write(data[:int(0.7 * len(data))])  # cut at 70 %: ~2.8 s, short but usable
-    kinds = {ids[0]: "empty", ids[1]: "undecodable", ids[2]: "undecodable", ids[4]: "too short",
-             ids[5]: "silent", ids[6]: "missing"}
+    open(path[ids[7]], "wb").write(data[: int(0.7 * len(data))])  # cut at 70 %: ~2.8 s, short but usable
+    kinds = {
+        ids[0]: "empty",
+        ids[1]: "undecodable",
+        ids[2]: "undecodable",
+        ids[4]: "too short",
+        ids[5]: "silent",
+        ids[6]: "missing",
+    }
     return root, kinds, ids
 
 
 def test_broken_tracks_are_reported_and_skipped(broken_root, ray_local, tmp_path):
     root, kinds, ids = broken_root
     out = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "mgc_ray.prepare", "--fma-root", root, "--out", str(out),
-           "--tracks-per-shard", str(PER_SHARD), "--address", ray_local]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgc_ray.prepare",
+        "--fma-root",
+        root,
+        "--out",
+        str(out),
+        "--tracks-per-shard",
+        str(PER_SHARD),
+        "--address",
+        ray_local,
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
@@ -227,8 +274,19 @@ def test_interrupted_run_is_completed_identically(clean, demo_root, tmp_path):
 
 def test_killed_process_then_rerun(clean, demo_root, ray_local, tmp_path):
     out = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "mgc_ray.prepare", "--fma-root", demo_root, "--out", str(out),
-           "--tracks-per-shard", "1", "--address", ray_local]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgc_ray.prepare",
+        "--fma-root",
+        demo_root,
+        "--out",
+        str(out),
+        "--tracks-per-shard",
+        "1",
+        "--address",
+        ray_local,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards, deadline = out / "shards", time.time() + 120
     while proc.poll() is None and time.time() < deadline:
@@ -247,8 +305,9 @@ def test_killed_process_then_rerun(clean, demo_root, ray_local, tmp_path):
     got, want = read_tracks(out), read_tracks(ref_out)  # other shard sizes: compare track by track
     assert got.keys() == want.keys()
     assert all(got[t][:2] == want[t][:2] and np.array_equal(got[t][2], want[t][2]) for t in want)
-    assert {k: m[k] for k in ("counts", "num_tracks", "wave_mean", "wave_std")} == \
-           {k: ref[k] for k in ("counts", "num_tracks", "wave_mean", "wave_std")}
+    assert {k: m[k] for k in ("counts", "num_tracks", "wave_mean", "wave_std")} == {
+        k: ref[k] for k in ("counts", "num_tracks", "wave_mean", "wave_std")
+    }
     assert not [n for n in os.listdir(shards) if n.startswith(".tmp-")]
 
 
@@ -257,6 +316,10 @@ def test_cli_without_fma_root_is_one_line():
     p = subprocess.run([sys.executable, "-m", "mgc_ray.prepare"], capture_output=True, text=True, env=env)
     assert p.returncode == 2
     assert p.stderr.startswith("error: --fma-root is required") and len(p.stderr.strip().splitlines()) == 1
-    p = subprocess.run([sys.executable, "-m", "mgc_ray.prepare", "--fma-root", "/nonexistent/fma"],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "mgc_ray.prepare", "--fma-root", "/nonexistent/fma"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

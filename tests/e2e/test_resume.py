@@ -4,6 +4,7 @@ first with SIGINT (Ctrl+C), then with SIGKILL, then finished.
 Checked: completed trials are kept and never re-run, an interrupted trial continues from
 its checkpoint, the Optuna sampler keeps its history across Tuner.restore (Ray issue
 30861 lost it once), and MLflow ends with one run per trial and nothing left RUNNING."""
+
 import re
 import signal
 import time
@@ -25,9 +26,21 @@ def _study_points(study) -> list[tuple]:
 def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, cli_runs, rel, faults):
     space = tmp_path / "space.yaml"
     space.write_text(rel.CALM_SPACE)
-    args = rel.args(tmp_path, "--smoke", "--no-dashboard", "--space", str(space), "--num-samples", str(N_TRIALS),
-                    "--max-epochs", str(EPOCHS), "--seed", "0",
-                    "--grace-period", str(EPOCHS))  # no ASHA stops: a trial short of EPOCHS is unfinished
+    args = rel.args(
+        tmp_path,
+        "--smoke",
+        "--no-dashboard",
+        "--space",
+        str(space),
+        "--num-samples",
+        str(N_TRIALS),
+        "--max-epochs",
+        str(EPOCHS),
+        "--seed",
+        "0",
+        "--grace-period",
+        str(EPOCHS),
+    )  # no ASHA stops: a trial short of EPOCHS is unfinished
     env = rel.env(smoke_home)
 
     # --- 1. Ctrl+C once a trial has finished and the next one has a checkpoint.
@@ -64,8 +77,11 @@ def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, c
     # reported an epoch. Tune saves its state every ~10 s and after checkpoints, so that trial may
     # or may not be in it: either way --resume must end with nothing lost or left RUNNING.
     run = cli_runs("mgc_ray.tune", *args, "--resume", cwd=tmp_path, env=env)
-    run.wait_until(lambda: [t for t, rows in rel.trial_results(exp).items() if rows and not before.get(t)], 300,
-                   "an epoch of a trial started after the resume")
+    run.wait_until(
+        lambda: [t for t, rows in rel.trial_results(exp).items() if rows and not before.get(t)],
+        300,
+        "an epoch of a trial started after the resume",
+    )
     run.signal(signal.SIGKILL)
     run.wait(60)
     # Its local Ray goes down with it: no raylet, GCS or trial worker holds CPUs. Ray's agents
@@ -87,12 +103,12 @@ def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, c
     after = rel.trial_results(exp)
     assert after[done[0]] == before[done[0]], "a trial finished before Ctrl+C is not re-run"
     resumed = after[started[0]]
-    assert _epochs(resumed)[:len(before[started[0]])] == _epochs(before[started[0]])
+    assert _epochs(resumed)[: len(before[started[0]])] == _epochs(before[started[0]])
     assert any(r["restored_epochs"] >= 1 for r in resumed), "the interrupted trial continued from its checkpoint"
     assert _epochs(resumed)[-1] == EPOCHS - 1
 
     study = rel.searcher_study(exp)
-    assert _study_points(study)[:len(study_a.trials)] == _study_points(study_a)
+    assert _study_points(study)[: len(study_a.trials)] == _study_points(study_a)
     paper = (1e-4, 1e-4)
     assert _study_points(study).count(paper) == 1, "the paper's point is not suggested again after a resume"
     assert len({t.number for t in study.trials if t.state.name == "COMPLETE"}) >= N_TRIALS
@@ -114,7 +130,13 @@ def test_search_survives_sigint_then_sigkill_and_resumes(tmp_path, smoke_home, c
     lost = set(by_trial) - set(state)  # started after Tune's last save before the SIGKILL
     for trial in lost:
         assert by_trial[trial][0].info.status == "KILLED" and "mgc.lost" in by_trial[trial][0].data.tags
-    faults.record("a search interrupted with SIGINT (Ctrl+C), then --resume", 1,
-                  "runs ended KILLED; finished trials not re-run; the interrupted one continued from its checkpoint")
-    faults.record("a search's driver SIGKILLed, then --resume", 1,
-                  "no run left RUNNING; one MLflow run per trial; each epoch logged once; the sampler's history kept")
+    faults.record(
+        "a search interrupted with SIGINT (Ctrl+C), then --resume",
+        1,
+        "runs ended KILLED; finished trials not re-run; the interrupted one continued from its checkpoint",
+    )
+    faults.record(
+        "a search's driver SIGKILLed, then --resume",
+        1,
+        "no run left RUNNING; one MLflow run per trial; each epoch logged once; the sampler's history kept",
+    )

@@ -3,6 +3,7 @@
 Searches that differ only in --seed share one cache and one test set, so their test figures
 are comparable; both seeds are recorded in MLflow and in the results.
 """
+
 import json
 
 import pytest
@@ -19,12 +20,27 @@ def _search_run(uri: str):
 def test_another_seed_shares_the_cache_and_the_test_set(smoke_search, run_module):
     work = smoke_search.workdir
     uri = f"sqlite:///{work / 'seed1.db'}"
-    proc = run_module("mgc_ray.tune", "--arch", "baseline_a_2d", "--smoke", "--no-dashboard", "--seed", "1",
-                      "--mlflow-uri", uri, "--results-dir", str(work / "results-seed1"),
-                      "--storage-path", str(work / "ray-seed1"),
-                      env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}, cwd=work)
+    proc = run_module(
+        "mgc_ray.tune",
+        "--arch",
+        "baseline_a_2d",
+        "--smoke",
+        "--no-dashboard",
+        "--seed",
+        "1",
+        "--mlflow-uri",
+        uri,
+        "--results-dir",
+        str(work / "results-seed1"),
+        "--storage-path",
+        str(work / "ray-seed1"),
+        env={"MGC_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"},
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    caches = sorted(p.name for p in (work / "home" / "demo-smoke").iterdir() if p.name.startswith("cache") and p.is_dir())
+    caches = sorted(
+        p.name for p in (work / "home" / "demo-smoke").iterdir() if p.name.startswith("cache") and p.is_dir()
+    )
     assert caches == ["cache-s0"], "one cache for both seeds"
     first = json.loads((smoke_search.results / "test_metrics.json").read_text())
     (results,) = (work / "results-seed1" / "demo-smoke").glob("baseline_a_2d-*")
@@ -44,6 +60,8 @@ def test_data_seed_names_another_cache(tmp_path, monkeypatch):
     from mgc_ray.search import plan
 
     monkeypatch.setenv("MGC_HOME", str(tmp_path))
-    caches = {plan.resolve_data(tune.build_parser().parse_args(["--arch", "densenet", *extra]))[0]
-              for extra in ([], ["--seed", "7"], ["--data-seed", "0"], ["--data-seed", "3"])}
+    caches = {
+        plan.resolve_data(tune.build_parser().parse_args(["--arch", "densenet", *extra]))[0]
+        for extra in ([], ["--seed", "7"], ["--data-seed", "0"], ["--data-seed", "3"])
+    }
     assert len(caches) == 2 and any(c.endswith("cache-s3") for c in caches)

@@ -1,5 +1,6 @@
 """`python -m mgc_ray.tune` end to end, as a user runs it: real Ray, real MLflow (sqlite),
 real mp3s from the demo generator, real Parquet."""
+
 import os
 import re
 import socket
@@ -24,9 +25,19 @@ def workdir(tmp_path_factory):
 
 def run_tune(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "MGC_HOME": str(workdir / "home"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "mgc_ray.tune", *args, "--smoke",
-           "--mlflow-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--results-dir", str(workdir / "results"), "--storage-path", str(workdir / "ray")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mgc_ray.tune",
+        *args,
+        "--smoke",
+        "--mlflow-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--results-dir",
+        str(workdir / "results"),
+        "--storage-path",
+        str(workdir / "ray"),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

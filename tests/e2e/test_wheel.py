@@ -6,6 +6,7 @@ path file, and nothing of the checkout (no editable install, no PYTHONPATH) is v
 it. Then the main command runs from a folder outside the checkout, as on a worker node or
 after `pip install .`.
 """
+
 import os
 import subprocess
 import sys
@@ -25,8 +26,9 @@ def _run(cmd, **kw):
 @pytest.mark.slow
 def test_installed_wheel_runs_a_smoke_search_outside_the_checkout(tmp_path):
     wheels = tmp_path / "wheels"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                  "-w", str(wheels), str(ROOT)])
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)]
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("mgc_ray-*.whl")
     env_dir = tmp_path / "venv"
@@ -42,15 +44,31 @@ def test_installed_wheel_runs_a_smoke_search_outside_the_checkout(tmp_path):
 
     away = tmp_path / "elsewhere"
     away.mkdir()
-    where = _run([str(py), "-c", "import mgc_ray, mgc_ray.search.space as s; print(mgc_ray.__file__); print(s.space_dir())"],
-                 cwd=away, env=clean_env)
+    where = _run(
+        [str(py), "-c", "import mgc_ray, mgc_ray.search.space as s; print(mgc_ray.__file__); print(s.space_dir())"],
+        cwd=away,
+        env=clean_env,
+    )
     pkg, spaces = where.stdout.split()
     assert Path(pkg).is_relative_to(site) and Path(spaces).is_relative_to(site), where.stdout
     assert (Path(spaces) / "baseline_a_2d.yaml").is_file()
 
     env = {**clean_env, "MGC_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    proc = _run([str(py), "-m", "mgc_ray.tune", "--arch", "baseline_a_2d", "--smoke", "--no-dashboard",
-                 "--mlflow-uri", f"sqlite:///{away / 'mlflow.db'}"], cwd=away, env=env)
+    proc = _run(
+        [
+            str(py),
+            "-m",
+            "mgc_ray.tune",
+            "--arch",
+            "baseline_a_2d",
+            "--smoke",
+            "--no-dashboard",
+            "--mlflow-uri",
+            f"sqlite:///{away / 'mlflow.db'}",
+        ],
+        cwd=away,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no search space" not in proc.stderr
     assert "paper Table 1 (2D Baseline A)" in proc.stdout, "the comparison table is printed"

@@ -2,6 +2,7 @@
 one line on stderr naming the problem and the fix, exit status 2, no traceback, and
 nothing an earlier run wrote is touched. Most of it is refused before Ray starts
 (a second each); the cases that need the cluster come last."""
+
 import os
 import shutil
 import subprocess
@@ -14,8 +15,7 @@ import pytest
 from mgc_ray.config import CACHE_SAMPLE_RATE, CACHE_SCHEMA_VERSION, PAPER
 from mgc_ray.files import sealed_json
 
-SPACE_HEAD = ("start: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, "
-              "crop_seconds: 2.0}\n")
+SPACE_HEAD = "start: {lr: 1.0e-4, weight_decay: 1.0e-4, batch_size: 8, window: 512, n_mels: 32, crop_seconds: 2.0}\n"
 SPACES = {
     "negative_lr": "space:\n  lr: {type: uniform, low: -1.0e-3, high: 1.0e-3}\n",
     "zero_lr": "space:\n  lr: {type: choice, values: [1.0e-4, 0.0]}\n",
@@ -27,11 +27,27 @@ SPACES = {
 
 def _manifest(**over) -> dict:
     """A complete manifest.json document of a cache (no shards), with fields overridden."""
-    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": CACHE_SAMPLE_RATE, "subset": "small",
-            "split_scheme": "paper", "data_seed": 0, "fma_root": "/nowhere", "label_names": ["a", "b"],
-            "counts": {}, "num_tracks": {"train": 26, "val": 3, "test": 3}, "wave_mean": 0.0, "wave_std": 0.1,
-            "bad_tracks": [], "shards": {}, "min_track_seconds": 2.0, "silence_peak": 1e-4, "tracks_per_shard": 64,
-            "track_list_sha1": "0" * 40, "shard_sha256": {}, **over}
+    return {
+        "schema_version": CACHE_SCHEMA_VERSION,
+        "sample_rate": CACHE_SAMPLE_RATE,
+        "subset": "small",
+        "split_scheme": "paper",
+        "data_seed": 0,
+        "fma_root": "/nowhere",
+        "label_names": ["a", "b"],
+        "counts": {},
+        "num_tracks": {"train": 26, "val": 3, "test": 3},
+        "wave_mean": 0.0,
+        "wave_std": 0.1,
+        "bad_tracks": [],
+        "shards": {},
+        "min_track_seconds": 2.0,
+        "silence_peak": 1e-4,
+        "tracks_per_shard": 64,
+        "track_list_sha1": "0" * 40,
+        "shard_sha256": {},
+        **over,
+    }
 
 
 def _fma_root(base: Path, demo_root: str, name: str, edit) -> Path:
@@ -50,8 +66,12 @@ def bad(tmp_path_factory, demo_root):
     for name, body in SPACES.items():
         (base / f"{name}.yaml").write_text(SPACE_HEAD + body)
     (base / "a_file").write_text("not a folder\n")
-    caches = {"no_manifest": None, "old_schema": _manifest(schema_version=CACHE_SCHEMA_VERSION - 1),
-              "16k": _manifest(sample_rate=16_000), "tiny": _manifest(num_tracks={"train": 5, "val": 1, "test": 1})}
+    caches = {
+        "no_manifest": None,
+        "old_schema": _manifest(schema_version=CACHE_SCHEMA_VERSION - 1),
+        "16k": _manifest(sample_rate=16_000),
+        "tiny": _manifest(num_tracks={"train": 5, "val": 1, "test": 1}),
+    }
     for name, manifest in caches.items():
         (base / "caches" / name).mkdir(parents=True)
         if manifest:
@@ -76,72 +96,139 @@ def _snapshot(folder: Path) -> dict:
 
 def _tune(b: Path, *args: str) -> list[str]:
     w = b / "work"
-    return ["mgc_ray.tune", "--mlflow-uri", f"sqlite:///{w / 'mlflow.db'}", "--results-dir", str(w / "results"),
-            "--storage-path", str(w / "ray"), *args]
+    return [
+        "mgc_ray.tune",
+        "--mlflow-uri",
+        f"sqlite:///{w / 'mlflow.db'}",
+        "--results-dir",
+        str(w / "results"),
+        "--storage-path",
+        str(w / "ray"),
+        *args,
+    ]
 
 
 # (id, argv builder from the bad-files folder, what the one line must say). Cheap ones: no Ray.
 CASES = [
     ("tune-unknown-arch", lambda b: _tune(b, "--arch", "resnet"), "invalid choice: 'resnet'"),
     ("tune-zero-samples", lambda b: _tune(b, "--arch", "densenet", "--num-samples", "0"), "--num-samples must be >= 1"),
-    ("tune-negative-gpus", lambda b: _tune(b, "--arch", "densenet", "--gpus-per-trial", "-1"),
-     "--gpus-per-trial must be in [0, 1]"),
-    ("tune-two-gpus", lambda b: _tune(b, "--arch", "densenet", "--gpus-per-trial", "2"),
-     "a trial trains on one GPU"),
-    ("tune-negative-lr", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "negative_lr.yaml")),
-     "learning rate must be > 0"),
-    ("tune-zero-lr", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "zero_lr.yaml")),
-     "learning rate must be > 0"),
-    ("tune-negative-weight-decay", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "negative_wd.yaml")),
-     "weight decay must be >= 0"),
-    ("tune-empty-space", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "empty.yaml")),
-     "empty `space:` block"),
-    ("tune-foreign-dashboard-host", lambda b: _tune(b, "--arch", "densenet", "--dashboard-host", "192.0.2.1"),
-     "not an address of this machine"),
-    ("tune-missing-space", lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "nope.yaml")),
-     "no search space"),
-    ("tune-missing-fma-root", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "nope")),
-     "--fma-root"),
-    ("tune-unwritable-results", lambda b: _tune(b, "--arch", "densenet", "--results-dir", str(b / "a_file" / "r")),
-     "--results-dir"),
-    ("tune-unwritable-storage", lambda b: _tune(b, "--arch", "densenet", "--storage-path", str(b / "a_file" / "s")),
-     "--storage-path"),
-    ("tune-unwritable-mlflow", lambda b: _tune(b, "--arch", "densenet", "--mlflow-uri",
-                                               f"sqlite:///{b / 'a_file' / 'm.db'}"), "--mlflow-uri folder"),
+    (
+        "tune-negative-gpus",
+        lambda b: _tune(b, "--arch", "densenet", "--gpus-per-trial", "-1"),
+        "--gpus-per-trial must be in [0, 1]",
+    ),
+    ("tune-two-gpus", lambda b: _tune(b, "--arch", "densenet", "--gpus-per-trial", "2"), "a trial trains on one GPU"),
+    (
+        "tune-negative-lr",
+        lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "negative_lr.yaml")),
+        "learning rate must be > 0",
+    ),
+    (
+        "tune-zero-lr",
+        lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "zero_lr.yaml")),
+        "learning rate must be > 0",
+    ),
+    (
+        "tune-negative-weight-decay",
+        lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "negative_wd.yaml")),
+        "weight decay must be >= 0",
+    ),
+    (
+        "tune-empty-space",
+        lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "empty.yaml")),
+        "empty `space:` block",
+    ),
+    (
+        "tune-foreign-dashboard-host",
+        lambda b: _tune(b, "--arch", "densenet", "--dashboard-host", "192.0.2.1"),
+        "not an address of this machine",
+    ),
+    (
+        "tune-missing-space",
+        lambda b: _tune(b, "--arch", "densenet", "--space", str(b / "nope.yaml")),
+        "no search space",
+    ),
+    ("tune-missing-fma-root", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "nope")), "--fma-root"),
+    (
+        "tune-unwritable-results",
+        lambda b: _tune(b, "--arch", "densenet", "--results-dir", str(b / "a_file" / "r")),
+        "--results-dir",
+    ),
+    (
+        "tune-unwritable-storage",
+        lambda b: _tune(b, "--arch", "densenet", "--storage-path", str(b / "a_file" / "s")),
+        "--storage-path",
+    ),
+    (
+        "tune-unwritable-mlflow",
+        lambda b: _tune(b, "--arch", "densenet", "--mlflow-uri", f"sqlite:///{b / 'a_file' / 'm.db'}"),
+        "--mlflow-uri folder",
+    ),
     ("tune-missing-cache", lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "nope")), "--cache"),
-    ("tune-unprepared-cache", lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "no_manifest")),
-     "not a prepared cache"),
-    ("tune-old-cache-schema", lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "old_schema")),
-     f"cache schema {CACHE_SCHEMA_VERSION - 1}"),
-    ("tune-cache-sample-rate", lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "16k")),
-     "16000 Hz audio, 22050 Hz is needed"),
-    ("tune-batch-larger-than-split", lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "tiny"),
-                                                     "--space", str(b / "huge_batch.yaml")),
-     "larger than the training split"),
-    ("tune-tracks-csv-columns", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "no_genre_column")),
-     "lacks the column(s) track.genre_top"),
-    ("tune-one-genre", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "one_genre")),
-     "at least two"),
-    ("tune-empty-split", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "two_tracks")),
-     "empty"),
-    ("tune-resume-nothing", lambda b: _tune(b, "--arch", "baseline_b", "--smoke", "--resume"),
-     "--resume: no earlier search"),
-    ("tune-name-taken", lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "tiny"),
-                                        "--experiment-name", "earlier"), "already exists"),
+    (
+        "tune-unprepared-cache",
+        lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "no_manifest")),
+        "not a prepared cache",
+    ),
+    (
+        "tune-old-cache-schema",
+        lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "old_schema")),
+        f"cache schema {CACHE_SCHEMA_VERSION - 1}",
+    ),
+    (
+        "tune-cache-sample-rate",
+        lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "16k")),
+        "16000 Hz audio, 22050 Hz is needed",
+    ),
+    (
+        "tune-batch-larger-than-split",
+        lambda b: _tune(
+            b, "--arch", "densenet", "--cache", str(b / "caches" / "tiny"), "--space", str(b / "huge_batch.yaml")
+        ),
+        "larger than the training split",
+    ),
+    (
+        "tune-tracks-csv-columns",
+        lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "no_genre_column")),
+        "lacks the column(s) track.genre_top",
+    ),
+    ("tune-one-genre", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "one_genre")), "at least two"),
+    ("tune-empty-split", lambda b: _tune(b, "--arch", "densenet", "--fma-root", str(b / "two_tracks")), "empty"),
+    (
+        "tune-resume-nothing",
+        lambda b: _tune(b, "--arch", "baseline_b", "--smoke", "--resume"),
+        "--resume: no earlier search",
+    ),
+    (
+        "tune-name-taken",
+        lambda b: _tune(b, "--arch", "densenet", "--cache", str(b / "caches" / "tiny"), "--experiment-name", "earlier"),
+        "already exists",
+    ),
     ("prepare-no-fma-root", lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "nope")], "not a folder"),
-    ("prepare-unwritable-out", lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "metadata_only"), "--out",
-                                          str(b / "a_file" / "c")], "--out"),
-    ("prepare-low-rate", lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "one_genre"), "--sample-rate", "100"],
-     "too low"),
-    ("prepare-tracks-csv-columns", lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "no_genre_column")],
-     "lacks the column(s)"),
+    (
+        "prepare-unwritable-out",
+        lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "metadata_only"), "--out", str(b / "a_file" / "c")],
+        "--out",
+    ),
+    (
+        "prepare-low-rate",
+        lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "one_genre"), "--sample-rate", "100"],
+        "too low",
+    ),
+    (
+        "prepare-tracks-csv-columns",
+        lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "no_genre_column")],
+        "lacks the column(s)",
+    ),
     ("prepare-empty-split", lambda b: ["mgc_ray.prepare", "--fma-root", str(b / "two_tracks")], "empty"),
     ("prepare-bad-flag", lambda b: ["mgc_ray.prepare", "--fma-root", str(b), "--subset", "tiny"], "invalid choice"),
-    ("demo-too-few-tracks", lambda b: ["mgc_ray.demo", "--out", str(b / "d1"), "--tracks-per-genre", "2"],
-     "too small"),
+    ("demo-too-few-tracks", lambda b: ["mgc_ray.demo", "--out", str(b / "d1"), "--tracks-per-genre", "2"], "too small"),
     ("demo-too-short", lambda b: ["mgc_ray.demo", "--out", str(b / "d2"), "--seconds", "0"], "too short"),
-    ("demo-unwritable-out", lambda b: ["mgc_ray.demo", "--out", str(b / "a_file" / "d"), "--tracks-per-genre", "3",
-                                       "--seconds", "1"], "cannot be created"),
+    (
+        "demo-unwritable-out",
+        lambda b: ["mgc_ray.demo", "--out", str(b / "a_file" / "d"), "--tracks-per-genre", "3", "--seconds", "1"],
+        "cannot be created",
+    ),
 ]
 
 
@@ -158,8 +245,9 @@ def test_tune_offers_every_arch_with_paper_settings_and_a_model():
 def _run(argv: list[str], home: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MGC_HOME": str(home), **(env or {})}
     cwd = next(p for p in home.parents if p.is_dir())  # the nearest folder that exists
-    return subprocess.run([sys.executable, "-m", *argv], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _check_refused(proc: subprocess.CompletedProcess, needle: str) -> str:
@@ -198,8 +286,11 @@ def test_more_gpus_than_any_node_is_refused_before_prepare(demo_root, tmp_path):
     """Needs Ray (the cluster's GPUs): refused right after Ray starts, before any shard is decoded.
     The same run has Ray's token authentication turned off by the user: warned about."""
     home = tmp_path / "home"
-    proc = _run(_tune(tmp_path, "--arch", "densenet", "--fma-root", demo_root, "--gpus-per-trial", "1",
-                      "--no-dashboard"), home=home, env={"RAY_AUTH_MODE": "disabled"})
+    proc = _run(
+        _tune(tmp_path, "--arch", "densenet", "--fma-root", demo_root, "--gpus-per-trial", "1", "--no-dashboard"),
+        home=home,
+        env={"RAY_AUTH_MODE": "disabled"},
+    )
     _check_refused(proc, "--gpus-per-trial 1 is more than any node has (0 GPUs)")
     assert not list(home.glob("caches/*/shards/*.parquet")), "nothing prepared"
     assert "warning: RAY_AUTH_MODE=disabled turns off Ray's token authentication" in proc.stderr

@@ -1,4 +1,5 @@
 """The built-in demo: FMA's format, real mp3s, deterministic, learnable but not by one statistic."""
+
 import os
 import subprocess
 import sys
@@ -106,14 +107,14 @@ def synth_set():
 
 def _spectra(x, w=1024):
     m = len(x) // w
-    return np.abs(np.fft.rfft(x[:m * w].reshape(m, w) * np.hanning(w), axis=1)) ** 2
+    return np.abs(np.fft.rfft(x[: m * w].reshape(m, w) * np.hanning(w), axis=1)) ** 2
 
 
 def test_no_single_statistic_separates_genres(synth_set):
     sr, clips, y = synth_set
     f = np.fft.rfftfreq(1024, 1 / sr)
     stats = {
-        "rms": np.array([np.sqrt(np.mean(x ** 2)) for x in clips]),
+        "rms": np.array([np.sqrt(np.mean(x**2)) for x in clips]),
         "centroid": np.array([np.mean((S * f).sum(1) / (S.sum(1) + 1e-12)) for S in map(_spectra, clips)]),
     }
     for name, v in stats.items():

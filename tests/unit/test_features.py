@@ -1,4 +1,5 @@
 """Front ends (librosa parity), normalisation, resampling, crops and augmentation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ def fma_clip() -> np.ndarray:
 
     y, sr = sf.read(str(FMA_CLIP), dtype="float32", always_2d=True)
     y = torchaudio.functional.resample(torch.from_numpy(y.mean(axis=1)), sr, SR).numpy()
-    return np.ascontiguousarray(y[5 * SR:5 * SR + TEN_S])  # from 5 s in: past any fade-in
+    return np.ascontiguousarray(y[5 * SR : 5 * SR + TEN_S])  # from 5 s in: past any fade-in
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,17 @@ def synthetic_clip() -> np.ndarray:
 def _librosa_db(y: np.ndarray, window: int, n_mels: int) -> np.ndarray:
     import librosa
 
-    s = librosa.feature.melspectrogram(y=y, sr=SR, n_fft=window, hop_length=window // 2, win_length=window,
-                                       window="hann", center=True, power=2.0, n_mels=n_mels)
+    s = librosa.feature.melspectrogram(
+        y=y,
+        sr=SR,
+        n_fft=window,
+        hop_length=window // 2,
+        win_length=window,
+        window="hann",
+        center=True,
+        power=2.0,
+        n_mels=n_mels,
+    )
     return librosa.power_to_db(s, ref=np.max)
 
 
@@ -97,11 +107,16 @@ def test_logmel_sparse_cpu_product_matches_dense_and_copies(synthetic_clip):
     import pickle
 
     m = LogMel(CACHE_SAMPLE_RATE, 1976, 224)
-    wave = torch.from_numpy(synthetic_clip[None, :CACHE_SAMPLE_RATE * 3]).float()  # (1, N)
+    wave = torch.from_numpy(synthetic_clip[None, : CACHE_SAMPLE_RATE * 3]).float()  # (1, N)
     out = m(wave)  # (1, 224, T)
-    dense = 10 * torch.log10(torch.matmul(m.mel_fb, torch.stft(
-        wave, 1976, 988, window=m.hann, center=True, pad_mode="constant", return_complex=True).abs().square()
-    ).clamp_min(AMIN))  # (1, 224, T)
+    dense = 10 * torch.log10(
+        torch.matmul(
+            m.mel_fb,
+            torch.stft(wave, 1976, 988, window=m.hann, center=True, pad_mode="constant", return_complex=True)
+            .abs()
+            .square(),
+        ).clamp_min(AMIN)
+    )  # (1, 224, T)
     dense = (dense - dense.amax()).clamp_min(-m.top_db)
     torch.testing.assert_close(out, dense, atol=1e-3, rtol=0)
     for copied in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
@@ -218,13 +233,17 @@ def test_stretch_changes_speed_and_keeps_length(method, rate):
     t = torch.arange(n) / SR
     tone = (0.5 * torch.sin(2 * np.pi * 1000 * t))[None]  # 1 kHz
     aug = Augment(noise_p=0.0, stretch_p=1.0, stretch_method=method)
-    params = {"stretch": np.array([True]), "rate": np.array([rate]), "noise": np.array([False]),
-              "noise_rel": np.zeros(1, dtype=np.float32)}
+    params = {
+        "stretch": np.array([True]),
+        "rate": np.array([rate]),
+        "noise": np.array([False]),
+        "noise_rel": np.zeros(1, dtype=np.float32),
+    }
     out = aug.apply(tone, params)
     assert out.shape == (1, n)
-    seg = out[0, 1000:int(n / 1.1) - 1000]  # where both rates still have signal
+    seg = out[0, 1000 : int(n / 1.1) - 1000]  # where both rates still have signal
     spec = torch.fft.rfft(seg * torch.hann_window(seg.numel())).abs()
     peak_hz = int(spec.argmax()) * SR / seg.numel()
     assert abs(peak_hz - 1000 * rate) < 5  # played faster / slower by the factor
     if rate > 1:  # ran past the end: zero-padded at the end
-        assert out[0, -int(0.08 * n):].abs().max() < 0.01
+        assert out[0, -int(0.08 * n) :].abs().max() < 0.01

@@ -1,4 +1,5 @@
 """FMA metadata: the real tracks.csv loads, subsets nest, splits are right, bad metadata is one clear error."""
+
 import doctest
 import os
 
@@ -113,8 +114,9 @@ def test_empty_split_is_refused(tmp_path, partial_csv):
     assert len(fma.load_dataset(tmp_path, split="paper").tracks) == 54  # the paper split still works
 
 
-@pytest.mark.parametrize("kw, match", [(dict(subset="tiny"), "unknown subset"),
-                                       (dict(split="random"), "unknown split")])
+@pytest.mark.parametrize(
+    "kw, match", [(dict(subset="tiny"), "unknown subset"), (dict(split="random"), "unknown split")]
+)
 def test_bad_choices(fma_samples, partial_csv, kw, match):
     with pytest.raises(UserError, match=match):
         load(fma_samples, partial_csv, **kw)

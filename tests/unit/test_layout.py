@@ -1,5 +1,6 @@
 """The package's layout holds: no import circle, Ray Data's side free of torch, Tune's
 subclasses in search/, and every documented command still runs as `python -m mgc_ray.X`."""
+
 import ast
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_the_import_graph_has_no_circle():
         stack.append(m)
         for d in sorted(edges[m]):
             if state.get(d) == 1:
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(d):] + [d]))
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(d) :] + [d]))
             if d not in state:
                 visit(d)
         stack.pop()
@@ -64,16 +65,28 @@ def test_the_import_graph_has_no_circle():
 
 def test_ray_data_side_imports_no_torch():
     mods = sorted(_module(p) for p in (PKG / "data").glob("*.py"))
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods)
-            + "print(sorted(m for m in ('torch', 'torchaudio') if m in sys.modules))")
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in mods)
+        + "print(sorted(m for m in ('torch', 'torchaudio') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", f"mgc_ray.data loads {out.stdout.strip()}"
 
 
 def test_every_tune_subclass_lives_in_search():
-    tune_bases = {"Callback", "Searcher", "ASHAScheduler", "TrialScheduler", "ConcurrencyLimiter", "Stopper",
-                  "FIFOScheduler", "Trainable", "SearchAlgorithm"}
+    tune_bases = {
+        "Callback",
+        "Searcher",
+        "ASHAScheduler",
+        "TrialScheduler",
+        "ConcurrencyLimiter",
+        "Stopper",
+        "FIFOScheduler",
+        "Trainable",
+        "SearchAlgorithm",
+    }
     outside = []
     for p in PKG.rglob("*.py"):
         if p.parent.name == "search":
@@ -89,6 +102,7 @@ def test_every_tune_subclass_lives_in_search():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_answers_help(command):
-    out = subprocess.run([sys.executable, "-m", f"mgc_ray.{command}", "--help"], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", f"mgc_ray.{command}", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-2000:]

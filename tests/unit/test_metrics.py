@@ -1,4 +1,5 @@
 """Metrics: scikit-learn agreement where definitions coincide, the paper's identities."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,9 @@ def test_agrees_with_sklearn(seed, never):
         ref = fn(y_true, y_pred, average=None, **kw)
         got = [m[f"{per}/{g}"] for g in GENRES]
         np.testing.assert_allclose(got, ref)
-    np.testing.assert_array_equal(confusion_matrix(y_true, y_pred, 8),
-                                  skm.confusion_matrix(y_true, y_pred, labels=labels))
+    np.testing.assert_array_equal(
+        confusion_matrix(y_true, y_pred, 8), skm.confusion_matrix(y_true, y_pred, labels=labels)
+    )
     if never is not None:
         assert m[f"precision/{GENRES[never]}"] == 0.0
 

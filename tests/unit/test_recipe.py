@@ -1,6 +1,7 @@
 """The training-recipe options (mgc_ray.trial.recipe), on the CPU without Ray: the masks zero exactly
 the spans they name and only in training, mixup and label smoothing give the losses they are
 defined by, and with all three off a trial trains exactly as before, drawing nothing more."""
+
 import functools
 
 import numpy as np
@@ -90,8 +91,9 @@ def test_masks_and_mixup_only_in_training():
     g = torch.Generator().manual_seed(1)
     batches = [(0.3 * torch.randn(4, N, generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(2)]
     recipe = Recipe(spec_mask=0.2, mixup=0.4, label_smoothing=0.1)
-    train_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0), recipe=recipe,
-                generator=np.random.default_rng(0))
+    train_epoch(
+        model, batches, torch.optim.SGD(model.parameters(), lr=0.0), recipe=recipe, generator=np.random.default_rng(0)
+    )
     assert len(calls) == 2 and all(isinstance(a[1], Masks) for a in calls)
     assert all(not torch.equal(a[0], w) for a, (w, _) in zip(calls, batches)), "mixup mixed the waveforms"
     calls.clear()
@@ -107,8 +109,9 @@ def _paper_epochs(arch: str, recipe):
     opt = make_optimizer(model, TrainConfig(arch=arch))
     aug = Augment()
     g = torch.Generator().manual_seed(1)
-    batches = [(0.3 * torch.randn(4, aug.input_len(N), generator=g), torch.randint(0, 4, (4,), generator=g))
-               for _ in range(3)]
+    batches = [
+        (0.3 * torch.randn(4, aug.input_len(N), generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(3)
+    ]
     out = []
     for epoch in range(2):
         rng = np.random.default_rng(epoch_seed(0, epoch))
@@ -146,8 +149,13 @@ class _Linear(torch.nn.Module):
 def _one_step_loss(recipe: Recipe, wave, label, seed: int) -> float:
     """train_epoch's loss on one batch, the weights unchanged (lr 0)."""
     model = _Linear()
-    return train_epoch(model, [(wave, label)], torch.optim.SGD(model.parameters(), lr=0.0), recipe=recipe,
-                       generator=np.random.default_rng(seed))["loss"]
+    return train_epoch(
+        model,
+        [(wave, label)],
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        recipe=recipe,
+        generator=np.random.default_rng(seed),
+    )["loss"]
 
 
 def test_mixup_loss_is_the_lam_weighted_pair_of_cross_entropies():
@@ -180,8 +188,15 @@ def test_label_smoothing_is_torchs():
     assert _one_step_loss(Recipe(), wave, label, seed=0) == pytest.approx(float(F.nll_loss(logp, label)), rel=1e-6)
 
 
-@pytest.mark.parametrize("bad, needle", [(dict(spec_mask=-0.1), "spec_mask"), (dict(spec_mask=0.5), "spec_mask"),
-                                         (dict(mixup=-1.0), "mixup"), (dict(label_smoothing=1.0), "label_smoothing")])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (dict(spec_mask=-0.1), "spec_mask"),
+        (dict(spec_mask=0.5), "spec_mask"),
+        (dict(mixup=-1.0), "mixup"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+    ],
+)
 def test_out_of_bounds_options_are_refused(bad, needle):
     with pytest.raises(ValueError, match=needle):
         TrainConfig(arch="densenet", **bad)

@@ -1,5 +1,6 @@
 """Fast unit tests of the pieces a search reaches only inside Ray: the epoch loop, the crop UDF,
 config conversion, track-level averaging, the manifest record and atomic writes."""
+
 import json
 
 import numpy as np
@@ -72,8 +73,11 @@ def test_train_epoch_applies_augment_and_refuses_an_empty_split():
 # --- the crop UDF (runs in Ray Data tasks) -----------------------------------------
 def _clips():
     lengths = (1000, 250, 600)
-    return {"track_id": np.array([5, 9, 11]), "label": np.array([0, 2, 1]),
-            "samples": [np.arange(n, dtype=np.int16) + i * 1000 for i, n in enumerate(lengths)]}
+    return {
+        "track_id": np.array([5, 9, 11]),
+        "label": np.array([0, 2, 1]),
+        "samples": [np.arange(n, dtype=np.int16) + i * 1000 for i, n in enumerate(lengths)],
+    }
 
 
 def test_random_crops_are_slices_reproducible_per_seed_epoch_and_track():
@@ -100,8 +104,16 @@ def test_centre_and_cover_crops():
 
 # --- config conversion -----------------------------------------------------------
 def test_train_config_from_tunes_flat_dict():
-    d = {"arch": "densenet", "lr": np.float64(3e-4), "batch_size": np.int64(64), "window": "1976",
-         "crop_seconds": 5, "max_epochs": 3.0, "node_id": "ignored", "trial_id": "x"}
+    d = {
+        "arch": "densenet",
+        "lr": np.float64(3e-4),
+        "batch_size": np.int64(64),
+        "window": "1976",
+        "crop_seconds": 5,
+        "max_epochs": 3.0,
+        "node_id": "ignored",
+        "trial_id": "x",
+    }
     cfg = TrainConfig.from_dict(d)
     assert (cfg.lr, cfg.batch_size, cfg.window, cfg.crop_seconds, cfg.max_epochs) == (3e-4, 64, 1976, 5.0, 3)
     assert type(cfg.batch_size) is int and type(cfg.lr) is float
@@ -143,21 +155,39 @@ def test_track_level_averages_each_tracks_crops():
 def _doc(**over):
     from mgc_ray.config import CACHE_SCHEMA_VERSION
 
-    return {"schema_version": CACHE_SCHEMA_VERSION, "sample_rate": 22050, "subset": "small", "split_scheme": "paper",
-            "data_seed": 0, "fma_root": "/data", "label_names": ["a", "b", "c"],
-            "counts": {"train": {"a": 1, "b": 1, "c": 1}}, "num_tracks": {"train": 3, "val": 0, "test": 0},
-            "wave_mean": 0.0, "wave_std": 0.2, "bad_tracks": [], "shards": {"train": ["shards/train-00000.parquet"]},
-            "min_track_seconds": 2.0, "silence_peak": 1e-4, "tracks_per_shard": 64, "track_list_sha1": "f" * 40,
-            "shard_sha256": {"shards/train-00000.parquet": "0" * 64},
-            **over}
+    return {
+        "schema_version": CACHE_SCHEMA_VERSION,
+        "sample_rate": 22050,
+        "subset": "small",
+        "split_scheme": "paper",
+        "data_seed": 0,
+        "fma_root": "/data",
+        "label_names": ["a", "b", "c"],
+        "counts": {"train": {"a": 1, "b": 1, "c": 1}},
+        "num_tracks": {"train": 3, "val": 0, "test": 0},
+        "wave_mean": 0.0,
+        "wave_std": 0.2,
+        "bad_tracks": [],
+        "shards": {"train": ["shards/train-00000.parquet"]},
+        "min_track_seconds": 2.0,
+        "silence_peak": 1e-4,
+        "tracks_per_shard": 64,
+        "track_list_sha1": "f" * 40,
+        "shard_sha256": {"shards/train-00000.parquet": "0" * 64},
+        **over,
+    }
 
 
 def test_manifest_round_trip_and_checks():
     m = Manifest.from_dict(_doc(), "/caches/c")
     assert m.n_classes == 3 and m.shard_paths("train") == ["/caches/c/shards/train-00000.parquet"]
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    for bad, needle in ((_doc(schema_version=0), "schema 0"), ({k: v for k, v in _doc().items() if k != "counts"},
-                        "lacks counts"), (_doc(wave_std="x"), "malformed"), (_doc(label_names=["a"]), "1 genre")):
+    for bad, needle in (
+        (_doc(schema_version=0), "schema 0"),
+        ({k: v for k, v in _doc().items() if k != "counts"}, "lacks counts"),
+        (_doc(wave_std="x"), "malformed"),
+        (_doc(label_names=["a"]), "1 genre"),
+    ):
         with pytest.raises(UserError, match=needle):
             Manifest.from_dict(bad, "/caches/c")
 
@@ -180,14 +210,17 @@ def test_worker_exit_tracebacks_stay_out_of_the_output():
     any other error a worker prints is kept."""
     from mgc_ray.cluster import without_exit_tracebacks
 
-    noise = ["Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f6dcaaca520>",
-             "Traceback (most recent call last):",
-             '  File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove',
-             "    def _remove(item, selfref=ref(self)):", "",
-             '  File ".../ray/_private/worker.py", line 1063, in sigterm_handler',
-             "    raise_sys_exit_with_custom_error_message(",
-             '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.raise_sys_exit_with_custom_error_message',
-             "SystemExit: 1"]
+    noise = [
+        "Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f6dcaaca520>",
+        "Traceback (most recent call last):",
+        '  File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove',
+        "    def _remove(item, selfref=ref(self)):",
+        "",
+        '  File ".../ray/_private/worker.py", line 1063, in sigterm_handler',
+        "    raise_sys_exit_with_custom_error_message(",
+        '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.raise_sys_exit_with_custom_error_message',
+        "SystemExit: 1",
+    ]
     real = ["Traceback (most recent call last):", '  File "x.py", line 1, in f', "ValueError: bad"]
     assert without_exit_tracebacks(["epoch 1"] + noise + ["epoch 2"]) == ["epoch 1", "epoch 2"]
     assert without_exit_tracebacks(real + noise) == real
@@ -198,9 +231,13 @@ def test_a_stopped_trials_prefetcher_broken_pipe_stays_out_of_the_output():
     stopped a search): its broken pipe to the raylet is dropped; any other prefetcher error is kept."""
     from mgc_ray.cluster import without_exit_tracebacks
 
-    head = ["Error in prefetcher thread.", "Traceback (most recent call last):",
-            '  File ".../ray/data/_internal/block_batching/util.py", line 513, in _run', "    ray.wait(",
-            '  File "python/ray/includes/common.pxi", line 117, in ray._raylet.check_status']
+    head = [
+        "Error in prefetcher thread.",
+        "Traceback (most recent call last):",
+        '  File ".../ray/data/_internal/block_batching/util.py", line 513, in _run',
+        "    ray.wait(",
+        '  File "python/ray/includes/common.pxi", line 117, in ray._raylet.check_status',
+    ]
     assert without_exit_tracebacks(["epoch 3"] + head + ["OSError: Broken pipe", "done"]) == ["epoch 3", "done"]
     other = head + ["ray.exceptions.ObjectLostError: lost"]
     assert without_exit_tracebacks(other) == other
@@ -211,12 +248,16 @@ def test_a_lost_nodes_messages_are_one_line_each_and_once():
     test removed a cluster node): one line each, once; other Ray errors are kept, first line only."""
     from mgc_ray.cluster import node_error_lines
 
-    died = ("Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL by the user "
-            "or system OOM killer. Last 20 lines of the Raylet logs:\n"
-            "    [2026-12-02 13:14:38,156 W 21264 21273] (raylet) store.cc:366: Disconnecting client\n"
-            "    [2026-12-02 13:14:56,247 I 21264 21264] (raylet) node_manager.cc:124: DisconnectClient\n")
-    dead = ("The node with node id: cbce5c and address: 192.0.2.2 has been marked dead because the detector "
-            "has missed too many heartbeats from it.\n\t(2) raylet has lagging heartbeats due to slow network.")
+    died = (
+        "Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL by the user "
+        "or system OOM killer. Last 20 lines of the Raylet logs:\n"
+        "    [2026-12-02 13:14:38,156 W 21264 21273] (raylet) store.cc:366: Disconnecting client\n"
+        "    [2026-12-02 13:14:56,247 I 21264 21264] (raylet) node_manager.cc:124: DisconnectClient\n"
+    )
+    dead = (
+        "The node with node id: cbce5c and address: 192.0.2.2 has been marked dead because the detector "
+        "has missed too many heartbeats from it.\n\t(2) raylet has lagging heartbeats due to slow network."
+    )
     seen: set[str] = set()
     first = node_error_lines([died, dead], seen)
     assert len(first) == 2 and all("\n" not in line for line in first)
@@ -235,10 +276,19 @@ def test_a_failed_trial_task_is_logged_in_one_line():
     try:
         raise RuntimeError("The actor 1f59 is unavailable: RPC error: Socket closed\nmore detail")
     except RuntimeError as exc:
-        record = logging.LogRecord("ray.tune.execution.tune_controller", logging.ERROR, __file__, 1,
-                                   "Trial task failed for trial %s", ("train_trial_ed92",), (RuntimeError, exc, None))
+        record = logging.LogRecord(
+            "ray.tune.execution.tune_controller",
+            logging.ERROR,
+            __file__,
+            1,
+            "Trial task failed for trial %s",
+            ("train_trial_ed92",),
+            (RuntimeError, exc, None),
+        )
     assert _TrialFailureLine().filter(record)
     assert record.exc_info is None
-    assert record.getMessage() == ("Trial task failed for trial train_trial_ed92: RuntimeError: The actor 1f59 is "
-                                   "unavailable: RPC error: Socket closed")
+    assert record.getMessage() == (
+        "Trial task failed for trial train_trial_ed92: RuntimeError: The actor 1f59 is "
+        "unavailable: RPC error: Socket closed"
+    )
     assert logging.Formatter().format(record).count("\n") == 0
