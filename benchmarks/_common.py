@@ -324,7 +324,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> Non
 
 def write_report(out: Path, name: str, report: dict, markdown: Sequence[str]) -> tuple[Path, Path]:
     """Write `<name>_<device>.json` and `.md` atomically (stamping the end load average); return both paths."""
-    report["machine"]["load_avg_1min_at_end"] = load1()
+    report["machine"].setdefault("load_avg_1min_at_end", load1())  # a re-rendered report keeps its own
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}_{report['machine']['device'].split(':')[0]}"
     lines = list(markdown)

@@ -255,9 +255,53 @@ def main(argv=None) -> int:
     return 0 if report["seeds"] else 1
 
 
+def optimum(p: dict) -> float:
+    """The problem's lowest noise-free final loss over the space: `final_loss`'s floor, at batch 32
+    (the lr and wd bowls' centres lie inside LR and WD for every seeded problem)."""
+    return p["floor"]
+
+
+def paired(report: dict, rng_seed: int = 0) -> list[dict]:
+    """Each searcher against stock on the same seeds (the same problems): the per-seed difference of
+    the best final value at the whole budget, its mean with a seeded bootstrap 95 % interval, the
+    win/tie/loss count and a Wilcoxon signed-rank p; and each searcher's regret from the optimum.
+    Raw values are not compared across seeds: the problems' optima differ by more than the gaps."""
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    best = {m: np.asarray(v) for m, v in report["per_seed_best"].items()}
+    opt = np.asarray([optimum(problem(s)) for s in report["seeds"]])
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for m in METHODS:
+        d = best[m] - best["stock"]
+        boot = rng.choice(d, size=(10_000, len(d))).mean(axis=1)
+        nonzero = d[d != 0]
+        rows.append(
+            dict(
+                searcher=m,
+                median_regret=float(np.median(best[m] - opt)),
+                mean_diff=float(d.mean()),
+                ci95=[float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                better=int((d < 0).sum()),
+                tied=int((d == 0).sum()),
+                worse=int((d > 0).sum()),
+                wilcoxon_p=float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 6 else None,
+            )
+        )
+    return rows
+
+
 def merge(paths: list[Path], out: Path) -> int:
-    """One report from several runs over disjoint seeds (run side by side to use the machine's time)."""
+    """One report from several runs over disjoint seeds (run side by side to use the machine's time);
+    given one report that was merged already, it is written again as it is (its figures re-rendered)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    if len(parts) == 1 and parts[0].get("merged_from"):
+        r = parts[0]
+        searches = {m: [v] if (v := r["seconds_per_search"][m]) else [] for m in METHODS}
+        how = f"{len(r['merged_from'])} runs side by side"
+        write(out, r, r["curves"], searches, r["budget"], time.time() - r["wall_s"], how)
+        return 0
     budget = parts[0]["budget"]
     if any(r["budget"] != budget for r in parts):
         raise SystemExit("the reports to merge have different budgets")
@@ -323,6 +367,32 @@ def write(out: Path, report: dict, curves: dict, searches: dict, budget: int, t0
         "The surrogate and the method: see the doc of benchmarks/search_quality.py."
         + (f" Seeds ran as {how}, each with its own local Ray, on a machine shared with other jobs." if how else ""),
     ]
+    report["paired"] = paired(report)
+    lines += [
+        "",
+        f"## Paired per seed, at B={budget} (the same {n} problems for every searcher)",
+        "",
+        "Difference = searcher's best final value minus stock's on the same seed (negative: better than "
+        "stock); interval: seeded bootstrap over seeds; p: Wilcoxon signed-rank on the non-zero "
+        "differences; regret: best final value minus the problem's optimum (noise-free).",
+        "",
+    ]
+    lines += C.md_table(
+        ["searcher", "median regret", "mean difference", "95 % interval", "better / tied / worse", "Wilcoxon p"],
+        [
+            [r["searcher"], C.fmt(r["median_regret"], 4), "(reference)", "", "", ""]
+            if r["searcher"] == "stock"
+            else [
+                r["searcher"],
+                C.fmt(r["median_regret"], 4),
+                C.fmt(r["mean_diff"], 4),
+                f"[{C.fmt(r['ci95'][0], 4)}, {C.fmt(r['ci95'][1], 4)}]",
+                f"{r['better']} / {r['tied']} / {r['worse']}",
+                "–" if r["wilcoxon_p"] is None else C.fmt(r["wilcoxon_p"], 2),
+            ]
+            for r in report["paired"]
+        ],
+    )
     C.write_report(out, "search_quality", report, lines)
 
 
