@@ -35,7 +35,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from mgc_ray.config import PAPER, is_paper_point
+from mgc_ray.config import METRIC, PAPER, is_paper_point
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.metrics import TABLE_COLUMNS, definitions
 from mgc_ray.results.markdown import cell
@@ -139,7 +139,7 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
         metrics = _test(t) if t is not None and "test/paper_f1" in t.data.metrics else _test(s)
         if "paper_f1" not in metrics:
             continue
-        loss = t.data.metrics.get("best/val_loss", math.inf) if t is not None else math.inf
+        loss = t.data.metrics.get(METRIC, math.inf) if t is not None else math.inf
         best.append((loss, -s.info.start_time, s, t, metrics))
     if best:
         loss, _, s, t, metrics = min(best, key=lambda x: x[:2])

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgc_ray.config import ModelConfig, TrainConfig, epoch_seed
+from mgc_ray.config import METRIC, VAL_LOSS, ModelConfig, TrainConfig, epoch_seed
 from mgc_ray.data.cache import Manifest
 from mgc_ray.data.pipeline import CacheDatasets, eval_batches, train_batches
 from mgc_ray.metrics import prefixed
@@ -80,9 +80,9 @@ class RecurringTrialError(RuntimeError):
 
 
 def _best(history: list[dict]) -> dict:
-    best = min(history, key=lambda row: row["val/loss"])
+    best = min(history, key=lambda row: row[VAL_LOSS])
     return {
-        "best/val_loss": best["val/loss"],
+        METRIC: best[VAL_LOSS],
         "best/epoch": best["epoch"],
         "best/val_paper_f1": best["val/paper_f1"],
         "best/val_macro_f1": best["val/macro_f1"],
