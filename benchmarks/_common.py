@@ -31,6 +31,7 @@ import torch
 from benchmarks.model_table import cpu_model  # the existing benchmark's CPU name reader
 from mgc_ray.errors import Parser, UserError
 from mgc_ray.files import atomic_text
+from mgc_ray.results.markdown import table
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
 LIBRARIES = (
@@ -307,11 +308,8 @@ def title(heading: str, smoke: bool, what: str = "tiny sizes, not a measurement"
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str | None = None) -> list[str]:
-    align = align or "l" + "r" * (len(headers) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(sep) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return lines
+    """`results.markdown.table`, its first column left and the others right-aligned unless told."""
+    return table(headers, rows, align or "l" + "r" * (len(headers) - 1))
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
