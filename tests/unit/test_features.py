@@ -125,7 +125,11 @@ def test_logmel_sparse_cpu_product_matches_dense_and_copies(synthetic_clip):
 
 def test_zscores():
     # seeded: an unseeded draw offset by 7 sometimes left float32 rounding of the mean just over 1e-5
-    x = torch.randn(3, 20, 30, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 5.0, 0.1])[:, None, None] + 7
+    x = (
+        torch.randn(3, 20, 30, generator=torch.Generator().manual_seed(0))
+        * torch.tensor([1.0, 5.0, 0.1])[:, None, None]
+        + 7
+    )
     z = PerInputZScore()(x)
     torch.testing.assert_close(z.mean(dim=(1, 2)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(dim=(1, 2), unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
