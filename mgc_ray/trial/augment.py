@@ -5,10 +5,17 @@ reached the trial's device: it is cheap tensor work next to a training step.
 Its random parameters are drawn on the host with a seeded numpy Generator, so
 nothing is read back from the device and the CPU can run ahead of the GPU
 (the trial's step has no host sync). Evaluation and prediction never call it.
+
+The stretch convolves each batch's examples per drawn factor, so its input shapes
+change from batch to batch (up to 21 factors x any count of examples: hundreds of
+shapes in an epoch at batch 32). cuDNN's autotuner, on for the model's fixed shapes
+(`trainable.trial_setup`), would time every new shape with device syncs; the stretch
+runs with it off (`autotuner_off`), on cuDNN's heuristic choice of algorithm.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -20,6 +27,17 @@ from torch import nn
 from mgc_ray.config import NOISE_MAX_REL, NOISE_P, STRETCH_P, STRETCH_RANGE
 from mgc_ray.models.frontend import apply_sinc_kernel
 from mgc_ray.trial.device import to_device
+
+
+@contextlib.contextmanager
+def autotuner_off():
+    """cuDNN's autotuner off inside the block, back to what it was after (process-wide flag)."""
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = was
 
 
 def _pad_end(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -178,11 +196,12 @@ class Augment(nn.Module):
         n = out_len or wave.shape[1]
         steps = np.rint(np.asarray(rate) * self.RATE_STEPS).astype(np.int64)  # (B,)
         out = _pad_end(wave[:, :n], n).clone()  # (B, out_len): the unstretched examples' first samples
-        for s in np.unique(steps[steps != self.RATE_STEPS]):
-            idx = to_device(np.flatnonzero(steps == s), wave.device)  # (k,)
-            kernel, width, orig, new = self._kernel(int(s), wave.device, wave.dtype)
-            y = apply_sinc_kernel(wave.index_select(0, idx), kernel, width, orig, new, out_len=n)  # (k, <= N)
-            out.index_copy_(0, idx, _pad_end(y, n))  # (B, out_len): cut, or a short track's end zero-padded
+        with autotuner_off():  # (k, N) changes every batch: see the module doc
+            for s in np.unique(steps[steps != self.RATE_STEPS]):
+                idx = to_device(np.flatnonzero(steps == s), wave.device)  # (k,)
+                kernel, width, orig, new = self._kernel(int(s), wave.device, wave.dtype)
+                y = apply_sinc_kernel(wave.index_select(0, idx), kernel, width, orig, new, out_len=n)  # (k, <= N)
+                out.index_copy_(0, idx, _pad_end(y, n))  # (B, out_len): cut, or a short track's end zero-padded
         return out
 
     def apply(

@@ -7,6 +7,7 @@ benchmarks feed it tensors directly.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Iterable
 
@@ -24,26 +25,46 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
-    """Move to `device`; on CUDA use channels_last (the conv kernels' fast layout) unless switched off."""
+def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None) -> torch.nn.Module:
+    """Move to `device` in the layout its convolutions want.
+
+    Args:
+        channels_last: None (the trial's): channels_last on CUDA (cuDNN's fast layout under bf16),
+            contiguous on the CPU; True: channels_last on any device (tests run the GPU path on the
+            CPU with it); False: contiguous.
+    """
     model = model.to(device)
-    if channels_last and device.type == "cuda":
+    if device.type == "cuda" if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def compiled(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+def compiled(model: torch.nn.Module, enabled: bool, threads: int | None = None) -> torch.nn.Module:
     """`torch.compile(model)` when enabled (the trial's --compile), else the model itself.
 
     The compiled wrapper shares the model's parameters: train and predict with it, save
-    the model (its state dict has no `_orig_mod.` prefix)."""
-    return torch.compile(model) if enabled else model
+    the model (its state dict has no `_orig_mod.` prefix). Inductor starts a pool of compile
+    workers sized by the node's cores (up to 32), in every trial process: it gets `threads`
+    instead (default torch's threads, which Ray sets to the trial's CPUs through
+    OMP_NUM_THREADS), unless TORCHINDUCTOR_COMPILE_THREADS says otherwise."""
+    if not enabled:
+        return model
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        import torch._inductor.config as inductor
+
+        inductor.compile_threads = max(1, threads or torch.get_num_threads())
+    return torch.compile(model)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); nothing on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, enabled: bool | None = None):
+    """bf16 autocast (no loss scaling needed, unlike fp16).
+
+    Args:
+        enabled: None (the trial's): on CUDA only, float32 on the CPU (where bf16 is slower);
+            True: on any device (tests run the GPU path on the CPU with it); False: float32.
+    """
+    if device.type == "cuda" if enabled is None else enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -66,7 +87,7 @@ def train_epoch(
     generator=None,
     recipe: Recipe | None = None,
     device: torch.device | None = None,
-    amp: bool = True,
+    amp: bool | None = None,
 ) -> dict[str, float]:
     """One pass over `batches` with unweighted cross-entropy (the paper's loss).
 
@@ -77,6 +98,7 @@ def train_epoch(
             the recipe's masks and mixup (None with a recipe on: a fresh unseeded one).
         recipe: masks, mixup, label smoothing (`mgc_ray.trial.recipe`), after `augment`; None or all
             off: the paper's plain cross-entropy, and nothing more drawn from `generator`.
+        amp: bf16 autocast (`autocast`: None, on CUDA only).
     Nothing is read back from the device inside the loop (the loss is summed on the device
     and read once, at the end), so the host queues the next steps while the GPU runs.
 
@@ -147,7 +169,7 @@ def train_epoch(
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, batches: Iterable, *, device: torch.device | None = None, amp: bool = True
+    model: torch.nn.Module, batches: Iterable, *, device: torch.device | None = None, amp: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits of every crop.
 

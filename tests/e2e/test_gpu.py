@@ -1,5 +1,7 @@
-"""GPU discipline, checked on a CPU: no host sync in a training step, the device Ray assigned
-(simulated GPU ids), memory shares and their errors, and the defaults that fill a GPU node."""
+"""GPU discipline, checked on a CPU: no host sync in a training step, the GPU's step (bf16
+autocast, channels_last) for every arch, a bounded set of shapes under cuDNN's autotuner, the
+device Ray assigned (simulated GPU ids), memory shares and their errors, and the defaults that
+fill a GPU node."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import functools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mgc_ray.cluster import default_gpu_share, plan_resources, trial_memory_gib
 from mgc_ray.config import TrainConfig
 from mgc_ray.errors import UserError
-from mgc_ray.models import build_model
+from mgc_ray.models import build_model, list_models
 from mgc_ray.trial.augment import Augment
 from mgc_ray.trial.device import (
     GPU_HEADROOM,
@@ -25,7 +29,7 @@ from mgc_ray.trial.device import (
     memory_fraction,
     oom_error,
 )
-from mgc_ray.trial.loop import make_optimizer, train_epoch
+from mgc_ray.trial.loop import autocast, compiled, make_optimizer, prepare_model, train_epoch
 from mgc_ray.trial.recipe import Recipe
 
 SR = 8000
@@ -142,6 +146,106 @@ def test_the_1d_front_end_runs_in_float32_under_autocast():
         assert fe(torch.randn(2, 22_050)).dtype == torch.float32
 
 
+# --- the GPU's step on the CPU: bf16, channels_last, the autotuner's shapes -------
+
+
+class _ConvShapes(TorchFunctionMode):
+    """The (op, input shape, weight shape) of every convolution, split by whether cuDNN's
+    autotuner was on when it ran (`torch.backends.cudnn.benchmark`: on a GPU, each new shape
+    under it is timed with device syncs)."""
+
+    CONVS = (F.conv1d, F.conv2d)
+
+    def __init__(self):
+        super().__init__()
+        self.tuned: set = set()
+        self.untuned: set = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.CONVS:
+            key = (func.__name__, tuple(args[0].shape), tuple(args[1].shape))
+            (self.tuned if torch.backends.cudnn.benchmark else self.untuned).add(key)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch", ["baseline_a_2d", "baseline_a_1d"])
+def test_the_autotuner_sees_the_same_shapes_every_epoch(arch):
+    """With the autotuner on (as a CUDA trial runs), epoch 0 brings the model's convolutions'
+    shapes and later epochs none: the stretch's per-factor convolutions (a new (k, N) almost every
+    batch) run with it off."""
+    torch.manual_seed(0)
+    model = build_model(arch, **TINY)
+    opt = make_optimizer(model, TrainConfig(arch=arch))
+    n = int(SR * TINY["crop_seconds"])
+    stretch = Augment(noise_p=1.0, stretch_p=1.0)
+    batches = [(0.3 * torch.randn(8, stretch.input_len(n)), torch.randint(0, 4, (8,))) for _ in range(4)]
+    aug = functools.partial(stretch, out_len=n)  # as the trial: Ray Data's window, cut to the crop
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        new_per_epoch, stretch_shapes = [], set()
+        seen: set = set()
+        for epoch in range(3):
+            with _ConvShapes() as shapes:
+                train_epoch(model, batches, opt, augment=aug, generator=np.random.default_rng(epoch))
+            new_per_epoch.append(len(shapes.tuned - seen))
+            seen |= shapes.tuned
+            stretch_shapes |= shapes.untuned
+        assert torch.backends.cudnn.benchmark, "the stretch must give the autotuner back as it found it"
+    finally:
+        torch.backends.cudnn.benchmark = was
+    assert new_per_epoch[0] > 0 and new_per_epoch[1:] == [0, 0], new_per_epoch
+    assert len(stretch_shapes) > 4, "every batch stretched: its convolutions ran, outside the autotuner"
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_a_bf16_channels_last_training_step_runs_on_the_cpu(arch):
+    """The GPU's step (bf16 autocast, channels_last weights, fused Adam) for every arch, on the CPU:
+    the logits come out in bf16, the loss is finite and every trained parameter moves."""
+    torch.manual_seed(0)
+    model = prepare_model(build_model(arch, **TINY), torch.device("cpu"), channels_last=True)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.dim() == 4)
+    opt = make_optimizer(model, TrainConfig(arch=arch))
+    n = int(SR * TINY["crop_seconds"])
+    wave, label = 0.3 * torch.randn(2, n), torch.randint(0, 4, (2,))
+    dtypes = []
+    model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    r = train_epoch(model, [(wave, label)], opt, amp=True)  # one step: DenseNet's takes seconds on 2 cores
+    assert dtypes == [torch.bfloat16] and np.isfinite(r["loss"]) and r["samples"] == 2
+    frozen = [k for k, v in model.named_parameters() if v.requires_grad and torch.equal(v, before[k])]
+    assert not frozen, f"not trained under bf16: {frozen[:5]}"
+
+
+def test_the_trial_default_is_float32_and_contiguous_on_the_cpu():
+    """A CPU trial (amp and channels_last left to the device) keeps float32 and the default layout."""
+    model = prepare_model(build_model("baseline_a_2d", **TINY), torch.device("cpu"))
+    assert all(p.is_contiguous() for p in model.parameters())
+    with autocast(torch.device("cpu")):
+        assert model(0.3 * torch.randn(2, int(SR * TINY["crop_seconds"]))).dtype == torch.float32
+
+
+def test_compile_workers_are_the_trials_cpus(monkeypatch):
+    """--compile: inductor's compile workers are the trial's CPUs, not the node's (up to 32 per trial
+    process); TORCHINDUCTOR_COMPILE_THREADS, when set, stays the user's."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "compile_threads", 16)  # the node's cores, as inductor decided
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    model = build_model("baseline_a_2d", **TINY)
+    compiled(model, True, threads=2)
+    assert inductor.compile_threads == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # Ray's OMP_NUM_THREADS for a 3-CPU trial
+    compiled(model, True)
+    assert inductor.compile_threads == 3
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "5")
+    monkeypatch.setattr(inductor, "compile_threads", 5)  # inductor read it at import
+    compiled(model, True, threads=2)
+    assert inductor.compile_threads == 5
+    assert compiled(model, False) is model
+
+
 # --- the device Ray assigned (simulated ids) ------------------------------------
 def test_a_trial_without_gpus_trains_on_the_cpu_whatever_torch_sees():
     assert choose_device([], cuda_available=True, cuda_count=8, visible=None) == "cpu"
@@ -182,14 +286,16 @@ def _node(cpus: float, gpus: float = 0) -> dict:
 
 def test_densenet_trials_share_a_gpu_by_default():
     need = trial_memory_gib("densenet", 64)  # the default space's largest batch
-    assert default_gpu_share(need, 141.0) == 0.25  # one H200: four trials
-    assert default_gpu_share(need, 80.0) == 0.375  # one H100: two
+    # sized from bf16 activations (cluster.ACTIVATION_GIB): 0.2 GiB x 64 + 1.5 = 14.3 GiB a trial
+    assert default_gpu_share(need, 141.0) == 0.125  # one H200: eight trials (four when sized from float32)
+    assert default_gpu_share(need, 80.0) == 0.25  # one H100: four
+    assert default_gpu_share(need, 24.0) == 0.75  # a 24-GiB card: one
     assert default_gpu_share(trial_memory_gib("baseline_a_2d", 64), 141.0) == 1 / 8  # small models: eight
     assert default_gpu_share(need, None) == 1.0  # memory unknown: a whole GPU
     r = plan_resources([_node(16, 1)], None, None, None, need, 141.0)
-    assert (r.gpus, r.cpus, r.max_concurrent) == (0.25, 3.0, 4)  # 4 cores stay for Ray Data
+    assert (r.gpus, r.cpus, r.max_concurrent) == (0.125, 1.0, 8)  # 4 cores stay for Ray Data
     r = plan_resources([_node(64, 8)], None, None, None, need, 141.0)
-    assert (r.gpus, r.cpus, r.max_concurrent) == (0.25, 1.0, 32)
+    assert (r.gpus, r.cpus, r.max_concurrent) == (0.125, 1.0, 48)  # 16 cores stay for Ray Data
 
 
 def test_cpu_nodes_and_explicit_flags_keep_their_meaning():
