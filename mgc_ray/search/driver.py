@@ -218,6 +218,7 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
     progress = Progress()
     guard = DiskGuard(search_folders(plan.storage_path, plan.results_root, plan.mlflow_uri), LOW_FREE_BYTES)
     status, stale, ledger = dict.fromkeys(runs, "FAILED"), [], None
+    scorer = SplitScorer(gpus, cpus)
     try:
         # A driver killed with SIGKILL left its runs RUNNING: end them now; the trials Tune
         # resumes take theirs back (TrialLogger), the rest stay KILLED.
@@ -259,10 +260,11 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
                 parent,
                 budget_note=budget_note,
                 chance_note=chance,
+                scorer=scorer,
             )
             status[plan.arch] = "FINISHED"
             return summary
-        return _finish_archs(plan, spaces, list(grid), datasets, manifest, c, runs, status, budget_note, chance)
+        return _finish_archs(plan, spaces, list(grid), datasets, manifest, c, runs, status, budget_note, chance, scorer)
     except KeyboardInterrupt:
         status = dict.fromkeys(runs, "KILLED")
         if guard.full is not None:
@@ -329,6 +331,7 @@ def _finish_archs(
     status: dict,
     budget_note: str | None,
     chance: str | None,
+    scorer: SplitScorer,
 ) -> dict:
     """A search over several archs: finish each arch as a one-arch search would (in its own folder),
     then the best overall. Sets each arch's run status in `status`."""
@@ -360,6 +363,7 @@ def _finish_archs(
             out=root / s.arch,
             budget_note=budget_note,
             chance_note=chance,
+            scorer=scorer,
         )
         best_loss[s.arch] = min(r.metrics[METRIC] for r in ok)
         status[s.arch] = "FINISHED"
@@ -438,19 +442,41 @@ def _paper_result(grid, space: SearchSpace):
     return next((r for r in grid if r.config and space.is_paper(r.config)), None)
 
 
-def _evaluate(result, datasets):
-    """Test-split scores of a trial's lowest-validation-loss checkpoint."""
-    from mgc_ray.models import checkpoint as ckpt
-    from mgc_ray.trial.scoring import score_split
+@dataclasses.dataclass(frozen=True)
+class SplitScorer:
+    """Where the test split is scored: with GPUs per trial, in a Ray task holding one trial's GPU
+    share and CPUs (a head node without a GPU would score every searched arch on its CPU); without,
+    here in the driver, as the trials trained."""
 
+    gpus: float = 0.0
+    cpus: float = 1.0
+
+    def __call__(self, checkpoint, ds):
+        """(Scores, payload) of `checkpoint` on the split `ds` (`scoring.score_checkpoint`)."""
+        from mgc_ray.trial.scoring import score_checkpoint
+
+        if self.gpus > 0:
+            return score_on_worker(checkpoint, ds, self.gpus, self.cpus)
+        return score_checkpoint(checkpoint, ds)
+
+
+def score_on_worker(checkpoint, ds, gpus: float, cpus: float):
+    """`scoring.score_checkpoint` in a Ray task holding `gpus` of a GPU and `cpus`; the driver only
+    gathers the figures."""
+    import ray
+
+    from mgc_ray.trial.scoring import score_checkpoint
+
+    task = ray.remote(score_checkpoint).options(num_gpus=gpus, num_cpus=cpus, name="mgc_ray.score_test")
+    return ray.get(task.remote(checkpoint, ds, gpus))
+
+
+def _evaluate(result, datasets, scorer: SplitScorer):
+    """Test-split scores of a trial's lowest-validation-loss checkpoint."""
     best = result.get_best_checkpoint(metric=VAL_LOSS, mode=MODE)
     if best is None:
         raise UserError(f"trial {result.path} left no checkpoint to evaluate")
-    with best.as_directory() as d:
-        model, payload = ckpt.load_model(d)
-        scores = score_split(
-            model, datasets.test, list(payload.label_names), crop_len=payload.model_config.crop_samples
-        )
+    scores, payload = scorer(best, datasets.test)
     return scores, payload, best.path
 
 
@@ -459,9 +485,9 @@ def _test_metrics(scores) -> dict:
     return {**prefixed("test", scores.crop), **prefixed("test_track", scores.track)}
 
 
-def _score_trial(result, datasets, c, exp_id, parent) -> dict:
+def _score_trial(result, datasets, c, exp_id, parent, scorer: SplitScorer) -> dict:
     """Evaluate one trial on the test split and log the figures to its MLflow run."""
-    scores, payload, ckpt_path = _evaluate(result, datasets)
+    scores, payload, ckpt_path = _evaluate(result, datasets, scorer)
     found = tracking.find_runs(c, exp_id, {Tag.PARENT: parent, Tag.TRIAL: result.metrics["trial_id"]})
     run_id = found[0].info.run_id if found else None
     if run_id:
@@ -482,9 +508,10 @@ def finish(
     budget_note: str | None = None,
     out: Path | None = None,
     chance_note: str | None = None,
+    scorer: SplitScorer = SplitScorer(),
 ) -> dict:
     """Evaluate the best (and the paper) trial on the test split; log and write everything
-    (under `out`, default <results_root>/<dataset>/<name>).
+    (under `out`, default <results_root>/<dataset>/<name>); `scorer`: where the test split is scored.
 
     `budget_note`: why the budget ended the search, if it did; `chance_note`: rungs that cut
     among trials all at chance, if any did (both into summary.md and the search run's tags).
@@ -496,9 +523,9 @@ def finish(
     best = min(ok, key=lambda r: r.metrics[METRIC])
     paper = _paper_result(grid, space)
     out = out or Path(plan.results_root) / plan.dataset / plan.name
-    rows = {"best": _score_trial(best, datasets, c, exp_id, parent)}
+    rows = {"best": _score_trial(best, datasets, c, exp_id, parent, scorer)}
     if paper is not None:
-        rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, c, exp_id, parent)
+        rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, c, exp_id, parent, scorer)
     test = _test_metrics(rows["best"]["scores"])
     tracking.log_metrics(c, parent, test)
     c.set_tag(parent, Tag.BEST_TRIAL, best.metrics["trial_id"])

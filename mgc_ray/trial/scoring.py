@@ -1,5 +1,9 @@
 """Score a trained model on a split: crop level (one centred crop, the paper's way)
-and track level (crops covering the whole clip, logits averaged)."""
+and track level (crops covering the whole clip, logits averaged).
+
+`score_checkpoint` loads a trial's checkpoint and scores it: in the driver on a machine without
+GPUs, or in a Ray task holding a trial's GPU share (the search driver starts it there, so a
+cluster whose head has no GPU still scores on a GPU)."""
 
 from __future__ import annotations
 
@@ -79,3 +83,27 @@ def score_split(
         track_confusion=confusion_matrix(labels, logits.argmax(1), k),
         track_ids=tuple(int(t) for t in tracks),
     )
+
+
+def score_checkpoint(checkpoint, ds, share: float = 0.0) -> tuple[Scores, object]:
+    """(Scores, the checkpoint's payload) of a Tune checkpoint on the split `ds`.
+
+    Args:
+        checkpoint: a `ray.tune.Checkpoint` (on storage every node reads).
+        ds: a Ray Dataset of the split.
+        share: the GPUs the calling Ray task holds (> 0: it scores on exactly that GPU, capped at
+            its share, as a trial trains); 0: `pick_device()`, as in the driver.
+    """
+    from mgc_ray.models import checkpoint as ckpt
+
+    device = None
+    if share > 0:
+        from mgc_ray.trial.device import trial_device
+
+        device = torch.device(trial_device(share).device)
+    with checkpoint.as_directory() as d:
+        model, payload = ckpt.load_model(d)
+        scores = score_split(
+            model, ds, list(payload.label_names), crop_len=payload.model_config.crop_samples, device=device
+        )
+    return scores, payload

@@ -124,3 +124,26 @@ def test_cli_error_is_one_line_and_exit_2(smoke_search, run_module, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_test_scoring_in_a_ray_task_gives_the_searchs_figures(smoke_search, ray_local):
+    """With GPUs per trial the search scores the test split in a Ray task holding a trial's share
+    (`driver.SplitScorer`), so a head node without a GPU never scores on its CPU. The task path,
+    here with 0 GPUs, gives the figures the search logged for its best trial."""
+    from mlflow.tracking import MlflowClient
+    from ray.tune import Checkpoint
+
+    from mgc_ray.data.cache import read_manifest
+    from mgc_ray.data.pipeline import CacheDatasets
+    from mgc_ray.search.driver import SplitScorer, score_on_worker
+
+    ds = CacheDatasets.build(read_manifest(smoke_search.cache), materialise=False).test
+    ckpt = Checkpoint.from_directory(smoke_search.checkpoint)
+    remote, payload = score_on_worker(ckpt, ds, gpus=0, cpus=1)
+    assert payload.model_config.arch == "baseline_a_2d"
+    logged = MlflowClient(tracking_uri=smoke_search.uri).get_run(smoke_search.best_run_id).data.metrics
+    for k in METRIC_NAMES:
+        assert remote.crop[k] == pytest.approx(logged[f"test/{k}"], abs=1e-6)
+        assert remote.track[k] == pytest.approx(logged[f"test_track/{k}"], abs=1e-6)
+    local, _ = SplitScorer(gpus=0)(ckpt, ds)  # no GPUs: scored here, in the driver, as before
+    assert local.track_ids == remote.track_ids and (local.confusion == remote.confusion).all()
