@@ -24,9 +24,12 @@ with runs there are up to three rows, all test split at crop level (the paper's 
                         validation loss (best/val_loss), i.e. chosen without looking at
                         the test split; its test/* metrics (or the search run's own).
 
-Δ columns are ours minus the paper's. A run whose figures are missing shows "–". On any
-dataset but fma_small the paper's row is a reference point, not a like-for-like result,
-and the table says so.
+Δ columns are ours minus the paper's. Each of our rows has its 95 % intervals (bootstrap over
+the test tracks, logged by the search as test_ci95/<metric>/low|high), in a second table and
+in the CSV, and its paper_f1 is called higher or lower than the paper's only when the paper's
+figure lies outside that interval (said in words under the tables). A run whose figures are
+missing shows "–". On any dataset but fma_small the paper's row is a reference point, not a
+like-for-like result, and the table says so.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from typing import Sequence
 
 from mgc_ray.config import METRIC, PAPER, is_paper_point
 from mgc_ray.errors import Parser, UserError, run_cli
-from mgc_ray.metrics import TABLE_COLUMNS, definitions
-from mgc_ray.results.markdown import cell
+from mgc_ray.metrics import TABLE_COLUMNS, definitions, read_interval, verdict
+from mgc_ray.results.markdown import cell, interval
 from mgc_ray.results.markdown import table as md_table
 from mgc_ray.results.report import PAPER_DATASET, reference_note
 from mgc_ray.search.tracking import EXPERIMENT_PREFIX, Tag
@@ -98,10 +101,19 @@ def _best_trial(search, children: list):
     return next((r for r in children if r.data.tags.get(Tag.TRIAL) == best_id), None)
 
 
-def _row(kind: str, metrics: dict, ref: dict, note: str) -> dict:
-    row = {"kind": kind, **{k: metrics.get(k) for k, _ in COLUMNS}, "source": note}
+def _intervals(run) -> dict[str, tuple[float, float]]:
+    """A run's logged 95 % intervals of the test figures (crop level), {metric: (low, high)}."""
+    found = {k: read_interval(run.data.metrics, "test", k) for k, _ in COLUMNS}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _row(kind: str, metrics: dict, ref: dict, note: str, ci: dict | None = None) -> dict:
+    row = {"kind": kind, **{k: metrics.get(k) for k, _ in COLUMNS}, "source": note, "ci": ci or {}}
     for k in DELTAS:
         row[f"delta_{k}"] = (row[k] - ref[k]) if row.get(k) is not None and ref.get(k) is not None else None
+    if "paper_f1" in row["ci"] and ref.get("paper_f1") is not None:
+        low, high = (v - ref["paper_f1"] for v in row["ci"]["paper_f1"])
+        row["vs_paper"] = verdict(low, high, f"the paper's {ref['paper_f1']:.3f}")
     return row
 
 
@@ -129,7 +141,13 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
     if candidates:
         _, _, s, t = min(candidates, key=lambda x: x[:2])
         rows.append(
-            _row(KINDS[1], _test(t), ref, f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id})")
+            _row(
+                KINDS[1],
+                _test(t),
+                ref,
+                f"trial {t.info.run_name} of {s.info.run_name} (run {t.info.run_id})",
+                _intervals(t),
+            )
         )
     best = []
     for s in searches:
@@ -148,7 +166,7 @@ def arch_rows(c, exp_id: str, arch: str) -> list[dict]:
             if t is not None
             else f"search {s.info.run_name} (run {s.info.run_id})"
         )
-        rows.append(_row(KINDS[2], metrics, ref, who))
+        rows.append(_row(KINDS[2], metrics, ref, who, _intervals(t if t is not None else s)))
     return rows
 
 
@@ -217,6 +235,16 @@ def markdown(tables: dict[str, dict[str, list[dict]]], uri: str, genres: dict[st
             if r["kind"] != KINDS[0]
         ]
         md += [f"## {dataset}", "", *md_table(head, cells)]
+        ours = [(arch, r) for arch, rows in archs.items() for r in rows if r.get("ci")]
+        if ours:
+            md += ["", "95 % intervals of ours (bootstrap over the test tracks):", ""]
+            md += md_table(
+                ["arch", "row", *(label for _, label in COLUMNS)],
+                [[PAPER[a].label, r["kind"], *(interval(r["ci"].get(k)) for k, _ in COLUMNS)] for a, r in ours],
+            )
+            md += [""] + [
+                f"- {PAPER[a].label}, {r['kind']}: F1 (paper) {r['vs_paper']}." for a, r in ours if r.get("vs_paper")
+            ]
         md += ["", reference_note(dataset), "", *notes, ""]
         if dataset in genres:
             md += [definitions(genres[dataset]), ""]
@@ -234,14 +262,23 @@ def csv_text(tables: dict[str, dict[str, list[dict]]]) -> str:
     import io
 
     keys = [*(k for k, _ in COLUMNS), *(f"delta_{k}" for k in DELTAS)]
+    bounds = [(k, end) for k, _ in COLUMNS for end in (0, 1)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "arch", "row", *keys, "source"])
+    w.writerow(["dataset", "arch", "row", *keys, *(f"{k}_ci95_{('low', 'high')[e]}" for k, e in bounds), "source"])
     for dataset, archs in tables.items():
         for arch, rows in archs.items():
             for r in rows:
+                ci = r.get("ci") or {}
                 w.writerow(
-                    [dataset, arch, r["kind"], *("" if r[k] is None else float(r[k]) for k in keys), r["source"]]
+                    [
+                        dataset,
+                        arch,
+                        r["kind"],
+                        *("" if r[k] is None else float(r[k]) for k in keys),
+                        *(float(ci[k][e]) if k in ci else "" for k, e in bounds),
+                        r["source"],
+                    ]
                 )
     return buf.getvalue()
 

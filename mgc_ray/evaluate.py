@@ -24,8 +24,8 @@ import numpy as np
 
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import writable_dir
-from mgc_ray.metrics import METRIC_NAMES
-from mgc_ray.results.markdown import table
+from mgc_ray.metrics import METRIC_NAMES, interval_metrics
+from mgc_ray.results.markdown import interval, table
 
 HEADLINE = ("loss", *METRIC_NAMES)
 
@@ -117,10 +117,12 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def metrics_table(scores) -> str:
+    """Each headline figure at crop and track level, then its 95 % interval (bootstrap over the tracks)."""
     levels = _levels(scores)
-    return _table(
-        ["level", *HEADLINE], [[lvl, *(f"{levels[lvl][k]:.4f}" for k in HEADLINE)] for lvl in ("crop", "track")]
-    )
+    cis = {"crop": scores.crop_ci, "track": scores.track_ci}
+    rows = [[lvl, *(f"{levels[lvl][k]:.4f}" for k in HEADLINE)] for lvl in ("crop", "track")]
+    rows += [[f"{lvl} 95 % interval", *(interval(cis[lvl].get(k)) for k in HEADLINE)] for lvl in ("crop", "track")]
+    return _table(["level", *HEADLINE], rows)
 
 
 def per_class_table(rows: list[dict]) -> str:
@@ -145,6 +147,8 @@ def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list
                     "label_names": label_names,
                     "crop": dict(scores.crop),
                     "track": dict(scores.track),
+                    "crop_ci95": {k: list(v) for k, v in scores.crop_ci.items()},
+                    "track_ci95": {k: list(v) for k, v in scores.track_ci.items()},
                     "confusion": np.asarray(scores.confusion).tolist(),
                     "track_confusion": np.asarray(scores.track_confusion).tolist(),
                     "track_ids": list(scores.track_ids),
@@ -238,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for lvl, v in _levels(scores).items()
             for k in HEADLINE
         }
+        metrics.update(interval_metrics(f"evaluate/{args.split}", scores.crop_ci))
+        metrics.update(interval_metrics(f"evaluate/{args.split}_track", scores.track_ci))
         from mgc_ray.search import tracking
 
         c = tracking.open_store(args.mlflow_uri)

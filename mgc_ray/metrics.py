@@ -37,6 +37,20 @@ def prefixed(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
+def interval_metrics(prefix: str, ci: dict) -> dict:
+    """The 95 % intervals of `intervals` as metric keys: `<prefix>_ci95/<name>/low` and `/high`."""
+    out = {}
+    for name, (low, high) in ci.items():
+        out[f"{prefix}_ci95/{name}/low"], out[f"{prefix}_ci95/{name}/high"] = low, high
+    return out
+
+
+def read_interval(metrics: dict, prefix: str, name: str) -> tuple[float, float] | None:
+    """(low, high) of `name` logged by `interval_metrics(prefix, ...)`, None when not logged."""
+    low, high = metrics.get(f"{prefix}_ci95/{name}/low"), metrics.get(f"{prefix}_ci95/{name}/high")
+    return None if low is None or high is None else (float(low), float(high))
+
+
 def definitions(n_classes: int) -> str:
     """The paper's metric definitions, written for a dataset of `n_classes` genres."""
     k = int(n_classes)
@@ -122,3 +136,91 @@ def compute_metrics(
         out[f"recall/{name}"] = float(recall[i])
         out[f"f1/{name}"] = float(f1[i])
     return out
+
+
+# Uncertainty: the test split is a sample of tracks, so each figure has a sampling error. A 95 %
+# percentile-bootstrap interval over the split's tracks (resampled with replacement, seeded, so the
+# same predictions give the same interval); 2,000 replicates put the interval's ends within about
+# 0.005 of where more replicates would (Efron & Tibshirani: 1,000-2,000 for percentile intervals).
+BOOT_REPS = 2000
+BOOT_SEED = 0
+LEVEL = 0.95
+
+
+def _headline(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """METRIC_NAMES of a stack of confusion matrices (R, k, k) -> {name: (R,)}."""
+    cm = cm.astype(np.float64)
+    n = cm.sum(axis=(1, 2))  # (R,)
+    tp = np.diagonal(cm, axis1=1, axis2=2)  # (R, k)
+    fp = cm.sum(axis=1) - tp
+    fn = cm.sum(axis=2) - tp
+    tn = n[:, None] - tp - fp - fn
+    precision, recall = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)  # (R, k)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    p, r = precision.mean(1), recall.mean(1)  # (R,)
+    return {
+        "macro_precision": p,
+        "macro_recall": r,
+        "paper_f1": _safe_div(2 * p * r, p + r),
+        "paper_accuracy": ((tp + tn) / n[:, None]).mean(1),
+        "macro_f1": f1.mean(1),
+        "top1_accuracy": tp.sum(1) / n,
+    }
+
+
+def _resampled(y_true: np.ndarray, preds: Sequence[np.ndarray], k: int, reps: int, seed: int) -> list[dict]:
+    """For each prediction vector, METRIC_NAMES over `reps` resamplings of the same tracks."""
+    y = np.asarray(y_true, dtype=np.int64)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(reps, len(y)))  # (R, N): the same for every pred
+    rows = np.arange(reps)[:, None]
+    out = []
+    for pred in preds:
+        cell = y[idx] * k + np.asarray(pred, dtype=np.int64)[idx]  # (R, N)
+        cm = np.zeros((reps, k * k), dtype=np.int64)
+        np.add.at(cm, (np.broadcast_to(rows, cell.shape), cell), 1)
+        out.append(_headline(cm.reshape(reps, k, k)))
+    return out
+
+
+def intervals(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    n_classes: int,
+    reps: int = BOOT_REPS,
+    seed: int = BOOT_SEED,
+) -> dict[str, tuple[float, float]]:
+    """95 % bootstrap interval (over the tracks) of each of METRIC_NAMES: {name: (low, high)}."""
+    (boot,) = _resampled(np.asarray(y_true), [np.asarray(y_pred)], int(n_classes), reps, seed)
+    q = [(1 - LEVEL) / 2, (1 + LEVEL) / 2]
+    return {name: tuple(float(v) for v in np.quantile(vals, q)) for name, vals in boot.items()}
+
+
+def paired_difference(
+    y_true: Sequence[int] | np.ndarray,
+    pred_a: Sequence[int] | np.ndarray,
+    pred_b: Sequence[int] | np.ndarray,
+    n_classes: int,
+    reps: int = BOOT_REPS,
+    seed: int = BOOT_SEED,
+) -> dict[str, tuple[float, float, float]]:
+    """a minus b on the same tracks, for each of METRIC_NAMES: {name: (difference, low, high)}, the
+    95 % interval from resampling the tracks once for both (paired: their shared difficulty cancels)."""
+    y = np.asarray(y_true)
+    k = int(n_classes)
+    a, b = _resampled(y, [np.asarray(pred_a), np.asarray(pred_b)], k, reps, seed)
+    full_a, full_b = (_headline(confusion_matrix(y, p, k)[None]) for p in (pred_a, pred_b))
+    q = [(1 - LEVEL) / 2, (1 + LEVEL) / 2]
+    out = {}
+    for name in METRIC_NAMES:
+        lo, hi = np.quantile(a[name] - b[name], q)
+        out[name] = (float(full_a[name][0] - full_b[name][0]), float(lo), float(hi))
+    return out
+
+
+def verdict(low: float, high: float, than: str) -> str:
+    """Words for a difference whose 95 % interval is (low, high): higher, lower or within the noise."""
+    if low > 0:
+        return f"higher than {than} (95 % interval above 0)"
+    if high < 0:
+        return f"lower than {than} (95 % interval below 0)"
+    return f"no clear difference from {than} (95 % interval spans 0)"

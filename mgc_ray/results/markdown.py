@@ -39,3 +39,14 @@ def cell(v, signed: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def interval(ci) -> str:
+    """A 95 % interval in a table: "0.512–0.604", "–" where there is none.
+
+    >>> interval((0.5123, 0.6041)), interval(None)
+    ('0.512–0.604', '–')
+    """
+    if not ci:
+        return "–"
+    return f"{ci[0]:.3f}–{ci[1]:.3f}"

@@ -22,7 +22,7 @@ import yaml
 
 from mgc_ray.config import METRIC, PAPER, SEARCHED, TrainConfig
 from mgc_ray.files import atomic_text, atomic_write
-from mgc_ray.metrics import TABLE_COLUMNS, definitions
+from mgc_ray.metrics import TABLE_COLUMNS, definitions, paired_difference, verdict
 from mgc_ray.results import markdown, plots
 
 TARGET = METRIC  # what the search ranked trials by; the Optuna plots' value
@@ -42,21 +42,41 @@ def reference_note(dataset: str) -> str:
 
 
 def summary_rows(arch: str, rows: dict) -> list[dict]:
-    """Paper Table 1 row, our paper-settings trial and our best trial, same columns."""
+    """Paper Table 1 row, our paper-settings trial and our best trial, same columns; each of ours
+    with its 95 % intervals (`ci`) and, in words, whether it differs from the paper's paper_f1
+    (`vs_paper`: only when the paper's figure lies outside our interval). The best trial's row
+    also carries its paired difference from the paper-settings trial (`vs_paper_trial`)."""
     preset = PAPER[arch]
+    ref = preset.table1["paper_f1"]
     out = [{"row": f"paper Table 1 ({preset.label})", **{k: preset.table1.get(k) for k in COLUMNS}}]
     for role, label in (("paper", "ours, paper settings"), ("best", "ours, best searched")):
         if role in rows:
-            crop = rows[role]["scores"].crop
-            out.append({"row": label, **{k: crop.get(k) for k in COLUMNS}})
-    ref = preset.table1["paper_f1"]
-    for r in out[1:]:
-        r["delta_paper_f1"] = r["paper_f1"] - ref
+            scores = rows[role]["scores"]
+            ci = dict(scores.crop_ci)
+            row = {"row": label, **{k: scores.crop.get(k) for k in COLUMNS}, "ci": ci}
+            row["delta_paper_f1"] = row["paper_f1"] - ref
+            if "paper_f1" in ci:
+                low, high = ci["paper_f1"][0] - ref, ci["paper_f1"][1] - ref
+                row["vs_paper"] = verdict(low, high, f"the paper's {ref:.3f}")
+            out.append(row)
+    best, paper = rows.get("best"), rows.get("paper")
+    if best is not None and paper is not None and best is not paper and _paired(best, paper):
+        diff = paired_difference(
+            best["scores"].labels, best["scores"].crop_pred, paper["scores"].crop_pred, len(best["payload"].label_names)
+        )
+        out[-1]["vs_paper_trial"] = diff
     return out
 
 
+def _paired(a: dict, b: dict) -> bool:
+    """Both scored on the same tracks, with their predictions kept."""
+    sa, sb = a["scores"], b["scores"]
+    return sa.crop_pred is not None and sb.crop_pred is not None and sa.track_ids == sb.track_ids
+
+
 def summary_table(arch: str, summary: list[dict], dataset: str) -> str:
-    """The summary rows as a markdown table, titled, with what the paper's row means on `dataset`."""
+    """The summary rows as a markdown table, titled, then each of ours' 95 % intervals and, in words,
+    which differences the intervals support; with what the paper's row means on `dataset`."""
     like = dataset == PAPER_DATASET
     head = ["", *COLUMNS, "Δ paper_f1" if like else "Δ paper_f1 (reference only)"]
     lines = markdown.table(
@@ -70,6 +90,20 @@ def summary_table(arch: str, summary: list[dict], dataset: str) -> str:
             for r in summary
         ],
     )
+    ours = [r for r in summary if r.get("ci")]
+    if ours:
+        lines += ["", "95 % intervals (bootstrap over the test tracks, seeded):", ""]
+        lines += markdown.table(
+            ["", *COLUMNS], [[r["row"], *(markdown.interval(r["ci"].get(k)) for k in COLUMNS)] for r in ours]
+        )
+        lines += [""] + [f"- {r['row']}: paper_f1 {r['vs_paper']}." for r in ours if r.get("vs_paper")]
+    for r in summary:
+        if r.get("vs_paper_trial"):
+            d, low, high = r["vs_paper_trial"]["paper_f1"]
+            lines.append(
+                f"- {r['row']} minus ours at paper settings, paired on the same test tracks: paper_f1 {d:+.3f} "
+                f"(95 % interval {low:+.3f} to {high:+.3f}): {verdict(low, high, 'the paper-settings trial')}."
+            )
     return (
         f"\n{arch} on {dataset}: test split beside the paper's Table 1\n"
         + "\n".join(lines)
@@ -222,7 +256,12 @@ def write_search_results(
                     "cache": plan.cache,
                     "test_track_ids": list(best["scores"].track_ids),
                     **{
-                        role: {"crop": dict(r["scores"].crop), "track": dict(r["scores"].track)}
+                        role: {
+                            "crop": dict(r["scores"].crop),
+                            "track": dict(r["scores"].track),
+                            "crop_ci95": {k: list(v) for k, v in r["scores"].crop_ci.items()},
+                            "track_ci95": {k: list(v) for k, v in r["scores"].track_ci.items()},
+                        }
                         for role, r in rows.items()
                     },
                 },

@@ -18,7 +18,7 @@ from mgc_ray.config import METRIC, MODE, VAL_LOSS, TrainConfig, experiment_path
 from mgc_ray.data.cache import Manifest
 from mgc_ray.errors import UserError
 from mgc_ray.files import LOW_FREE_BYTES, atomic_text
-from mgc_ray.metrics import prefixed
+from mgc_ray.metrics import interval_metrics, prefixed
 from mgc_ray.results import report
 from mgc_ray.search import budget, study, tracking
 from mgc_ray.search.callbacks import ArchLoggers, DiskGuard, Progress, TrialLogger
@@ -481,8 +481,14 @@ def _evaluate(result, datasets, scorer: SplitScorer):
 
 
 def _test_metrics(scores) -> dict:
-    """Crop level under test/ (the paper's way), track level under test_track/."""
-    return {**prefixed("test", scores.crop), **prefixed("test_track", scores.track)}
+    """Crop level under test/ (the paper's way), track level under test_track/, each figure's 95 %
+    interval under test_ci95/<metric>/low|high and test_track_ci95/... (`metrics.interval_metrics`)."""
+    return {
+        **prefixed("test", scores.crop),
+        **prefixed("test_track", scores.track),
+        **interval_metrics("test", scores.crop_ci),
+        **interval_metrics("test_track", scores.track_ci),
+    }
 
 
 def _score_trial(result, datasets, c, exp_id, parent, scorer: SplitScorer) -> dict:

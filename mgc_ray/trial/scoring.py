@@ -7,14 +7,14 @@ cluster whose head has no GPU still scores on a GPU)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
 
 from mgc_ray.data.pipeline import eval_batches
-from mgc_ray.metrics import confusion_matrix
+from mgc_ray.metrics import confusion_matrix, intervals
 from mgc_ray.trial.loop import (
     pick_device,
     predict_logits,
@@ -36,6 +36,10 @@ class Scores:
         track: the same at track level: crops covering the whole clip, logits averaged.
         confusion, track_confusion: (k, k) counts, rows true, columns predicted.
         track_ids: the split's track ids, sorted (which tracks the figures are about).
+        crop_ci, track_ci: {metric: (low, high)}, the 95 % bootstrap interval over the split's
+            tracks of each of `metrics.METRIC_NAMES` (`metrics.intervals`).
+        labels, crop_pred, track_pred: (T,) true and predicted classes per track, in `track_ids`'
+            order (what a paired comparison of two models on the same tracks resamples).
     """
 
     crop: Mapping[str, float]
@@ -43,6 +47,11 @@ class Scores:
     confusion: np.ndarray
     track_confusion: np.ndarray
     track_ids: tuple[int, ...]
+    crop_ci: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    track_ci: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    crop_pred: np.ndarray | None = None
+    track_pred: np.ndarray | None = None
 
 
 def score_split(
@@ -64,24 +73,32 @@ def score_split(
     device = device or pick_device()
     model = prepare_model(model, device)
     k = len(label_names)
-    logits, labels, _ = predict_logits(
+    logits, labels, crop_ids = predict_logits(
         model,
         eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="centre", device=str(device)),
         device=device,
     )
     crop, confusion = score(logits, labels, label_names), confusion_matrix(labels, logits.argmax(1), k)
+    crop_by_track = dict(zip(crop_ids.tolist(), logits.argmax(1).tolist()))  # one centred crop per track
     logits, labels, ids = predict_logits(
         model,
         eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="cover", device=str(device)),
         device=device,
     )
     logits, labels, tracks = track_level(logits, labels, ids)
+    crop_pred = np.array([crop_by_track[int(t)] for t in tracks], dtype=np.int64)  # (T,), tracks' order
+    track_pred = logits.argmax(1)  # (T,)
     return Scores(
         crop=crop,
         track=score(logits, labels, label_names),
         confusion=confusion,
-        track_confusion=confusion_matrix(labels, logits.argmax(1), k),
+        track_confusion=confusion_matrix(labels, track_pred, k),
         track_ids=tuple(int(t) for t in tracks),
+        crop_ci=intervals(labels, crop_pred, k),
+        track_ci=intervals(labels, track_pred, k),
+        labels=np.asarray(labels, dtype=np.int64),
+        crop_pred=crop_pred,
+        track_pred=np.asarray(track_pred, dtype=np.int64),
     )
 
 

@@ -2,6 +2,7 @@
 on a store written here run by run."""
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def test_comparison_of_a_real_search_against_table1(smoke_search, run_module, tm
         assert float(best[k]) == pytest.approx(parent.data.metrics[f"test/{k}"])
     assert float(best["delta_paper_f1"]) == pytest.approx(parent.data.metrics["test/paper_f1"] - 0.558)
     assert smoke_search.best_run_id in best["source"]
+    # each of ours with its 95 % intervals (as the search logged them), and the difference in words
+    for k in (*METRICS, "macro_f1", "top1_accuracy"):
+        low, high = float(best[f"{k}_ci95_low"]), float(best[f"{k}_ci95_high"])
+        assert (low, high) == pytest.approx(
+            (parent.data.metrics[f"test_ci95/{k}/low"], parent.data.metrics[f"test_ci95/{k}/high"])
+        )
+        assert low <= float(best[k]) <= high
+    assert "95 % intervals of ours (bootstrap over the test tracks):" in md
+    assert re.search(
+        r"- 2D Baseline A, ours, best searched: F1 \(paper\) (lower than|no clear difference from) the paper's 0\.558",
+        md,
+    )
     # A smoke search's paper trial (the paper's settings at smoke sizes) is tagged by the runner
     # (rule 1) and scored on the test split like the best.
     paper_trial = ours["ours, paper settings"]["source"].split("(run ")[1].split(")")[0]

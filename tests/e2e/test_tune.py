@@ -97,6 +97,15 @@ def check_search(workdir: Path, arch: str, out: str, n_trials: int, max_epochs: 
     assert {row.split(",")[device_col] for row in board[1:]} == {"cpu"}
     summary = (results / "summary.md").read_text()
     assert f"paper Table 1 ({PAPER[arch].label})" in summary and "top1_accuracy" in summary
+    # every figure of ours with its 95 % interval, and the difference from the paper's in words
+    # (a smoke search on the demo's few test tracks: lower than the paper's, or too few tracks to tell)
+    assert "95 % intervals (bootstrap over the test tracks, seeded)" in summary
+    assert re.search(r"\| ours, best searched \|( \d\.\d{3}–\d\.\d{3} \|){6}", summary), summary
+    ref = f"the paper's {PAPER[arch].table1['paper_f1']:.3f}"
+    assert re.search(rf"- ours, best searched: paper_f1 (lower than|no clear difference from) {ref}", summary)
+    for k in ("paper_f1", "top1_accuracy"):
+        low, high = best.data.metrics[f"test_ci95/{k}/low"], best.data.metrics[f"test_ci95/{k}/high"]
+        assert low <= best.data.metrics[f"test/{k}"] <= high
     assert f"paper Table 1 ({PAPER[arch].label})" in out, "the comparison table is printed"
     assert "MLflow" in out
     return yaml.safe_load((results / "best_config.yaml").read_text())
