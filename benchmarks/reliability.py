@@ -26,6 +26,7 @@ OUT = ROOT / "results" / "reliability.md"
 LEDGER = ROOT / "results" / "reliability.jsonl"
 TESTS = (
     "tests/e2e/test_integrity.py",
+    "tests/e2e/test_checkpoint_seal.py",
     "tests/e2e/test_concurrent.py",
     "tests/e2e/test_full_disk.py",
     "tests/e2e/test_faults.py",

@@ -471,13 +471,40 @@ def score_on_worker(checkpoint, ds, gpus: float, cpus: float):
     return ray.get(task.remote(checkpoint, ds, gpus))
 
 
-def _evaluate(result, datasets, scorer: SplitScorer):
-    """Test-split scores of a trial's lowest-validation-loss checkpoint."""
-    best = result.get_best_checkpoint(metric=VAL_LOSS, mode=MODE)
-    if best is None:
+def best_intact(result):
+    """A trial's lowest-validation-loss checkpoint (`resume.Intact`); when that one is damaged (its files
+    no longer match their seal), the best intact one Tune kept, with one line on stderr saying so.
+
+    Raises:
+        UserError: the trial kept no checkpoint; DamagedCheckpoint: every one it kept is damaged.
+    """
+    from mgc_ray.models import checkpoint as ckpt
+    from mgc_ray.trial.resume import first_intact
+
+    kept = [(c, m) for c, m in result.best_checkpoints or [] if m.get(VAL_LOSS) is not None]
+    if not kept:
         raise UserError(f"trial {result.path} left no checkpoint to evaluate")
-    scores, payload = scorer(best, datasets.test)
-    return scores, payload, best.path
+    ranked = [c for c, _ in sorted(kept, key=lambda cm: cm[1][VAL_LOSS], reverse=MODE == "max")]
+    found, passed = first_intact(ranked)
+    if found is None:
+        path, reason = passed[0]
+        others = f", and the {len(passed) - 1} other(s) the trial kept too" if len(passed) > 1 else ""
+        raise ckpt.DamagedCheckpoint(path, reason + others)
+    if passed:
+        print(
+            f"mgc_ray: checkpoint {passed[0][0]} is damaged ({passed[0][1]}): the test evaluation scores "
+            f"the trial's best intact one, {found.checkpoint.path} (epoch {found.payload.epoch})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return found
+
+
+def _evaluate(result, datasets, scorer: SplitScorer):
+    """Test-split scores of a trial's best intact checkpoint (`best_intact`), where `scorer` says."""
+    found = best_intact(result)
+    scores, payload = scorer(found.checkpoint, datasets.test)
+    return scores, payload, found.checkpoint.path
 
 
 def _test_metrics(scores) -> dict:

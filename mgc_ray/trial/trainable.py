@@ -16,7 +16,9 @@ autotuner is on, the allocator is capped at the trial's share, and a CUDA
 out-of-memory error becomes one line naming the batch size and the share.
 
 Failures: Tune retries a failed trial (runner.MAX_FAILURES) from
-`ray.tune.get_checkpoint()`, whatever the cause. A dead worker or node deserves
+`ray.tune.get_checkpoint()`, whatever the cause; a damaged one (its files no longer
+match their seal) is passed over for the trial's newest intact one, or a start from
+epoch 0, in one printed line (`resume.restore`). A dead worker or node deserves
 that; an error the trial raised itself (a diverged loss, a CUDA out-of-memory at
 this batch size, a bug) recurs. So such an error leaves a note in the trial's
 folder, and a retry that finds the note fails again at once with the same
@@ -65,6 +67,7 @@ from mgc_ray.trial.loop import (
     train_epoch,
 )
 from mgc_ray.trial.recipe import Recipe
+from mgc_ray.trial.resume import restore
 
 # Validation batches carry no gradients, so twice the training batch fits as well.
 EVAL_BATCH_FACTOR = 2
@@ -236,12 +239,13 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
     history: list[dict] = []
     start = 0
     cost = {"samples": 0, "wall_s": 0.0, "cpu_s": 0.0}  # this trial's so far (carried in its checkpoints)
-    restored = tune.get_checkpoint()
+    handed = tune.get_checkpoint()
+    restored, note = restore(handed) if handed is not None else (None, None)
+    if note:  # the handed checkpoint was damaged: which one the trial continues from, or a fresh start
+        print(note, flush=True)
     if restored is not None:
-        with restored.as_directory() as d:
-            payload = ckpt.load_payload(d)
-            state = ckpt.load_train_state(d)
-        setup.model.load_state_dict(payload.state_dict)
+        state = restored.state
+        setup.model.load_state_dict(restored.payload.state_dict)
         setup.optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"] + 1
         cost = dict(state.get("cost", cost))

@@ -137,6 +137,7 @@ def _resaved(src: str, dst, **changes) -> str:
     payload.update(changes)
     dst.mkdir(parents=True, exist_ok=True)
     torch.save(payload, dst / "model.pt")
+    checkpoint.seal(dst)  # sealed as this version writes it: the change above is the only difference
     return str(dst)
 
 
