@@ -197,6 +197,13 @@ def locked(path: str | os.PathLike):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def store_lock(uri: str):
+    """The lock beside a `sqlite:///` store (`.<file>.lock`), held while its tables are made or a
+    name is claimed in it; a server store needs none (a null context)."""
+    db = sqlite_path(uri)
+    return locked(db.parent / f".{db.name}.lock") if db is not None else contextlib.nullcontext()
+
+
 # --- full disks ----------------------------------------------------------------------
 # A folder with less free space than this is refused before a command starts: a search's
 # checkpoints, Tune state and MLflow rows need some room, and a disk that fills midway costs

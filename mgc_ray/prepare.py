@@ -338,6 +338,7 @@ def _run_tasks(
 
 
 def _summarise_bad(bad: list[dict], out: str) -> None:
+    """Bad tracks by kind, each named as its user knows it (`bad_name`)."""
     if not bad:
         return
     print(
@@ -345,10 +346,16 @@ def _summarise_bad(bad: list[dict], out: str) -> None:
         file=sys.stderr,
     )
     for kind in BAD_KINDS:
-        ids = [f"{b['track_id']:06d}" for b in bad if b["reason"].startswith(kind + ":")]
+        ids = [bad_name(b) for b in bad if b["reason"].startswith(kind + ":")]
         if ids:
             more = f", ... {len(ids) - 5} more" if len(ids) > 5 else ""
             print(f"  {kind}: {len(ids)} ({', '.join(ids[:5])}{more})", file=sys.stderr)
+
+
+def bad_name(bad: dict) -> str:
+    """A manifest's bad track as its user knows it: its `name` (a collection's file as given, FMA's
+    id), or, in a manifest written before bad tracks carried one, its id."""
+    return str(bad.get("name") or f"{bad['track_id']:06d}")
 
 
 def prepare(
@@ -480,7 +487,7 @@ def _manifest(ds, plans: list[ShardPlan], infos: dict, settings: dict, fma_root:
         info = infos[p.name]
         for tid in info["good_track_ids"]:
             counts[p.split][genre_of.loc[tid]] += 1
-        bad.extend(info["bad"])
+        bad.extend({**b, "name": ds.track_name(b["track_id"])} for b in info["bad"])
         if info["good_track_ids"]:
             shards[p.split].append(f"{SHARD_DIR}/{p.name}.parquet")
             digests[f"{SHARD_DIR}/{p.name}.parquet"] = info["parquet_sha256"]

@@ -3,7 +3,8 @@
 Flow: every check that needs no Ray (flags, search space, folders, metadata,
 an existing cache, --resume state) -> Ray (local with the dashboard on
 127.0.0.1, or --address) -> cluster checks (shared storage on several nodes,
-GPUs and CPUs per trial) -> prepare if needed -> Ray Datasets built once ->
+GPUs and CPUs per trial) -> prepare if needed -> the search's name claimed
+in every store it names (search/names.py) -> Ray Datasets built once ->
 MLflow experiment, paper reference run and search run -> Tuner (Optuna TPE +
 ASHA, within --time-budget / --gpu-hours or the demo's own budget: budget.py) ->
 best and paper trials evaluated on the test split -> results/ and a
@@ -24,24 +25,21 @@ Searches on the same data with different --seed share one cache and one test set
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
 from mgc_ray import cluster
-from mgc_ray.cluster import is_uri
 from mgc_ray.config import (
     CACHE_SAMPLE_RATE,
     FMA_ROOT_ENV,
     PAPER,
-    experiment_path,
     ray_address,
 )
 from mgc_ray.errors import Parser, UserError, run_cli
 from mgc_ray.files import check_free, free_bytes, is_disk_full, locked, sqlite_path, writable_dir
+from mgc_ray.search import names
 from mgc_ray.search import plan as P
 
 
@@ -224,19 +222,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for space in spaces:
             check_batches(space, manifest.num_tracks["train"], plan.paper_only)
 
-    # 2. Ray, then what needs the cluster, still before any expensive work.
-    if not args.experiment_name and not args.resume:
-        plan = dataclasses.replace(plan, name=P.claim_name(storage, name))
+    claim = names.unclaimed(storage, name)
     try:
         try:
-            _search(args, plan, spaces, storage, cache, fma_root, manifest, prepared, started)
+            # 2. Ray, then what needs the cluster, still before any expensive work.
+            plan, manifest, res = _start(args, plan, spaces, storage, cache, fma_root, manifest, prepared, started)
+            # 3. A new search's name, claimed in every store it names (NAME-2 if NAME is held in any).
+            if not args.experiment_name and not args.resume:
+                claim = names.claim(plan, archs)
+                plan = dataclasses.replace(plan, name=claim.name)
+            from mgc_ray.search.driver import run_search
+
+            run_search(plan, spaces, manifest, res)
         except Exception as exc:
             _refuse_if_full(exc, folders, plan)
             raise
     except BaseException:
-        if not is_uri(storage):
-            with contextlib.suppress(OSError):  # only while Tune has written nothing there
-                os.rmdir(experiment_path(storage, plan.name))
+        claim.release()  # only what nothing has been written under yet
         raise
     return 0
 
@@ -270,13 +272,16 @@ def _refuse_if_full(exc: Exception, folders: list[tuple[str, str]], plan: P.Plan
 MIN_FULL_BYTES = 2**20  # a folder this close to full explains any error Ray reports
 
 
-def _search(
+def _start(
     args, plan: P.Plan, spaces: list, storage: str, cache: str, fma_root: str | None, manifest, prepared, started: float
-) -> None:
-    """Ray, the cluster's checks and resources, the cache if it is still to prepare, the search.
+) -> tuple[P.Plan, object, cluster.TrialResources]:
+    """Ray, the cluster's checks and resources, the cache if it is still to prepare.
 
     Args:
         started: time.monotonic() when the command started (the demo's budget counts from it).
+
+    Returns:
+        (the plan, with the demo's budget if it gets one; the cache's manifest; each trial's resources).
     """
     from mgc_ray.search.space import check_batches, largest_batch
 
@@ -303,9 +308,7 @@ def _search(
         manifest = prepared()  # Ray tasks over the cluster
         for space in spaces:
             check_batches(space, manifest.num_tracks["train"], plan.paper_only)
-    from mgc_ray.search.driver import run_search
-
-    run_search(plan, spaces, manifest, res)
+    return plan, manifest, res
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ class Manifest:
         label_names: genre names in label order (any number, at least two).
         counts: {split: {genre: tracks}}; num_tracks: {split: tracks}.
         wave_mean, wave_std: the training split's float waveform statistics (the 1D z-score).
-        bad_tracks: [{track_id, path, reason}] left out.
+        bad_tracks: [{track_id, path, reason, name}] left out; name: the file as its user gave it
+            (a collection's path under its folder or as its CSV wrote it, FMA's 6-digit id), absent
+            in a manifest written before it was added (`prepare.bad_name` reads either).
         shards: {split: [shard paths relative to the cache folder]}.
         shard_sha256: {shard path relative to the cache folder: SHA-256 of its bytes}.
         min_track_seconds, silence_peak, tracks_per_shard, track_list_sha1: prepare's settings.

@@ -10,7 +10,8 @@ Two layouts besides FMA's:
 
 Labels come from the data (sorted names; any number of genres, at least two).
 Track ids are the rows' positions in path order, so the same files give the same
-ids. Splits (`--split`):
+ids; prepare names a track by its file as the user gave it (`Dataset.track_name`:
+the path under the folder, or as the CSV wrote it), never by that id. Splits (`--split`):
 
     paper   the seeded 80/10/10 shuffle stratified by genre (`fma.paper_split`)
     artist  artists shuffled (seeded) and cut at 80/10/10 of the tracks, so each
@@ -71,7 +72,7 @@ def from_folder(audio_dir: str | os.PathLike, split: str = "paper", seed: int = 
                 if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
                     paths.append(os.path.join(dirpath, name))
                     genres.append(genre)
-    table = pd.DataFrame({"path": paths, "genre": genres})
+    table = pd.DataFrame({"path": paths, "genre": genres, "name": [os.path.relpath(p, root) for p in paths]})
     return _dataset(table, split, seed, f"--audio-dir {root}")
 
 
@@ -102,6 +103,7 @@ def from_csv(csv: str | os.PathLike, split: str = "paper", seed: int = 0) -> Dat
         {
             "path": [p if os.path.isabs(p) else os.path.join(base, p) for p in rows["path"].str.strip()],
             "genre": rows["label"].str.strip(),
+            "name": rows["path"].str.strip(),  # as the CSV wrote it
         }
     )
     if "artist" in rows.columns:
@@ -156,6 +158,7 @@ def _dataset(table: pd.DataFrame, split: str, seed: int, source: str) -> Dataset
             "label": label,
             "split": np.asarray(splits, dtype=str),
             "path": table["path"].to_numpy(),
+            "name": table["name"].to_numpy(),
         },
         index=pd.Index(np.arange(len(table), dtype=np.int64), name="track_id"),
     )

@@ -37,12 +37,24 @@ class Dataset(NamedTuple):
 
     Attributes:
         tracks: indexed by track_id (int); columns genre (str), label (int, index
-            into label_names), split ("train" | "val" | "test"), path (str, the mp3).
+            into label_names), split ("train" | "val" | "test"), path (str, the mp3);
+            a collection's also name (str, the file as its user gave it: `track_name`).
         label_names: genre names in label order (sorted, so stable across runs).
     """
 
     tracks: pd.DataFrame
     label_names: list[str]
+
+    def track_name(self, track_id: int) -> str:
+        """A track as its user knows it: a collection's file as given (relative to the folder,
+        or as the CSV wrote it), FMA's track id as FMA names its mp3.
+
+        >>> Dataset(pd.DataFrame(index=pd.Index([2], name="track_id")), []).track_name(2)
+        '000002'
+        """
+        if "name" in self.tracks:
+            return str(self.tracks.at[track_id, "name"])
+        return f"{int(track_id):06d}"
 
 
 def metadata_dir(root: str | os.PathLike) -> str:

@@ -263,23 +263,9 @@ def search_name(args, dataset: str, storage: str) -> str:
     return prefix + time.strftime("%Y%m%d-%H%M%S")
 
 
-def claim_name(storage: str, name: str) -> str:
-    """Make the search's Tune folder now, so that searches started in the same second never
-    share one: `name`, else `name-2`, `name-3`, ... (a URI storage: `name` as it is)."""
-    if is_uri(storage):
-        return name
-    for n in range(1, 1000):
-        candidate = name if n == 1 else f"{name}-{n}"
-        try:
-            os.mkdir(experiment_path(storage, candidate))
-            return candidate
-        except FileExistsError:
-            continue
-    raise UserError(f"{storage} holds searches {name} to {name}-999: give --experiment-name")
-
-
 def check_experiment(args, storage: str, name: str) -> None:
-    """--resume needs Tune's state; a new search never writes over an earlier one."""
+    """--resume needs Tune's state; a new search never writes over an earlier one (a name of the
+    user's is checked here; one made here is claimed after Ray starts, `names.claim`)."""
     path = experiment_path(storage, name)
     if args.resume:
         from ray import tune
@@ -288,7 +274,7 @@ def check_experiment(args, storage: str, name: str) -> None:
             raise UserError(
                 f"--resume: {path} holds no Tune state to resume: check --storage-path and --experiment-name"
             )
-    elif not is_uri(storage) and Path(path).is_dir() and any(Path(path).iterdir()):
+    elif args.experiment_name and not is_uri(storage) and Path(path).is_dir() and any(Path(path).iterdir()):
         raise UserError(
             f"a search named {name} already exists in {storage}: add --resume to finish it, "
             "or choose another --experiment-name"
@@ -332,7 +318,7 @@ def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
         raise UserError("--warm-start starts a new search: it cannot go with --paper or --resume")
     if args.paper:
         return storage, ()
-    if not args.resume and study.study_exists(storage, name):
+    if args.experiment_name and not args.resume and study.study_exists(storage, name):
         raise UserError(
             f"an Optuna study named {name} already exists in {storage}: add --resume to continue it, "
             "or choose another --experiment-name"

@@ -68,21 +68,23 @@ class StudySearcher(Searcher):
     def _create(self, resume: bool, warm: Sequence[str]) -> None:
         import optuna
 
-        exists = S.study_exists(self.storage, self.study_name)
-        if exists and not resume:
+        try:  # the study the search's name claimed (names.claim), still empty
+            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler)
+        except KeyError:  # a name the user gave
+            self._study = optuna.create_study(
+                storage=self.storage,
+                study_name=self.study_name,
+                direction="minimize" if self.mode == "min" else "maximize",
+                sampler=self.sampler,
+                load_if_exists=True,
+            )
+        started = bool(self._study.user_attrs) or bool(self._study.get_trials(deepcopy=False))
+        if started and not resume:
             raise UserError(
                 f"an Optuna study named {self.study_name!r} already exists in {self.storage}: "
                 "add --resume to continue it, or choose another --experiment-name"
             )
-        direction = "minimize" if self.mode == "min" else "maximize"
-        self._study = optuna.create_study(
-            storage=self.storage,
-            study_name=self.study_name,
-            direction=direction,
-            sampler=self.sampler,
-            load_if_exists=True,
-        )
-        if exists:
+        if started:
             return
         self._study.set_user_attr("archs", [s.arch for s in self.spaces])
         self._study.set_user_attr("metric", self.metric)

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 from mgc_ray.config import PAPER, SEARCHED
 from mgc_ray.errors import UserError
-from mgc_ray.files import sqlite_path
+from mgc_ray.files import sqlite_path, store_lock
 
 
 class Tag:
@@ -117,13 +117,8 @@ def client(uri: str):
         return _CLIENTS[uri]
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(tracking_uri=uri)
-    db = sqlite_path(uri)
-    if db is not None:
-        from mgc_ray.files import locked
-
-        with locked(db.parent / f".{db.name}.lock"):
-            c.search_experiments(max_results=1)  # opens the store: makes and migrates its tables if new
+    with store_lock(uri):  # MlflowClient opens the store at once: makes and migrates its tables if new
+        c = MlflowClient(tracking_uri=uri)
     _CLIENTS[uri] = _Retrying(c)
     return _CLIENTS[uri]
 
@@ -177,16 +172,40 @@ def ensure_paper_run(c, exp_id: str, arch: str) -> str:
     return rid
 
 
+def _search_tags(name: str, arch: str) -> dict[str, str]:
+    return {Tag.SOURCE: "search", Tag.SEARCH: name, Tag.ARCH: arch}
+
+
+def new_search_runs(uri: str, experiments: list[tuple[str, str]], name: str) -> tuple[str, ...] | None:
+    """Claim a new search's name in the store: its search run in each experiment, made now (RUNNING,
+    params to come from `ensure_search_run`), unless one of them holds a search run of that name.
+    A sqlite store is read and written under its lock, so two searches never both take a name.
+
+    Args:
+        experiments: (arch, experiment name) of each arch searched.
+
+    Returns:
+        The runs' ids, or None if the name is taken (nothing made).
+    """
+    c = client(uri)
+    with store_lock(uri):
+        ids = [(arch, experiment_id(c, exp, uri)) for arch, exp in experiments]
+        if any(find_runs(c, e, {Tag.SOURCE: "search", Tag.SEARCH: name}) for _, e in ids):
+            return None
+        return tuple(c.create_run(e, run_name=name, tags=_search_tags(name, arch)).info.run_id for arch, e in ids)
+
+
 def ensure_search_run(c, exp_id: str, name: str, params: dict[str, Any]) -> str:
-    """The parent run of a search; a resumed search gets its old parent back."""
+    """The parent run of a search: the one its name's claim made (`new_search_runs`), or, resumed,
+    its old parent back; made here for a name the user gave."""
     found = find_runs(c, exp_id, {Tag.SOURCE: "search", Tag.SEARCH: name})
     if found:
-        rid = found[0].info.run_id
-        c.update_run(rid, status="RUNNING")
-        return rid
-    run = c.create_run(
-        exp_id, run_name=name, tags={Tag.SOURCE: "search", Tag.SEARCH: name, Tag.ARCH: str(params.get("arch"))}
-    )
+        run = found[0]
+        c.update_run(run.info.run_id, status="RUNNING")
+        if not run.data.params:  # claimed, not yet started
+            log_params(c, run.info.run_id, params)
+        return run.info.run_id
+    run = c.create_run(exp_id, run_name=name, tags=_search_tags(name, str(params.get("arch"))))
     log_params(c, run.info.run_id, params)
     return run.info.run_id
 

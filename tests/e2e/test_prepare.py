@@ -232,8 +232,10 @@ def test_broken_tracks_are_reported_and_skipped(broken_root, ray_local, tmp_path
     got = {b["track_id"]: b["reason"].split(":")[0] for b in m["bad_tracks"]}
     assert got == kinds
     assert all(b["path"] == fma.audio_path(root, b["track_id"]) for b in m["bad_tracks"])
+    assert all(b["name"] == f"{b['track_id']:06d}" for b in m["bad_tracks"]), "FMA's tracks go by their id"
     summary = [line.strip() for line in p.stderr.splitlines() if line.startswith("  ")]
     assert sorted(line.split(":")[0] for line in summary) == sorted(set(kinds.values()))  # one line per reason
+    assert f"empty: 1 ({ids[0]:06d})" in summary and f"missing: 1 ({ids[6]:06d})" in summary
     assert "undecodable: 2" in p.stderr
     cached = read_tracks(out)
     assert sum(m["num_tracks"].values()) == len(cached) == 32 - len(kinds)
@@ -241,6 +243,53 @@ def test_broken_tracks_are_reported_and_skipped(broken_root, ray_local, tmp_path
     assert len(cached[ids[3]][2]) == 4 * SR  # the WAV: decoded, kept
     assert 2.0 * SR < len(cached[ids[7]][2]) < 3.5 * SR  # the cut mp3: shorter, kept
     assert sum(m["counts"]["train"].values()) == m["num_tracks"]["train"] == 26 - len(kinds)
+
+
+def test_a_collections_bad_files_are_named_by_their_paths(ray_local, tmp_path, faults):
+    """An empty .mp3 and a text file named .mp3 in a folder collection, then the same files listed
+    in a CSV: prepare skips both and names them as the user gave them, in its output and the manifest."""
+    music = tmp_path / "music"
+    for g, genre in enumerate(("folk", "rock")):
+        (music / genre / "live").mkdir(parents=True)
+        t = np.arange(3 * SR) / SR
+        for j in range(10):
+            sf.write(music / genre / f"{j:02d}.wav", 0.3 * np.sin(2 * np.pi * (220 * (g + 1) + j) * t), SR)
+    (music / "folk" / "empty.mp3").touch()
+    (music / "rock" / "live" / "notes.mp3").write_text("setlist: not audio\n")
+    bad = {"folk/empty.mp3": "empty", "rock/live/notes.mp3": "undecodable"}
+    rows = [
+        f"{p.relative_to(tmp_path)},{p.relative_to(music).parts[0]}" for p in sorted(music.rglob("*")) if p.is_file()
+    ]
+    (tmp_path / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    given = {"--audio-dir": (str(music), ""), "--csv": (str(tmp_path / "list.csv"), "music/")}
+    for flag, (source, prefix) in given.items():
+        out = tmp_path / f"cache{flag}"
+        cmd = [sys.executable, "-m", "mgc_ray.prepare", flag, source, "--out", str(out), "--address", ray_local]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+        summary = [line.strip() for line in p.stderr.splitlines() if line.startswith("  ")]
+        assert sorted(summary) == sorted(f"{kind}: 1 ({prefix}{name})" for name, kind in bad.items()), p.stderr
+        m = read_manifest(out)
+        assert {b["name"]: b["reason"].split(":")[0] for b in m.bad_tracks} == {prefix + n: k for n, k in bad.items()}
+        assert all(b["path"] == str(music / n) for b, n in zip(m.bad_tracks, sorted(bad)))
+        assert sum(m.num_tracks.values()) == 20, "every good file cached"
+    faults.record(
+        "a folder collection (then a CSV) holding an empty .mp3 and a text file named .mp3",
+        len(given),
+        "both skipped, named by their paths as given in prepare's output and the manifest; the good files cached",
+    )
+
+
+def test_an_older_manifests_bad_tracks_still_read(clean, tmp_path):
+    """A manifest written before bad tracks carried their name loads, its checksum holds, and
+    prepare's summary names those tracks by id."""
+    from mgc_ray.prepare import bad_name
+
+    out, m = clean
+    old = {**m, "bad_tracks": [{"track_id": 7, "path": "/x/000007.mp3", "reason": "empty: 0-byte file"}]}
+    (tmp_path / "manifest.json").write_text(sealed_json(old))
+    got = read_manifest(tmp_path)
+    assert got.to_dict() == old and [bad_name(b) for b in got.bad_tracks] == ["000007"]
 
 
 def test_nothing_usable_is_an_error(demo_root, ray_local, tmp_path, capsys):
