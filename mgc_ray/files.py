@@ -87,6 +87,13 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(SQLITE) :]).expanduser().resolve()
 
 
+def store_lock(db: str | os.PathLike) -> Path:
+    """The lock file beside a sqlite store (`.<name>.lock`) that a command holds while it makes
+    the store's tables (`locked`), so that no other command reads a store half made."""
+    db = Path(db)
+    return db.parent / f".{db.name}.lock"
+
+
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Make `path` if needed and prove it writable with a file that is gone at once
     (os.access says yes to root even on a read-only mount).
@@ -99,6 +106,8 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
         UserError: it cannot be created or written.
     """
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} is a file, not a folder: give a folder (it is made if missing)")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
