@@ -32,6 +32,8 @@ TESTS = (
     "tests/e2e/test_faults_at_scale.py",
     "tests/e2e/test_resume.py",
     "tests/unit/test_bad_input.py",
+    "tests/unit/test_stores.py",
+    "tests/e2e/test_cluster_join.py",
 )
 
 
