@@ -67,7 +67,7 @@ def init(
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ctx = ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
+        ctx = _join(address, log_to_driver=log_to_driver, logging_level=logging_level, **kwargs)
     else:
         extra = {"dashboard_port": dashboard_port} if dashboard and dashboard_port else {}
         ctx = ray.init(
@@ -84,6 +84,132 @@ def init(
     if log_to_driver:
         _quiet_worker_exits()
     return ctx
+
+
+# Joining a cluster: every way it can fail is one line naming the address and the fix.
+# A head answers a TCP connect in milliseconds, even through a VPN or an ssh tunnel; without this
+# probe ray.init keeps retrying an address where nothing answers for over 10 minutes (measured
+# with Ray 2.60 on a closed port and on a web server's port: still waiting after 10 min).
+JOIN_PROBE_S = 10.0
+# ray.init's attempts to reach the GCS, one a second, when joining: Ray's 20 are sized for a head
+# that is itself still starting; a running head answers the first, and a token it refuses is
+# refused on every attempt, so 5 tell in ~5 s what 20 tell in 20.
+JOIN_GCS_ATTEMPTS = 5
+_GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"  # ray._private.node reads it when connecting
+# An HTTP/2 client's first bytes (the connection preface and an empty SETTINGS frame): Ray's GCS
+# (gRPC) answers with a SETTINGS frame; a web server (the dashboard's port 8265) or anything else does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4  # the frame type byte (the 4th) of a SETTINGS frame
+_AUTH_TEXTS = ("InvalidAuthToken", "Unauthenticated")
+
+
+def _join(address: str, **kwargs):
+    """ray.init(address) after `probe_address`; its errors as one line each (`join_error`)."""
+    import ray
+
+    try:
+        probe_address(address)
+        ours = _GCS_WAIT_ENV not in os.environ  # the user's own value wins
+        if ours:
+            os.environ[_GCS_WAIT_ENV] = str(JOIN_GCS_ATTEMPTS)
+        try:
+            return ray.init(address=address, **kwargs)
+        finally:
+            if ours:
+                os.environ.pop(_GCS_WAIT_ENV, None)  # for this join only
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its own
+        error = join_error(exc, address)
+        if error is None:
+            raise
+        ray.shutdown()  # a driver half connected (a version mismatch is found after connecting)
+        raise error from None
+
+
+def probe_address(address: str) -> None:
+    """Refuse, within JOIN_PROBE_S, an address where no Ray head answers: a name that does not
+    resolve, nothing listening, no answer, or a server that is not a gRPC server (Ray's GCS).
+
+    Raises:
+        UserError: one line naming the address and what to check.
+        ConnectionError: `--address auto` and no Ray running on this machine (Ray's own check).
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    target = canonicalize_bootstrap_address(address)  # what ray.init dials ("auto" and localhost resolved)
+    if target is None or "://" in address:
+        return
+    host, _, port = target.rpartition(":")
+    fix = "check the address (`ray start --head` printed it; `ray status` on the head) and that this machine reaches it"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_PROBE_S) as s:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS GCS does not answer a plain preface
+            s.sendall(_H2_PREFACE)
+            reply = s.recv(16)
+    except socket.gaierror as exc:
+        raise UserError(f"--address {address}: the host {host} is unknown ({exc.strerror}): {fix}") from None
+    except ConnectionRefusedError:
+        raise UserError(f"--address {address}: nothing listens at {target} (connection refused): {fix}") from None
+    except (TimeoutError, socket.timeout):
+        raise UserError(f"--address {address}: no answer from {target} within {JOIN_PROBE_S:g} s: {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--address {address}: cannot reach {target} ({exc}): {fix}") from None
+    if len(reply) < 4 or reply[3] != _H2_SETTINGS:
+        raise UserError(
+            f"--address {address}: {target} answers, but it is not a Ray cluster's GCS (the dashboard's "
+            "port 8265 is not it): give the head's GCS address, HEAD_IP:6379 unless `ray start --head "
+            "--port` chose another"
+        )
+
+
+def join_error(exc: BaseException, address: str) -> UserError | None:
+    """The one line for a failure to join the cluster at `address`; None: not a joining error."""
+    import re
+
+    from ray.exceptions import AuthenticationError
+
+    text = "\n".join(str(e) for e in _chain(exc))
+    token_fix = (
+        "set RAY_AUTH_TOKEN to the head's token (`ray get-auth-token` there), or copy the head's "
+        "~/.ray/auth_token to this machine (or point RAY_AUTH_TOKEN_PATH at the copy)"
+    )
+    if isinstance(exc, AuthenticationError):
+        return UserError(f"the Ray cluster at {address} wants Ray's token and this shell has none: {token_fix}")
+    if any(t in text for t in _AUTH_TEXTS):
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            return UserError(
+                f"the Ray cluster at {address} wants Ray's token: set RAY_AUTH_MODE=token here too, "
+                f"as on its nodes, and {token_fix}"
+            )
+        return UserError(f"the Ray cluster at {address} refused this shell's token (not the cluster's): {token_fix}")
+    if "Version mismatch" in text:
+        found = re.findall(r"Ray: (\S+)\s+Python: (\S+)", text)
+        if len(found) >= 2:
+            (ray_c, py_c), (ray_d, py_d) = found[:2]
+            return UserError(
+                f"the Ray cluster at {address} runs Ray {ray_c} on Python {py_c}, this command Ray {ray_d} "
+                f"on Python {py_d}: run it from an environment with ray=={ray_c} on Python {py_c} (as on the "
+                "cluster's nodes), or start the cluster from this one"
+            )
+    if "Could not find any running Ray instance" in text:
+        return UserError(
+            f"--address {address}: no Ray cluster runs on this machine: start one (`ray start --head`), "
+            "or give the head's address HEAD_IP:6379"
+        )
+    if isinstance(exc, ConnectionError):
+        return UserError(
+            f"cannot join the Ray cluster at {address} ({str(exc).splitlines()[0][:200]}): check the "
+            "address (`ray status` on the head) and that this machine reaches it"
+        )
+    return None
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 PREFETCH_HEADER = "Error in prefetcher thread."  # Ray Data's batch prefetcher, in a trial's worker
@@ -341,8 +467,10 @@ def plan_resources(
     max_concurrent: int | None,
     need_gib: float | None = None,
     gpu_gib: float | None = None,
+    where: str = "the Ray cluster",
 ) -> TrialResources:
-    """Per-trial resources from the alive nodes (`ray.nodes()` records) and the flags (None: default).
+    """Per-trial resources from the alive nodes (`ray.nodes()` records) and the flags (None: default);
+    `where` names the cluster in a refusal.
 
     Defaults: on GPU nodes several trials share each GPU (`default_gpu_share` of `need_gib` on a GPU
     of `gpu_gib`), and each trial takes an equal part of its node's cores after a quarter (at least
@@ -375,9 +503,11 @@ def plan_resources(
     else:
         cpus = 1.0
     if cpus > node_cpus - 1:
+        lower = f", or lower --cpus-per-trial to at most {node_cpus - 1:g}" if node_cpus > 1 else ""
         raise UserError(
-            f"--cpus-per-trial {cpus:g} leaves no CPU for Ray Data on the largest node "
-            f"({node_cpus:g} CPUs): ask for at most {max(node_cpus - 1, 0):g}"
+            f"{where} has no CPU free for Ray Data beside a trial: its largest node has {node_cpus:g} "
+            f"CPU(s), a trial takes {cpus:g} and its Ray Data reads 1 more: add a node with at least "
+            f"{math.ceil(cpus) + 1} CPUs (ray start --num-cpus){lower}"
         )
     # Some CPUs per node stay free for Ray Data (trials holding every CPU hang Ray Data). Ray places a
     # trial retried after a node is lost wherever it fits: when a trial needs no more CPUs than a node
@@ -413,16 +543,19 @@ def resources(
     max_concurrent: int | None,
     arch: str | None = None,
     max_batch: int | None = None,
+    address: str | None = None,
 ) -> TrialResources:
     """(cpus per trial, gpus per trial, max concurrent) from the cluster and the flags (None: default);
-    `arch` and `max_batch` (the search space's largest batch) size the default GPU share."""
+    `arch` and `max_batch` (the search space's largest batch) size the default GPU share; `address`:
+    the cluster joined (None: a local Ray)."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     need = gpu = None
     if gpus_per_trial is None and any(n["Resources"].get("GPU", 0) for n in nodes) and arch:
         need, gpu = trial_memory_gib(arch, max_batch or 1), gpu_memory_gib()
-    return plan_resources(nodes, gpus_per_trial, cpus_per_trial, max_concurrent, need, gpu)
+    where = f"the Ray cluster at {address}" if address else "this machine's Ray"
+    return plan_resources(nodes, gpus_per_trial, cpus_per_trial, max_concurrent, need, gpu, where)
 
 
 def check_cluster(storage: str, cache: str, fma_root: str | None, shared_storage: bool) -> None:

@@ -87,6 +87,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(SQLITE) :]).expanduser().resolve()
 
 
+def store_lock_path(db: str | os.PathLike) -> Path:
+    """The lock file beside a sqlite store (`.<name>.lock`) that a command holds while it makes
+    the store's tables or claims a name in it (`store_lock`), so that no other command reads a
+    store half made."""
+    db = Path(db)
+    return db.parent / f".{db.name}.lock"
+
+
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Make `path` if needed and prove it writable with a file that is gone at once
     (os.access says yes to root even on a read-only mount).
@@ -99,6 +107,8 @@ def writable_dir(path: str | os.PathLike, what: str) -> Path:
         UserError: it cannot be created or written.
     """
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p} is a file, not a folder: give a folder (it is made if missing)")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -201,7 +211,7 @@ def store_lock(uri: str):
     """The lock beside a `sqlite:///` store (`.<file>.lock`), held while its tables are made or a
     name is claimed in it; a server store needs none (a null context)."""
     db = sqlite_path(uri)
-    return locked(db.parent / f".{db.name}.lock") if db is not None else contextlib.nullcontext()
+    return locked(store_lock_path(db)) if db is not None else contextlib.nullcontext()
 
 
 # --- full disks ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`python -m mgc_ray.tune --arch densenet`: the search (or, with --paper, one paper trial).
 
-Flow: every check that needs no Ray (flags, search space, folders, metadata,
-an existing cache, --resume state) -> Ray (local with the dashboard on
+Flow: every check that needs no Ray (flags, search space, folders, the MLflow
+store and the Optuna storage (stores.py), metadata, an existing cache, --resume
+state) -> Ray (local with the dashboard on
 127.0.0.1, or --address) -> cluster checks (shared storage on several nodes,
 GPUs and CPUs per trial) -> prepare if needed -> the search's name claimed
 in every store it names (search/names.py) -> Ray Datasets built once ->
@@ -182,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 1. Everything that needs no Ray: most bad input costs a second, not a Ray start.
     spaces = [load_space(a, args.space) for a in archs]
+    P.check_stores(args)  # read-only, before this command makes any folder
     storage = P.resolve_storage(args.storage_path)
     results_root = writable_dir(Path(args.results_dir).expanduser().resolve(), "--results-dir")
     if sqlite_path(args.mlflow_uri) is not None:
@@ -297,6 +299,7 @@ def _start(
         args.max_concurrent,
         arch=heaviest.arch,
         max_batch=largest_batch(heaviest, plan.paper_only),
+        address=address,
     )
     if args.gpu_hours and not res.gpus:
         raise UserError(

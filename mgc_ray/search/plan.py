@@ -1,7 +1,7 @@
 """What a `python -m mgc_ray.tune` invocation does: its flags and data resolved into a `Plan`.
 
 Every check here needs no Ray (flags, folders, the data and an existing cache, the
-search's name, --resume state, the Optuna storage), so most bad input is refused in a
+search's name, --resume state, the Optuna storage: `stores.py`), so most bad input is refused in a
 second, before Ray starts. `tune.main` calls these in order; the runner reads only the
 `Plan`. The built-in demo's sizes and its own time budget live here too.
 """
@@ -27,6 +27,7 @@ from mgc_ray.config import (
 )
 from mgc_ray.errors import UserError
 from mgc_ray.files import SQLITE, locked, sqlite_path, writable_dir
+from mgc_ray.stores import MLFLOW, OPTUNA, check_sqlite_store, check_tune_experiment
 
 # The built-in demo of this command: small enough that a DenseNet epoch is short on a CPU
 # (77 training tracks: ~40 s of training on a core that trains DenseNet-121 at 1.9 samples/s,
@@ -274,6 +275,8 @@ def check_experiment(args, storage: str, name: str) -> None:
             raise UserError(
                 f"--resume: {path} holds no Tune state to resume: check --storage-path and --experiment-name"
             )
+        if not is_uri(storage):
+            check_tune_experiment(path)
     elif args.experiment_name and not is_uri(storage) and Path(path).is_dir() and any(Path(path).iterdir()):
         raise UserError(
             f"a search named {name} already exists in {storage}: add --resume to finish it, "
@@ -301,8 +304,8 @@ def demo_budget(args, plan: Plan, gpus: float, started: float) -> Plan:
     )
 
 
-def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
-    """(the Optuna storage URL, the warm-start study names), checked before Ray starts."""
+def optuna_url(args) -> str:
+    """The Optuna storage URL of these flags (--optuna-storage, else beside the MLflow store)."""
     from mgc_ray.search import study
 
     storage = args.optuna_storage or study.default_storage(args.mlflow_uri, home())
@@ -311,6 +314,27 @@ def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
             f"--optuna-storage {storage!r} is not an Optuna RDB URL: use sqlite:///PATH "
             "(or a postgresql:// or mysql:// URL)"
         )
+    if sqlite_path(storage) is not None and sqlite_path(storage) == sqlite_path(args.mlflow_uri):
+        raise UserError(
+            f"--optuna-storage {storage} is the MLflow store's own file: give the study a file of its "
+            "own (default: optuna.db beside the MLflow store)"
+        )
+    return storage
+
+
+def check_stores(args) -> None:
+    """The MLflow store and the Optuna storage a search will write to, probed read-only
+    (`stores.check_sqlite_store`): a damaged, locked, foreign or unreadable one is refused
+    before anything is made or written."""
+    check_sqlite_store(args.mlflow_uri, MLFLOW, "--mlflow-uri")
+    check_sqlite_store(optuna_url(args), OPTUNA, "--optuna-storage")
+
+
+def resolve_study(args, name: str) -> tuple[str, tuple[str, ...]]:
+    """(the Optuna storage URL, the warm-start study names), checked before Ray starts."""
+    from mgc_ray.search import study
+
+    storage = optuna_url(args)
     if sqlite_path(storage) is not None:
         writable_dir(sqlite_path(storage).parent, "--optuna-storage folder")
     warm = tuple(n.strip() for n in (args.warm_start or "").split(",") if n.strip())

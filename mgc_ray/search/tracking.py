@@ -239,10 +239,14 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 # --- reading runs back -------------------------------------------------------
 def open_store(uri: str):
     """An MlflowClient for reading `uri`; a sqlite file that does not exist is a UserError
-    (MLflow would silently create an empty store there)."""
+    (MLflow would silently create an empty store there), and so is a damaged, locked or
+    foreign one (`stores.check_sqlite_store`)."""
+    from mgc_ray.stores import MLFLOW, check_sqlite_store
+
     path = sqlite_path(uri)
     if path is not None:
-        if not path.is_file():
+        check_sqlite_store(uri, MLFLOW, "--mlflow-uri")
+        if not path.is_file() or path.stat().st_size == 0:
             raise UserError(
                 f"no MLflow store at {path} (--mlflow-uri {uri}): give the URI the search printed, "
                 "or run a search first (python -m mgc_ray.tune --arch ...)"
