@@ -34,7 +34,7 @@ TESTS = (
     "tests/e2e/test_resume.py",
     "tests/unit/test_bad_input.py",
     "tests/e2e/test_prepare.py::test_a_collections_bad_files_are_named_by_their_paths",  # the rest injects no fault it records
-    "tests/unit/test_stores.py",
+    "tests/e2e/test_stores.py",
     "tests/e2e/test_cluster_join.py",
 )
 
