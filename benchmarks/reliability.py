@@ -32,6 +32,7 @@ TESTS = (
     "tests/e2e/test_faults_at_scale.py",
     "tests/e2e/test_resume.py",
     "tests/unit/test_bad_input.py",
+    "tests/e2e/test_gpu.py",  # the GPU check's parts failing, hanging, or finding no torch
 )
 
 
