@@ -36,6 +36,7 @@ TESTS = (
     "tests/e2e/test_prepare.py::test_a_collections_bad_files_are_named_by_their_paths",  # the rest injects no fault it records
     "tests/e2e/test_stores.py",
     "tests/e2e/test_cluster_join.py",
+    "tests/e2e/test_gpu.py",  # the GPU check's parts failing, hanging, or finding no torch
 )
 
 

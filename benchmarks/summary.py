@@ -23,19 +23,22 @@ SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "sea
 GPU_COMMANDS = """\
 The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and
 reaches no registry. On a machine with pip access build the archive of what it lacks
-(`../shared/tools/offline-bundle.sh .offline`, ~56 MB), take it along with the checkout, and on the node, from
-the repository root:
+(`tools/offline-bundle.sh .offline`, ~55 MB; what it ships and why: docs/cluster.md, "Air-gapped GPU
+clusters"), take it along with the checkout, and on the node, from the repository root:
 
     mkdir -p /tmp/site && tar -xJf .offline/site.tar.xz -C /tmp/site
     export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 
-First, the one GPU check (issue 13; per-part time budgets that add up to under 8 minutes, not timed on a GPU
-yet; installs nothing): DenseNet-121
-samples/s at batch 32-256 eager / channels_last / compiled, the GPU's wait in a real Ray Tune trial on an
-FMA-sized synthetic cache, 1/2/4/8 packed trials, the front end against the paper's CPU way. No GPU was lent
-to the session that wrote it, so its figures are not measured yet:
+First, the one GPU check (one 8-minute command with the extraction; not timed on a GPU yet; installs
+nothing). Its report is rewritten after every part, to `--out`, else `$OUT`, else here; each part has its
+own budget and a part's error is recorded as its figure while the next part runs. In this order: the
+environment (30 s: versions, numba and pyarrow with this numpy, CUDA, /dev/shm), DenseNet-121 samples/s at
+batch 32 eager / channels_last and the best batch (80 s), 1 and 4 packed Tune trials sharing the GPU
+(100 s), the GPU's wait in a real Ray Tune trial on an FMA-sized synthetic cache (150 s), the front end's
+parity with librosa on the GPU's FFT and its speed (30 s). No GPU was lent to the session that wrote it,
+so its figures are not measured yet:
 
-    python -m benchmarks.gpu_check          # writes gpu_check_cuda.json and .md here
+    python -m benchmarks.gpu_check          # writes gpu_check_cuda.json and .md here (or to $OUT)
 
 The other benchmarks, all but scale sized for a 10-minute limit per command (not timed on a GPU yet);
 `--work` keeps the demo data between them:

@@ -313,41 +313,151 @@ def test_more_than_one_gpu_per_trial_is_refused():
 
 
 # --- the one GPU check, in its CPU smoke mode ------------------------------------------
-@pytest.mark.slow
-def test_gpu_check_smoke_writes_a_complete_report(tmp_path, monkeypatch):
+def _gpu_check_modules(monkeypatch):
     import importlib
-    import json
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the checkout root: `benchmarks`
+    return importlib.import_module("benchmarks.gpu_check"), importlib.import_module("benchmarks.gpu_parts")
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_keeps_every_figure_when_a_part_fails(tmp_path, monkeypatch, faults):
+    """Every part, tiny on the CPU, with the speed part forced to fail after its first row: the report (in
+    $OUT, no --out given) holds that row and the part's error line with where it was raised, and every
+    other part ran and wrote its figures; the exit code says a part failed."""
+    import json
+
+    gpu_check, gpu_parts = _gpu_check_modules(monkeypatch)
     monkeypatch.setenv("MGC_HOME", str(tmp_path / "home"))
-    gpu_check = importlib.import_module("benchmarks.gpu_check")
-    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 0
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert gpu_check.main(["--smoke", "--work", str(tmp_path / "work"), "--fail-part", "speed"]) == 1
     report = json.loads((tmp_path / "out" / "gpu_check_cpu.json").read_text())
     md = (tmp_path / "out" / "gpu_check_cpu.md").read_text()
-    assert {r["way"] for r in report["speed"]["rows"] if "samples_per_s" in r} == {"eager", "channels_last"}
-    trial = report["trial"]
+    parts = report["parts"]
+    assert list(parts) == ["env", "speed", "packing", "trial", "frontend"]
+    assert [p["part"] for p in report["plan"]] == list(parts) and all(p["why"] for p in report["plan"])
+    speed = parts["speed"]
+    assert (speed["status"], speed["error"]) == ("failed", "ForcedFailure: forced by --fail-part speed (a test hook)")
+    assert speed["where"].startswith("benchmarks/gpu_check.py:") and speed["where"].endswith(" in progress")
+    rows = speed["figures"]["rows"]
+    assert [(r["batch"], r["way"]) for r in rows] == [(2, "eager")] and rows[0]["samples_per_s"] > 0
+    others = {n: (parts[n]["status"], parts[n].get("error")) for n in parts if n != "speed"}
+    assert all(status == "ok" for status, _ in others.values()), others
+
+    env = {c["check"]: c for c in parts["env"]["figures"]["checks"]}
+    assert all(env[n]["ok"] for n in ("numpy", "numba", "pyarrow", "torch", "librosa", "ray", "mlflow")), env
+    assert env["numba"]["value"]["njit"] == 14.0 and env["pyarrow"]["value"]["numpy_round_trip"] == [0, 1, 2]
+    assert env["cuda"] == {**env["cuda"], "ok": False, "error": "RuntimeError: torch sees no CUDA device"}
+    packs = parts["packing"]["figures"]["rows"]
+    assert [r["trials"] for r in packs] == [1, 2] and all(r["aggregate_samples_per_s"] > 0 for r in packs), packs
+    assert all(r["devices"] == ["cpu"] and not r["errors"] for r in packs), packs
+    trial = parts["trial"]["figures"]
     assert trial["rc"] == 0, trial["log_tail"]
     assert trial["epochs"] and all(e["device"] == "cpu" for e in trial["epochs"])  # a 0-GPU trial: the CPU
-    packs = [r for r in report["packing"]["rows"] if "aggregate_samples_per_s" in r]
-    assert [r["trials"] for r in packs] == [1, 2] and all(g["device"] == "cpu" for r in packs for g in r["per_trial"])
-    assert report["frontend"]["librosa_clips_per_s_one_core"] > 0
+    front = parts["frontend"]["figures"]
+    assert front["parity"]["within"] and front["parity"]["max_db"] < 0.05, front["parity"]
+    assert front["librosa_clips_per_s_one_core"] > 0
     assert {t["status"] for t in report["targets"]} == {"not measured here"}  # no GPU: no GPU figure claimed
     assert "SMOKE RUN" in md and "no GPU on this machine" in md
+    assert "ForcedFailure: forced by --fail-part speed (a test hook)" in md and "**failed**" in md
+    # the profile comes after the row the failure stopped: checked on its own
+    top = gpu_parts.profile_step(torch.device("cpu"), smoke=True)
+    assert top and all(r["ms_per_step"] >= 0 and r["calls"] >= 0 for r in top)
+    faults.record(
+        "a part of the GPU check raising (--fail-part speed)",
+        1,
+        "its first figure, its error line and where, every other part's figures",
+    )  # noqa: E501
+
+
+def test_a_gpu_check_part_past_its_budget_is_stopped_with_its_figures(tmp_path, monkeypatch, faults):
+    """A part that hangs in a subprocess (one that started a child of its own) is stopped at its budget:
+    what it had recorded stays in the saved report, its status says `stopped` and where it was, and the
+    subprocess's whole process group is ended."""
+    import json
+    import time
+    from pathlib import Path
+
+    gpu_check, gpu_parts = _gpu_check_modules(monkeypatch)
+    saved = []
+    run = gpu_check.Run({"parts": {}}, tmp_path, lambda r: saved.append(json.dumps(r.report)))
+    ctx = gpu_parts.Context(device=torch.device("cpu"), smoke=True, work=tmp_path, out=tmp_path)
+    pids = tmp_path / "pids"
+
+    def hangs(ctx, out):
+        out["first"] = 1.0
+        ctx.progress()
+        # a shell and a grandchild of it, both sleeping a minute
+        gpu_parts.run_bounded(["sh", "-c", f"sleep 60 & echo $$ $! > {pids}; wait"], 60, tmp_path / "log")
+
+    t0 = time.perf_counter()
+    took = gpu_check.run_part(gpu_check.Part("hangs", 3, 3, "a test"), hangs, ctx, run, 3.0)
+    assert took < 20 and time.perf_counter() - t0 < 20
+    entry = json.loads(saved[-1])["parts"]["hangs"]
+    assert (entry["status"], entry["figures"]) == ("stopped", {"first": 1.0})
+    assert entry["error"] == "PartStopped: stopped at its budget (3 s)"
+    assert entry["where"].startswith("benchmarks/gpu_parts.py:") and entry["where"].endswith(" in run_bounded")
+
+    def running(pid: int) -> bool:  # a zombie (ended, not yet reaped by init) is not running
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+
+    for pid in map(int, pids.read_text().split()):  # the shell and its child
+        for _ in range(50):
+            if not running(pid):
+                break
+            time.sleep(0.1)
+        assert not running(pid), f"process {pid} of the stopped part still runs"
+    faults.record("a GPU check part hanging in a subprocess past its budget", 1, "its figures; the subprocess ended")
+
+
+@pytest.mark.slow
+def test_gpu_check_reports_a_torch_that_does_not_import(tmp_path, faults):
+    """A node where torch fails to import in the check's own process still gets a report: the env part
+    (which needs neither torch nor numpy in that process) with its figures, and every other part carrying
+    the import error and where it came from; exit 1."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys; sys.modules['torch'] = None; from benchmarks import gpu_check; gpu_check.run_cli(gpu_check.main)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(
+        [sys.executable, "-c", code, "--out", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 1, p.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check_unknown.json").read_text())
+    parts = report["parts"]
+    assert parts["env"]["status"] == "ok" and {c["check"] for c in parts["env"]["figures"]["checks"]} >= {
+        "numpy",
+        "numba",
+        "pyarrow",
+        "torch",
+    }
+    for name in ("speed", "packing", "trial", "frontend"):
+        assert parts[name]["status"] == "failed" and parts[name]["error"].startswith(
+            "ModuleNotFoundError: import of torch halted"
+        ), parts[name]
+        assert parts[name]["where"].startswith("benchmarks/")
+    md = (tmp_path / "gpu_check_unknown.md").read_text()
+    assert "the check's own imports failed: `ModuleNotFoundError: import of torch halted" in md and "- numba: ok" in md
+    faults.record("torch failing to import in the GPU check", 1, "the env part's figures; each other part's error")
 
 
 def test_gpu_check_synthetic_cache_is_a_valid_cache(tmp_path, monkeypatch):
     """The FMA-sized cache gpu_check trains from passes the same checks a prepared cache does."""
-    import importlib
-    from pathlib import Path
-
     import pyarrow.parquet as pq
 
     from mgc_ray.data.cache import check_cache
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # the checkout root: `benchmarks`
-    gpu_check = importlib.import_module("benchmarks.gpu_check")
-    cache = gpu_check.synthetic_cache(tmp_path / "cache", tracks=30, seconds=0.5, workers=1)
+    _, gpu_parts = _gpu_check_modules(monkeypatch)
+    cache = gpu_parts.synthetic_cache(tmp_path / "cache", tracks=30, seconds=0.5, workers=1)
     m = check_cache(cache, sample_rate=22_050, split_scheme="paper")
     assert dict(m.num_tracks) == {"train": 24, "val": 3, "test": 3} and m.n_classes == 8 and m.wave_std > 0
     table = pq.read_table(m.shard_paths("train")[0])
