@@ -61,7 +61,7 @@ from mgc_ray.files import atomic_text
 NAME = "gpu_check"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "benchmarks"
-# What the one GPU command holds: the machine starts, extracts the ~56 MB xz bundle (30-60 s), then runs
+# What the one GPU command holds: the machine starts, extracts the xz bundle (< 60 MB, 30-60 s), then runs
 # this; 8 minutes in all, so the parts get 6.5 minutes and the rest is margin.
 COMMAND_S, EXTRACT_S = 480, 60
 

@@ -23,7 +23,7 @@ SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "sea
 GPU_COMMANDS = """\
 The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and
 reaches no registry. On a machine with pip access build the archive of what it lacks
-(`tools/offline-bundle.sh .offline`, ~55 MB; what it ships and why: docs/cluster.md, "Air-gapped GPU
+(`tools/offline-bundle.sh .offline`; what it ships and why: docs/cluster.md, "Air-gapped GPU
 clusters"), take it along with the checkout, and on the node, from the repository root:
 
     mkdir -p /tmp/site && tar -xJf .offline/site.tar.xz -C /tmp/site
