@@ -17,7 +17,7 @@ trial), so each concurrency level runs twice, with N = K and N = 3K trials:
 - trials/hour (marginal) = 2K / (wall(3K) - wall(K)): the rate once a search is
   running, what a long search approaches.
 
-A CPU trial holds 1 CPU and one CPU per node stays with Ray Data, so a 2-core
+A CPU trial holds 1 CPU and reserves 1 for its Ray Data reads, so a 2-core
 machine fits one trial at a time: 2 and 4 concurrent trials are not measured there.
 """
 
@@ -361,7 +361,7 @@ def to_markdown(report: dict) -> list[str]:
         lines += [
             "",
             f"2 and 4 concurrent trials (`--gpus-per-trial 0.5` / `0.25`): not measured here ({C.NO_GPU}; "
-            "on 2 CPU cores one CPU trial fits, the other core stays with Ray Data). Run "
+            "on 2 CPU cores one CPU trial fits, with the other core reserved for its Ray Data reads). Run "
             "`python -m benchmarks.search --device cuda` on a GPU node.",
         ]
     lines += ["", "Commands (MGC_HOME, MLflow store, results and Tune storage in a temporary folder):", ""]

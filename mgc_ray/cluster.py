@@ -28,11 +28,25 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What each trial holds, and how many run at once."""
+    """What each trial holds, and how many run at once.
+
+    A trial reserves two bundles of one placement group on one node (`bundles`): its trainable's
+    CPUs and GPU share, and the CPUs of its own Ray Data reads, where `data.pipeline.trial_reads`
+    runs them. No other trial, nor a trial Ray retries after a node is lost, can take those.
+    """
 
     cpus: float
     gpus: float
     max_concurrent: int
+    data_cpus: float = 1.0  # the reads bundle (0: none, Ray Data anywhere in the cluster: searches before it)
+
+    def bundles(self) -> list[dict[str, float]]:
+        """The trial's placement group: [the trainable's, its Ray Data reads'] (READS_BUNDLE is the second)."""
+        trainable = {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+        return [trainable] + ([{"CPU": self.data_cpus}] if self.data_cpus else [])
+
+
+READS_BUNDLE = 1  # a trial's Ray Data reads run in this bundle of its placement group (see TrialResources)
 
 
 def init(
@@ -439,7 +453,7 @@ ACTIVATION_GIB = {
 }
 FIXED_GIB = 1.5  # weights, gradients and Adam's moments (< 0.15 GiB for every arch), cuDNN workspaces
 SHARE_STEPS = 8  # shares are multiples of 1/8 of a GPU: at most 8 trials on one
-DATA_CPU_PART = 4  # a quarter of a node's cores (at least one) stay for Ray Data
+DATA_CPU_PART = 4  # a quarter of a GPU node's cores go to its trials' Ray Data reads (at least one each)
 MEMORY_PROBE_S = 120  # the probe of a GPU node's memory waits this long for a free slot
 
 
@@ -472,10 +486,13 @@ def plan_resources(
     """Per-trial resources from the alive nodes (`ray.nodes()` records) and the flags (None: default);
     `where` names the cluster in a refusal.
 
-    Defaults: on GPU nodes several trials share each GPU (`default_gpu_share` of `need_gib` on a GPU
-    of `gpu_gib`), and each trial takes an equal part of its node's cores after a quarter (at least
-    one) is kept for Ray Data; on CPU nodes a trial takes one CPU. More than one GPU per trial is
-    refused: a trial trains on one GPU.
+    Each trial reserves its trainable's CPUs and, beside them on the same node, the CPUs of its own
+    Ray Data reads (`TrialResources.bundles`). Defaults: on GPU nodes several trials share each GPU
+    (`default_gpu_share` of `need_gib` on a GPU of `gpu_gib`); a quarter of a node's cores go to
+    Ray Data, split among the trials its GPUs hold (at least one CPU each), and each trial's
+    trainable takes an equal part of the rest. On CPU nodes a trial takes one CPU and one for its
+    reads (a shard read takes a whole CPU: `data.pipeline.READ_TASK_CPUS`). More than one GPU per
+    trial is refused: a trial trains on one GPU.
     """
     node_gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
     node_cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
@@ -494,29 +511,28 @@ def plan_resources(
             f"--gpus-per-trial {gpus:g} is more than any node has ({node_gpus:g} GPUs): "
             "ask for at most that, or a fraction to share a GPU"
         )
-    data_cpus = max(1, int(node_cpus) // DATA_CPU_PART) if gpus else 1
+    per_node = max(1, int(node_gpus / gpus + 1e-9)) if gpus else 1  # trials one GPU node holds
+    # Each trial's reads: its part of the quarter of the node's cores; one read at a time on a CPU node.
+    data_cpus = float(max(1, int(node_cpus) // DATA_CPU_PART // per_node)) if gpus else 1.0
     if cpus_per_trial:
         cpus = cpus_per_trial
     elif gpus:
-        per_node = max(1, int(node_gpus / gpus + 1e-9))
-        cpus = float(max(1, int(node_cpus - data_cpus) // per_node))
+        cpus = float(max(1, int(node_cpus - per_node * data_cpus) // per_node))
     else:
         cpus = 1.0
-    if cpus > node_cpus - 1:
-        lower = f", or lower --cpus-per-trial to at most {node_cpus - 1:g}" if node_cpus > 1 else ""
+    if cpus + data_cpus > node_cpus:
+        trial = f"--cpus-per-trial {cpus:g}" if cpus_per_trial else f"a trial's {cpus:g} CPU(s)"
+        lower = f", or ask for at most --cpus-per-trial {node_cpus - data_cpus:g}" if node_cpus - data_cpus >= 1 else ""
         raise UserError(
-            f"{where} has no CPU free for Ray Data beside a trial: its largest node has {node_cpus:g} "
-            f"CPU(s), a trial takes {cpus:g} and its Ray Data reads 1 more: add a node with at least "
-            f"{math.ceil(cpus) + 1} CPUs (ray start --num-cpus){lower}"
+            f"{where} has no CPU free for Ray Data beside a trial: {trial} and the {data_cpus:g} CPU each trial "
+            f"reserves for its Ray Data reads do not fit on the largest node ({node_cpus:g} CPUs): add a node "
+            f"with at least {math.ceil(cpus + data_cpus)} CPUs (ray start --num-cpus){lower}"
         )
-    # Some CPUs per node stay free for Ray Data (trials holding every CPU hang Ray Data). Ray places a
-    # trial retried after a node is lost wherever it fits: when a trial needs no more CPUs than a node
-    # keeps, it may take them, and that node's Ray Data hangs (1-CPU trials on 2-CPU nodes did in
-    # tests/e2e/test_faults_at_scale.py). Not guarded yet: trials reserving their Ray Data CPUs would.
-    keep = data_cpus if cpus_per_trial is None else 1
-    by_cpu = max(1, sum(int((n["Resources"].get("CPU", 0) - keep) // cpus) for n in nodes))
+    # Both bundles sit on one node (STRICT_PACK): a node holds as many trials as (trainable + reads) fit.
+    # After a node is lost, a retried trial waits for a node with room for both, never takes another's reads.
+    by_cpu = max(1, sum(int(n["Resources"].get("CPU", 0) // (cpus + data_cpus)) for n in nodes))
     by_gpu = int(total_gpus / gpus + 1e-9) if gpus else by_cpu
-    return TrialResources(cpus, gpus, max_concurrent or max(1, min(by_cpu, by_gpu)))
+    return TrialResources(cpus, gpus, max_concurrent or max(1, min(by_cpu, by_gpu)), data_cpus)
 
 
 def gpu_memory_gib() -> float | None:

@@ -101,8 +101,8 @@ def build_parser() -> Parser:
     p.add_argument(
         "--cpus-per-trial",
         type=float,
-        help="default 1 on CPU nodes; with GPUs, an equal part of the "
-        "node's cores after a quarter is kept for Ray Data",
+        help="default 1 on CPU nodes; with GPUs, an equal part of the node's cores after a quarter "
+        "goes to the trials' Ray Data reads (each trial also reserves its own reads' CPUs)",
     )
     p.add_argument(
         "--compile",

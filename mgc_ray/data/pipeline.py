@@ -21,7 +21,8 @@ block in a new seeded order (its blocks are already there, so the reorder waits
 for nothing); prepare put tracks in shards in a seeded random order, so every
 block holds every genre and a bounded local shuffle window mixes batches as
 independent sampling would. A trial's Ray Data use of the object store is capped
-(TRIAL_OBJECT_STORE_BYTES). Everything is seeded by (seed, epoch) and each crop
+(TRIAL_OBJECT_STORE_BYTES), and in a Tune trial its Ray Data tasks run in the CPUs the trial
+reserved for them and no others (`trial_reads`). Everything is seeded by (seed, epoch) and each crop
 by (seed, epoch, track_id), with block order kept (`preserve_order`), so a
 restarted epoch sees the same batches in the same order.
 """
@@ -187,6 +188,42 @@ def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: i
 
 
 @dataclass(frozen=True)
+class Reads:
+    """Where this process's Ray Data tasks run, and how many CPUs they may hold at once.
+
+    Attributes:
+        where: a trial's reads bundle (a PlacementGroupSchedulingStrategy); None: Ray Data's default (SPREAD).
+        cpus: Ray Data's CPU limit (`ExecutionOptions.resource_limits`); None: the cluster's CPUs.
+    """
+
+    where: object = None
+    cpus: float | None = None
+
+
+def trial_reads() -> Reads:
+    """A Tune trial's reads bundle (`cluster.TrialResources.bundles`), or Ray Data's defaults elsewhere.
+
+    Tune runs a trial in its placement group and captures the trial's child tasks there, but Ray
+    Data asks for SPREAD (or DEFAULT, for large arguments) explicitly, which leaves the group: its
+    tasks would take CPUs no trial reserved, and wait forever where trials hold them all. So every
+    Dataset a trial runs names the reads bundle (`_bounded`), and Ray Data plans for that bundle's
+    CPUs only. The driver, `predict`, tests and a trial of a search started before trials reserved
+    their reads (one bundle) get the defaults.
+    """
+    import ray
+
+    from mgc_ray.cluster import READS_BUNDLE
+
+    pg = ray.util.get_current_placement_group()
+    if pg is None or pg.bundle_count <= READS_BUNDLE:
+        return Reads()
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    where = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=READS_BUNDLE)
+    return Reads(where, float(pg.bundle_specs[READS_BUNDLE].get("CPU", 0)))
+
+
+@dataclass(frozen=True)
 class CacheDatasets:
     """The cache's splits as Ray Datasets, built once in the driver and shared by trials.
 
@@ -329,15 +366,30 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "Progress bars disabled": on purpose
 
 
-def _bounded(ds, streamed: bool):
+def _bounded(ds, streamed: bool, reads: Reads):
     """Keep the block order (a restarted epoch sees the same batches); cap a streamed epoch's object store use
-    (a materialised cache's blocks are shared, not the trial's: only its crops are new)."""
+    (a materialised cache's blocks are shared, not the trial's: only its crops are new); in a trial, run
+    every task of the Dataset (the driver's reads of a streamed split too) in its reads bundle, planned
+    for that bundle's CPUs (Ray Data would otherwise count the cluster's, and queue tasks for CPUs the
+    bundle does not have).
+
+    The Dataset's own DataContext names the bundle: Ray Data 2.60 deprecates both ways of placing its
+    tasks (this one "after January 2027"; map_batches' scheduling_strategy goes in Ray 2.64) and has no
+    other, and it recognises a placement group here (it then asks no autoscaler for more nodes)."""
+    import warnings
+
     ctx = ds.context
     ctx.execution_options.preserve_order = True
+    limits = ctx.execution_options.resource_limits
     if streamed:
-        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=TRIAL_OBJECT_STORE_BYTES
-        )
+        limits = limits.copy(object_store_memory=TRIAL_OBJECT_STORE_BYTES)
+    if reads.where is not None:
+        limits = limits.copy(cpu=reads.cpus, gpu=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation above, once per Dataset
+            ctx.scheduling_strategy = reads.where
+            ctx.scheduling_strategy_large_args = reads.where
+    ctx.execution_options.resource_limits = limits
     return ds
 
 
@@ -365,7 +417,7 @@ def train_batches(
     _quiet_ray_data()
     streamed = not datasets.materialised and bool(datasets.train_files)
     crop = dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch)
-    ordered = _bounded(epoch_order(datasets, seed, epoch), streamed)
+    ordered = _bounded(epoch_order(datasets, seed, epoch), streamed, trial_reads())
     if streamed:
         epoch_ds = ordered.map_batches(
             _read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS
@@ -397,7 +449,7 @@ def eval_batches(
         (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
     """
     _quiet_ray_data()
-    crops = ds.map_batches(
+    crops = _bounded(ds, False, trial_reads()).map_batches(
         _crop_rows,
         fn_kwargs=dict(crop_len=crop_len, mode=mode),
         batch_size=CROP_ROWS,

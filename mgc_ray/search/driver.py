@@ -170,6 +170,19 @@ def _report_errors(grid) -> None:
             )
 
 
+def placed_trainable(datasets, manifest: Manifest, resources: TrialResources):
+    """`train_trial` with its data, in a placement group of `resources.bundles()` on one node: the trainable
+    in the first bundle, its Ray Data reads in the second (`data.pipeline.trial_reads`)."""
+    from ray import tune
+
+    from mgc_ray.trial.trainable import train_trial
+
+    return tune.with_resources(
+        tune.with_parameters(train_trial, datasets=datasets, manifest=manifest, gpu_share=resources.gpus),
+        tune.PlacementGroupFactory(resources.bundles(), strategy="STRICT_PACK"),
+    )
+
+
 def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: TrialResources) -> dict:
     """Search one arch or several (or run one paper trial), then evaluate, log and write results.
 
@@ -191,20 +204,14 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
     Raises:
         KeyboardInterrupt: the search was interrupted (SIGINT); `--resume` finishes it.
     """
-    from ray import tune
-
     from mgc_ray.data.pipeline import CacheDatasets
-    from mgc_ray.trial.trainable import train_trial
 
     several = len(spaces) > 1
     cpus, gpus, concurrent = resources.cpus, resources.gpus, resources.max_concurrent
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))  # read by Tune's controller
     _verify_cache(manifest)
     datasets = CacheDatasets.build(manifest)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, datasets=datasets, manifest=manifest, gpu_share=gpus),
-        {"cpu": cpus, "gpu": gpus},
-    )
+    trainable = placed_trainable(datasets, manifest, resources)
     param_space = {"max_epochs": plan.max_epochs, "seed": plan.seed, "compile": plan.compile}
     if not several:  # several: the study draws `arch` too
         param_space["arch"] = plan.arch
@@ -228,7 +235,8 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
         print(f"mgc_ray: MLflow {uri}: {where} (mlflow ui --backend-store-uri {uri})", flush=True)
         print(
             f"mgc_ray: {plan.num_samples} trial(s) of {', '.join(runs)}, up to {plan.max_epochs} epochs, "
-            f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each; Tune state in "
+            f"{concurrent} at once, {cpus:g} CPU + {gpus:g} GPU each (and {resources.data_cpus:g} CPU for its "
+            f"Ray Data reads); Tune state in "
             f"{experiment_path(plan.storage_path, plan.name)}",
             flush=True,
         )
@@ -311,6 +319,7 @@ def _search_run(c, plan, space: SearchSpace, manifest: Manifest, resources: Tria
         "cpus_per_trial": resources.cpus,
         "gpus_per_trial": resources.gpus,
         "max_concurrent": resources.max_concurrent,
+        "data_cpus_per_trial": resources.data_cpus,
         "split_scheme": manifest.split_scheme,
         "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes,

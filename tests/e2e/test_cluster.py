@@ -10,7 +10,7 @@ import sys
 import pytest
 
 NODE_CPUS = 3  # logical CPUs per node (more than this box has is fine)
-CPUS_PER_TRIAL = 2  # 2 of 3: one trial per node, one CPU left for Ray Data on each
+CPUS_PER_TRIAL = 2  # 2 of 3, and 1 reserved for its Ray Data reads: one trial per node
 
 
 @pytest.fixture(scope="module")

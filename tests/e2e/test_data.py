@@ -102,6 +102,56 @@ def test_an_epoch_repeats_exactly_and_the_next_differs(small_cache, ray_local, m
     assert _epoch(CacheDatasets.build(manifest, materialise=materialise), 0) == first
 
 
+@pytest.mark.parametrize("materialise", [False, True], ids=["streamed", "materialised"])
+def test_a_trial_reads_in_its_own_reservation_and_waits_for_no_other_cpu(small_cache, ray_local, materialise):
+    """A trial's placement group as the search plans it on this 2-CPU Ray (1 CPU to train, 1 for its Ray
+    Data reads), with the trainable placed as Tune places it (bundle 0, its child tasks captured), holds every
+    CPU: a Ray Data task outside it would wait forever. Its epoch and validation finish, with the same
+    batches as outside any trial."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from mgc_ray import cluster
+
+    def in_a_trial(datasets, epoch: int) -> tuple:
+        """What a trial sees: its reads bundle's CPUs, an epoch's batches as (labels, sum of waves) and the
+        validation crops' (track id, label). Defined here, so that Ray pickles it whole (a worker cannot
+        import a test module)."""
+        from mgc_ray.data.pipeline import eval_batches, train_batches, trial_reads
+
+        batches = train_batches(datasets, crop_len=2000, batch_size=8, seed=3, epoch=epoch)
+        val = eval_batches(datasets.val, crop_len=2000, batch_size=8)
+        return (
+            trial_reads().cpus,
+            [(label.tolist(), float(wave.double().sum())) for wave, label in batches],
+            [(int(t), int(y)) for _, label, tid in val for t, y in zip(tid, label)],
+        )
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = cluster.plan_resources(nodes, None, None, None)
+    assert res.bundles() == [{"CPU": 1.0}, {"CPU": 1.0}] and res.max_concurrent == 1  # every CPU of this Ray
+    assert sum(b["CPU"] for b in res.bundles()) == ray.cluster_resources()["CPU"]
+    datasets = CacheDatasets.build(small_cache, materialise=materialise)
+    outside = in_a_trial(datasets, 2)
+    pg = placement_group(res.bundles(), strategy="STRICT_PACK")
+    ray.get(pg.ready(), timeout=60)
+    try:
+        trial = ray.remote(in_a_trial).options(
+            num_cpus=res.cpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0, placement_group_capture_child_tasks=True),
+        )
+        try:
+            cpus, epoch, val = ray.get(trial.remote(datasets, 2), timeout=120)
+        except ray.exceptions.GetTimeoutError:
+            pytest.fail("the trial's Ray Data waited for a CPU outside its reservation")
+    finally:
+        remove_placement_group(pg)
+    assert cpus == res.data_cpus, "Ray Data planned for the reads bundle's CPUs"
+    assert (epoch, val) == outside[1:], "the same batches and validation crops as outside any trial"
+    assert len(val) == small_cache.num_tracks["val"]
+
+
 def test_the_materialise_decision_prints_both_sizes(small_cache, ray_local, capsys):
     manifest = small_cache
     datasets = CacheDatasets.build(manifest)

@@ -33,10 +33,11 @@ FILLERS = 14  # ... 112 MB of the 128 MB: what a materialised cache or another t
 # ahead of a consumer that only counts, and is over by about batch 100 of 200 on 2 cores.
 KILL_FROM_BATCHES = (10, 30, 50)
 # The cluster: a head without CPUs (the driver's node: no trial or Ray Data task runs there) and two
-# nodes of 2 CPUs, each room for one trial of 1 CPU and its Ray Data reads. Trials that leave a node
-# no spare CPU hang after the loss: with one trial per 2-CPU node, the lost trial's retry took the
-# surviving node's last CPU, the one its Ray Data reads needed (see cluster.plan_resources).
+# nodes of 2 CPUs, each room for one trial of 1 CPU and its Ray Data reads, and two such trials. Before
+# trials reserved their reads (cluster.plan_resources), the lost trial's retry took the surviving
+# node's other CPU, the one its trial's Ray Data reads needed, and both trials hung.
 NODE_CPUS = 2
+TRIALS = 2  # one per node
 SEARCH_EPOCHS = 2
 # One trial at the paper's batch of 32 on small inputs, one torch thread: two epochs of 6,400 crops
 # in ~45 s each on 2 cores (two trials of 2 CPUs with --smoke's batch of 8 and 2-s crops: 11 min).
@@ -64,10 +65,11 @@ def scale_cache(tmp_path_factory, fma_samples) -> str:
 # First in the file: the cluster is gone before the streamed-epoch tests start their local Ray.
 @pytest.mark.slow
 def test_a_lost_node_under_ray_data_costs_the_search_nothing(scale_cache, tmp_path, rel, cli_runs, faults):
-    """A trial streams FMA small's 6,400 training tracks every epoch, its Ray Data tasks spread over
-    both worker nodes. Its node is removed (raylet, trial and Ray Data tasks killed) once it has
-    checkpointed an epoch: it resumes on the other node from its checkpoint, and the search ends
-    as if nothing had happened but the restart."""
+    """Two trials of 1 CPU, one per 2-CPU node, each streaming FMA small's 6,400 training tracks every
+    epoch with its Ray Data reads in the CPU it reserved beside it. One trial's node is removed (raylet,
+    trial and Ray Data tasks killed) once it has checkpointed an epoch: the other trial finishes
+    undisturbed, the lost one waits for a node with room for it and its reads, resumes there from its
+    checkpoint, and the search ends as if nothing had happened but the restart."""
     from ray.cluster_utils import Cluster
 
     space = tmp_path / "space.yaml"
@@ -94,7 +96,7 @@ def test_a_lost_node_under_ray_data_costs_the_search_nothing(scale_cache, tmp_pa
                 "--cpus-per-trial",
                 "1",
                 "--num-samples",
-                "1",
+                str(TRIALS),
                 "--max-epochs",
                 str(SEARCH_EPOCHS),
                 "--grace-period",
@@ -120,25 +122,36 @@ def test_a_lost_node_under_ray_data_costs_the_search_nothing(scale_cache, tmp_pa
     out = run.output
     assert "Traceback" not in out, run.tail()
 
+    assert "2 at once, 1 CPU + 0 GPU each (and 1 CPU for its Ray Data reads)" in out, run.tail()
+
     results = rel.trial_results(exp)
-    assert list(results) == [lost]
+    assert len(results) == TRIALS and lost in results
+    (other,) = set(results) - {lost}
+    for rows in results.values():
+        assert sorted({r["epoch"] for r in rows}) == list(range(SEARCH_EPOCHS)), "every epoch ran"
+        assert rows[-1]["cost/samples_seen"] == SEARCH_EPOCHS * TRAIN, "every epoch's samples counted once"
     rows = results[lost]
-    assert sorted({r["epoch"] for r in rows}) == list(range(SEARCH_EPOCHS)), "every epoch of the lost trial ran"
-    assert rows[-1]["restored_epochs"] >= 1 and rows[-1]["node_id"] != worker.node_id, (
+    survivor = rows[-1]["node_id"]
+    assert rows[-1]["restored_epochs"] >= 1 and survivor != worker.node_id, (
         "the lost trial resumed from its checkpoint on the surviving node"
     )
-    assert rows[-1]["cost/samples_seen"] == SEARCH_EPOCHS * TRAIN, "every epoch's samples counted once"
+    assert {r["node_id"] for r in results[other]} == {survivor}, "the other trial ran there, one trial per node"
+    assert [r["restored_epochs"] for r in results[other]] == [0] * SEARCH_EPOCHS, "and finished undisturbed"
 
     c, parent, children = rel.mlflow_search(tmp_path, dataset=f"cache-{Path(scale_cache).name}")
     assert parent.info.status == "FINISHED"
-    assert len(children) == 1 and children[0].info.status == "FINISHED"
-    assert children[0].data.tags["mgc.trial_id"] == lost and children[0].data.tags["mgc.restarts"] == "1"
-    assert [m.step for m in c.get_metric_history(children[0].info.run_id, "val/loss")] == list(range(SEARCH_EPOCHS))
+    assert len(children) == TRIALS and all(r.info.status == "FINISHED" for r in children)
+    by_trial = {r.data.tags["mgc.trial_id"]: r for r in children}
+    assert by_trial[lost].data.tags["mgc.restarts"] == "1" and "mgc.restarts" not in by_trial[other].data.tags
+    for r in children:
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val/loss")] == list(range(SEARCH_EPOCHS))
     faults.record(
-        "a trial's node lost mid-search (a head and 2 worker nodes, 8,000-track streamed cache)",
+        "a trial's node lost mid-search (a head and 2 worker nodes of 2 CPUs, a 1-CPU trial on each, "
+        "8,000-track streamed cache)",
         1,
-        "the trial resumed from its checkpoint on the other node; each epoch logged once in MLflow, "
-        "each sample counted once; Ray's messages one line each, no traceback",
+        "the other trial finished undisturbed; the lost one waited for a node with room for it and its "
+        "Ray Data reads and resumed there from its checkpoint; each epoch logged once in MLflow, each "
+        "sample counted once; Ray's messages one line each, no traceback",
     )
 
 

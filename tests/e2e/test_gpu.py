@@ -293,14 +293,14 @@ def test_densenet_trials_share_a_gpu_by_default():
     assert default_gpu_share(trial_memory_gib("baseline_a_2d", 64), 141.0) == 1 / 8  # small models: eight
     assert default_gpu_share(need, None) == 1.0  # memory unknown: a whole GPU
     r = plan_resources([_node(16, 1)], None, None, None, need, 141.0)
-    assert (r.gpus, r.cpus, r.max_concurrent) == (0.125, 1.0, 8)  # 4 cores stay for Ray Data
+    assert (r.gpus, r.cpus, r.max_concurrent) == (0.125, 1.0, 8)  # and 1 core each for its Ray Data reads
     r = plan_resources([_node(64, 8)], None, None, None, need, 141.0)
-    assert (r.gpus, r.cpus, r.max_concurrent) == (0.125, 1.0, 48)  # 16 cores stay for Ray Data
+    assert (r.gpus, r.cpus, r.max_concurrent) == (0.125, 1.0, 32)  # a trainable's CPU and one for its reads each
 
 
 def test_cpu_nodes_and_explicit_flags_keep_their_meaning():
     r = plan_resources([_node(16)], None, None, None)
-    assert (r.gpus, r.cpus, r.max_concurrent) == (0.0, 1.0, 15)
+    assert (r.gpus, r.cpus, r.max_concurrent) == (0.0, 1.0, 8)  # each with 1 CPU for its reads
     r = plan_resources([_node(16, 1)], 0.5, 4, None)
     assert (r.gpus, r.cpus, r.max_concurrent) == (0.5, 4, 2)
     r = plan_resources([_node(16, 2)], 0, None, None)  # a CPU search on a GPU node: no GPU for anyone
