@@ -241,6 +241,11 @@ class CacheDatasets:
     materialised: bool
     train_files: tuple[str, ...] = ()
 
+    @property
+    def mode(self) -> str:
+        """How epochs read the cache: "materialised" (blocks in the object store) or "streamed" (from the shards)."""
+        return "materialised" if self.materialised else "streamed"
+
     @classmethod
     def build(cls, manifest, materialise: bool | None = None) -> "CacheDatasets":
         """Read every split's shards (a `cache.Manifest`); materialise them if they fit (see MATERIALISE_SHARE).
@@ -469,15 +474,23 @@ def _to_device(
     shuffle_seed: int | None = None,
     with_ids: bool = False,
 ):
-    for b in ds.iter_torch_batches(
-        batch_size=batch_size,
-        prefetch_batches=2,
-        device="cpu",
-        drop_last=drop_last,
-        local_shuffle_buffer_size=shuffle_buffer,
-        local_shuffle_seed=shuffle_seed,
-        pin_memory=str(device).startswith("cuda"),
-    ):
-        wave = b["wave"].to(device, non_blocking=True).float().div_(INT16_SCALE)  # (B, crop_len)
-        label = b["label"].to(device, non_blocking=True).long()  # (B,)
-        yield (wave, label, b["track_id"]) if with_ids else (wave, label)
+    batches = iter(
+        ds.iter_torch_batches(
+            batch_size=batch_size,
+            prefetch_batches=2,
+            device="cpu",
+            drop_last=drop_last,
+            local_shuffle_buffer_size=shuffle_buffer,
+            local_shuffle_seed=shuffle_seed,
+            pin_memory=str(device).startswith("cuda"),
+        )
+    )
+    try:
+        for b in batches:
+            wave = b["wave"].to(device, non_blocking=True).float().div_(INT16_SCALE)  # (B, crop_len)
+            label = b["label"].to(device, non_blocking=True).long()  # (B,)
+            yield (wave, label, b["track_id"]) if with_ids else (wave, label)
+    finally:
+        # an epoch left early (a stopped trial, a prefetched epoch closed): its execution and
+        # tasks end now, not when the iterator is garbage-collected (Ray Data's iter_batches note)
+        batches.close()

@@ -174,6 +174,7 @@ def leaderboard_rows(grid) -> list[dict]:
                 "best_val_macro_f1": m.get("best/val_macro_f1"),
                 **{k: cfg.get(k) for k in SEARCHED},
                 "device": m.get("device"),
+                "data_mode": m.get("data_mode"),
                 **{k.replace("/", "_"): m.get(k) for k in COST},
             }
         )
@@ -191,6 +192,7 @@ def cost_totals(grid) -> dict:
     devices = sorted({str(m["device"]) for m in ms if m.get("device")})
     return {
         "devices": devices,
+        "data_modes": sorted({str(m["data_mode"]) for m in ms if m.get("data_mode")}),
         "trials": len(ms),
         **tot,
         "cost/samples_per_s": tot["cost/samples_seen"] / max(tot["cost/wall_s"], 1e-9),
@@ -199,7 +201,8 @@ def cost_totals(grid) -> dict:
 
 def cost_line(totals: dict) -> str:
     return (
-        f"Cost of the search's trials ({totals['trials']}, on {', '.join(totals['devices']) or 'unknown'}): "
+        f"Cost of the search's trials ({totals['trials']}, on {', '.join(totals['devices']) or 'unknown'}, "
+        f"data {' and '.join(totals.get('data_modes') or ['unknown'])}): "
         f"{totals['cost/gpu_s']:.1f} GPU-s (GPU share x wall), {totals['cost/cpu_s']:.1f} CPU-s, "
         f"{totals['cost/wall_s']:.1f} trial wall-s, {totals['cost/samples_seen']:,.0f} training samples seen, "
         f"{totals['cost/samples_per_s']:.1f} samples/s."

@@ -19,6 +19,9 @@ from mgc_ray.search.tracking import (
     trial_params,
 )
 
+# Result keys a trial reports every epoch that become tags of its run (they describe the trial, not an epoch).
+RESULT_TAGS = {"device": Tag.DEVICE, "data_mode": Tag.DATA_MODE}
+
 
 class TrialLogger(Callback):
     """Tune callback (runs in the driver) writing one MLflow child run per trial.
@@ -26,7 +29,8 @@ class TrialLogger(Callback):
     Each epoch is logged once (step = epoch): a trial restarted from a checkpoint, or
     resumed by `--resume` after its driver died, re-reports nothing older than what its
     run already holds. Tags: mgc.node_ids (the Ray nodes the trial ran on), mgc.device
-    (what it trained on: "cpu" or the GPU's name), mgc.restarts
+    (what it trained on: "cpu" or the GPU's name), mgc.data_mode (how its epochs read the
+    cache: "materialised" or "streamed"), mgc.restarts
     and mgc.last_failure (worker deaths and errors it was retried after), mgc.error (why
     it failed in the end).
     """
@@ -37,7 +41,7 @@ class TrialLogger(Callback):
         self._last_step: dict[str, int] = {}
         self._nodes: dict[str, list[str]] = {}
         self._restarts: dict[str, int] = {}
-        self._devices: dict[str, str] = {}
+        self._tags: dict[str, dict[str, str]] = {}  # per trial: the RESULT_TAGS values tagged so far
         self._c = None
 
     @property
@@ -59,7 +63,7 @@ class TrialLogger(Callback):
             "_last_step": {},
             "_nodes": {},
             "_restarts": {},
-            "_devices": {},
+            "_tags": {},
         }
 
     def run_id(self, trial) -> str:
@@ -99,9 +103,11 @@ class TrialLogger(Callback):
         if node and node not in nodes:
             nodes.append(str(node))
             self.c.set_tag(rid, Tag.NODE_IDS, ",".join(nodes))
-        if result.get("device") and self._devices.get(trial.trial_id) != result["device"]:
-            self._devices[trial.trial_id] = str(result["device"])
-            self.c.set_tag(rid, Tag.DEVICE, str(result["device"]))
+        for key, tag in RESULT_TAGS.items():  # what the trial ran on, tagged when it changes
+            value = result.get(key)
+            if value and self._tags.setdefault(trial.trial_id, {}).get(key) != value:
+                self._tags[trial.trial_id][key] = str(value)
+                self.c.set_tag(rid, tag, str(value))
         if step <= self._last_step.get(trial.trial_id, -1):
             return  # this epoch is logged already (re-run after a restart from an older checkpoint)
         self._last_step[trial.trial_id] = step

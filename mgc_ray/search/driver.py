@@ -220,7 +220,9 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
 
     uri = plan.mlflow_uri
     c = tracking.client(uri)
-    runs = {s.arch: _search_run(c, plan, s, manifest, resources) for s in spaces}  # arch -> (experiment, run)
+    runs = {
+        s.arch: _search_run(c, plan, s, manifest, resources, datasets.mode) for s in spaces
+    }  # arch -> (experiment, run)
     logger = ArchLoggers({a: TrialLogger(uri, e, p) for a, (e, p) in runs.items()})
     progress = Progress()
     guard = DiskGuard(search_folders(plan.storage_path, plan.results_root, plan.mlflow_uri), LOW_FREE_BYTES)
@@ -301,8 +303,13 @@ def run_search(plan, spaces: list[SearchSpace], manifest: Manifest, resources: T
             c.set_terminated(p, status[a])
 
 
-def _search_run(c, plan, space: SearchSpace, manifest: Manifest, resources: TrialResources) -> tuple[str, str]:
-    """(experiment id, search run id) of `space.arch` in MLflow, made (or, resumed, found) here."""
+def _search_run(
+    c, plan, space: SearchSpace, manifest: Manifest, resources: TrialResources, data_mode: str
+) -> tuple[str, str]:
+    """(experiment id, search run id) of `space.arch` in MLflow, made (or, resumed, found) here.
+
+    `data_mode`: `CacheDatasets.mode` ("materialised" or "streamed"), as the driver decided it; each
+    trial's run tags the mode its epochs used (mgc.data_mode)."""
     exp_id = tracking.experiment_id(c, tracking.experiment_name(space.arch, plan.dataset), plan.mlflow_uri)
     tracking.ensure_paper_run(c, exp_id, space.arch)
     params = {
@@ -323,6 +330,7 @@ def _search_run(c, plan, space: SearchSpace, manifest: Manifest, resources: Tria
         "split_scheme": manifest.split_scheme,
         "sample_rate": manifest.sample_rate,
         "n_classes": manifest.n_classes,
+        "data_mode": data_mode,
     }
     if plan.archs:
         params["archs"] = ",".join(plan.archs)

@@ -55,6 +55,7 @@ class Tag:
     LOST = "mgc.lost"
     NODE_IDS = "mgc.node_ids"
     DEVICE = "mgc.device"  # a trial run's device: "cpu" or the GPU's name
+    DATA_MODE = "mgc.data_mode"  # a trial run's epochs: "materialised" (object store) or "streamed" (shards)
     RESTARTS = "mgc.restarts"
     LAST_FAILURE = "mgc.last_failure"
     EPOCHS_RUN = "mgc.epochs_run"

@@ -107,7 +107,8 @@ def train_epoch(
 
     Returns:
         {"loss": mean training loss, "samples": n, "seconds": wall time, "samples_per_s",
-        "data_wait_s": host time blocked waiting for the next batch, and on CUDA
+        "data_wait_s": host time blocked waiting for the next batch, "first_batch_wait_s": the part of
+        it spent on the first batch (the epoch's start: its Ray Data execution's, unless prefetched), and on CUDA
         "gpu_wait_share": the part of the epoch the GPU spent outside the steps}.
     """
     device = device or next(model.parameters()).device
@@ -122,11 +123,14 @@ def train_epoch(
         marks.append(torch.cuda.Event(enable_timing=True))
         marks[0].record()
     total, n, wait, t0 = torch.zeros((), device=device), 0, 0.0, time.perf_counter()
+    first_wait = None
     batches = iter(batches)
     while True:
         t_wait = time.perf_counter()
         item = next(batches, None)
         wait += time.perf_counter() - t_wait
+        if first_wait is None:
+            first_wait = wait
         if item is None:
             break
         wave, label = item
@@ -159,7 +163,14 @@ def train_epoch(
         raise RuntimeError("the training split gave no batch: is it smaller than one batch?")
     mean = float(total) / n  # the epoch's one host read; it waits for the last step
     seconds = time.perf_counter() - t0
-    out = {"loss": mean, "samples": n, "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9), "data_wait_s": wait}
+    out = {
+        "loss": mean,
+        "samples": n,
+        "seconds": seconds,
+        "samples_per_s": n / max(seconds, 1e-9),
+        "data_wait_s": wait,
+        "first_batch_wait_s": first_wait,
+    }
     if timing:  # every event has completed: float(total) waited for the last step
         busy = sum(a.elapsed_time(b) for a, b in zip(marks[1::2], marks[2::2]))  # ms inside steps
         span = marks[0].elapsed_time(marks[-1])  # ms from the epoch's start to its last step's end

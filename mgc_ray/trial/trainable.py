@@ -45,6 +45,7 @@ import torch
 
 from mgc_ray.config import METRIC, VAL_LOSS, ModelConfig, TrainConfig, epoch_seed
 from mgc_ray.data.cache import Manifest
+from mgc_ray.data.epochs import TrainEpochs
 from mgc_ray.data.pipeline import CacheDatasets, eval_batches, train_batches
 from mgc_ray.metrics import prefixed
 from mgc_ray.models import build_model
@@ -259,54 +260,59 @@ def _epochs(cfg: TrainConfig, datasets: CacheDatasets, manifest: Manifest, td: T
     held = 4 * manifest.num_tracks["val"] * mcfg.crop_samples <= HELD_VAL_BYTES
     val_batches = None  # the held crops, once read
     last_report_s = 0.0
-    for epoch in range(start, cfg.max_epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        tr = setup.train(setup.batches(datasets, epoch), epoch)
-        if not math.isfinite(tr["loss"]):
-            raise FloatingPointError(
-                f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
-                "the model diverged; lower the learning rate (search space lr)"
-            )
-        t_val = time.perf_counter()
-        if held and val_batches is None:
-            val_batches = list(val_crops())
-        logits, labels, _ = predict_logits(net, val_batches if held else val_crops(), device=device)
-        t_val_end = time.perf_counter()
-        cost = {
-            "samples": cost["samples"] + tr["samples"],
-            "wall_s": cost["wall_s"] + time.perf_counter() - t0,
-            "cpu_s": cost["cpu_s"] + time.process_time() - c0,
-        }
-        timing = {f"train/{k}": tr[k] for k in ("data_wait_s", "gpu_wait_share") if k in tr}
-        # where the epoch's time went besides training: the validation pass, the checkpoint
-        # written locally (Tune then copies it to the storage path inside `report`), the
-        # previous epoch's report (0 for the first epoch of a session)
-        timing.update({"time/train_s": t_val - t0, "time/val_s": t_val_end - t_val, "time/report_s": last_report_s})
-        row = {
-            "epoch": epoch,
-            "train/loss": tr["loss"],
-            "train/samples_per_s": tr["samples_per_s"],
-            **timing,
-            **prefixed("val", score(logits, labels, label_names)),
-            **_cost(cost, td.share),
-        }
-        history.append(row)
-        with tempfile.TemporaryDirectory() as d:
-            t_ckpt = time.perf_counter()
-            setup.save(d, label_names, epoch=epoch, metrics=row, history=history, cost=cost)
-            t_report = time.perf_counter()
-            tune.report(
-                {
-                    **row,
-                    "time/checkpoint_s": t_report - t_ckpt,
-                    **_best(history),
-                    "node_id": node_id,
-                    "device": td.name,
-                    "restored_epochs": start,
-                },
-                checkpoint=tune.Checkpoint.from_directory(d),
-            )
-            last_report_s = time.perf_counter() - t_report
+    # each epoch's Ray Data execution starts when the epoch before it has trained, so its first
+    # batches are read while that epoch validates, checkpoints and reports (data.epochs)
+    epochs = TrainEpochs(functools.partial(setup.batches, datasets), range(start, cfg.max_epochs))
+    with epochs:  # a trial stopped or failing between epochs shuts the prefetched execution down
+        for epoch, batches in epochs:
+            t0, c0 = time.perf_counter(), time.process_time()
+            tr = setup.train(batches, epoch)
+            if not math.isfinite(tr["loss"]):
+                raise FloatingPointError(
+                    f"training loss is {tr['loss']} in epoch {epoch} at lr {cfg.lr:g}: "
+                    "the model diverged; lower the learning rate (search space lr)"
+                )
+            t_val = time.perf_counter()
+            if held and val_batches is None:
+                val_batches = list(val_crops())
+            logits, labels, _ = predict_logits(net, val_batches if held else val_crops(), device=device)
+            t_val_end = time.perf_counter()
+            cost = {
+                "samples": cost["samples"] + tr["samples"],
+                "wall_s": cost["wall_s"] + time.perf_counter() - t0,
+                "cpu_s": cost["cpu_s"] + time.process_time() - c0,
+            }
+            timing = {f"train/{k}": tr[k] for k in ("data_wait_s", "first_batch_wait_s", "gpu_wait_share") if k in tr}
+            # where the epoch's time went besides training: the validation pass, the checkpoint
+            # written locally (Tune then copies it to the storage path inside `report`), the
+            # previous epoch's report (0 for the first epoch of a session)
+            timing.update({"time/train_s": t_val - t0, "time/val_s": t_val_end - t_val, "time/report_s": last_report_s})
+            row = {
+                "epoch": epoch,
+                "train/loss": tr["loss"],
+                "train/samples_per_s": tr["samples_per_s"],
+                **timing,
+                **prefixed("val", score(logits, labels, label_names)),
+                **_cost(cost, td.share),
+            }
+            history.append(row)
+            with tempfile.TemporaryDirectory() as d:
+                t_ckpt = time.perf_counter()
+                setup.save(d, label_names, epoch=epoch, metrics=row, history=history, cost=cost)
+                t_report = time.perf_counter()
+                tune.report(
+                    {
+                        **row,
+                        "time/checkpoint_s": t_report - t_ckpt,
+                        **_best(history),
+                        "node_id": node_id,
+                        "device": td.name,
+                        "data_mode": datasets.mode,
+                        "restored_epochs": start,
+                    },
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
+                last_report_s = time.perf_counter() - t_report
 
 
 def _cost(cost: dict, gpu_share: float) -> dict:

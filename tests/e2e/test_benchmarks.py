@@ -31,7 +31,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout root: `benchmarks` is a package there
-SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "stream")
+SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "stream", "epoch_gap")
 NO_GPU = "no GPU on this machine"
 STATUSES = {"met", "not met", "not measured here", "measured (no target set)"}
 HAS_GPU = torch.cuda.is_available()
@@ -157,6 +157,20 @@ def test_stream_times_every_mode_and_watches_the_object_store(smoke):
         assert all(e["batches"] >= 1 and e["first_batch_s"] > 0 for e in r["epochs"])
         assert r["object_store_peak_bytes"] > 0, "the store watcher saw the blocks"
     assert len(report["runs"][0]["epochs"]) == report["settings"]["epochs"]
+
+
+def test_epoch_gap_times_both_modes_both_ways(smoke):
+    report = smoke["epoch_gap"][1]
+    s = report["settings"]
+    assert [(r["mode"], r["way"]) for r in report["runs"]] == [
+        (m, w) for m in ("streamed", "materialised") for w in ("before", "after")
+    ]
+    for r in report["runs"]:
+        assert [e["epoch"] for e in r["epochs"]] == list(range(s["epochs"]))
+        assert all(e["first_batch_wait_s"] > 0 and e["samples"] == s["train_tracks"] // 32 * 32 for e in r["epochs"])
+        assert all(e["ready_at_start"] == 0 for e in r["epochs"][:1]), "nothing is read ahead of the first epoch"
+    assert {(r["mode"], r["way"]) for r in report["summary"]} == {(r["mode"], r["way"]) for r in report["runs"]}
+    assert all(r["n"] == s["epochs"] - 1 for r in report["summary"]), "the waits between epochs, not the first"
 
 
 def test_summary_gathers_every_target(smoke):
