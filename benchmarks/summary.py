@@ -4,7 +4,7 @@
     python -m benchmarks.summary --results DIR         # another folder of reports (the test's smoke runs)
 
 Reads `<name>_<device>.json` written by `benchmarks.features`, `pipeline`, `trial`, `search`,
-`scale`, `gpu_check`, `search_quality`, `stream` and `epoch_gap`, and writes one table of every target: what was asked,
+`scale`, `gpu_check`, `search_quality`, `stream`, `epoch_gap` and `reservation`, and writes one table of every target: what was asked,
 what was measured, on which machine, and met / not met / not measured here. A
 GPU session adds its `*_cuda.json` beside the CPU ones and runs this again.
 """
@@ -18,7 +18,18 @@ from typing import Sequence
 from benchmarks import _common as C
 from mgc_ray.errors import Parser, UserError, run_cli
 
-SCRIPTS = ("features", "pipeline", "trial", "search", "scale", "gpu_check", "search_quality", "stream", "epoch_gap")
+SCRIPTS = (
+    "features",
+    "pipeline",
+    "trial",
+    "search",
+    "scale",
+    "gpu_check",
+    "search_quality",
+    "stream",
+    "epoch_gap",
+    "reservation",
+)
 
 GPU_COMMANDS = """\
 The GPU node has torch, torchvision and torchaudio but not ray, optuna, mlflow, librosa or soundfile, and

@@ -29,7 +29,7 @@ restarted epoch sees the same batches in the same order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -192,11 +192,11 @@ class Reads:
     """Where this process's Ray Data tasks run, and how many CPUs they may hold at once.
 
     Attributes:
-        where: a trial's reads bundle (a PlacementGroupSchedulingStrategy); None: Ray Data's default (SPREAD).
+        remote_args: for each `map_batches` (its `scheduling_strategy`; empty: Ray Data's default, SPREAD).
         cpus: Ray Data's CPU limit (`ExecutionOptions.resource_limits`); None: the cluster's CPUs.
     """
 
-    where: object = None
+    remote_args: dict
     cpus: float | None = None
 
 
@@ -204,11 +204,10 @@ def trial_reads() -> Reads:
     """A Tune trial's reads bundle (`cluster.TrialResources.bundles`), or Ray Data's defaults elsewhere.
 
     Tune runs a trial in its placement group and captures the trial's child tasks there, but Ray
-    Data asks for SPREAD (or DEFAULT, for large arguments) explicitly, which leaves the group: its
-    tasks would take CPUs no trial reserved, and wait forever where trials hold them all. So every
-    Dataset a trial runs names the reads bundle (`_bounded`), and Ray Data plans for that bundle's
-    CPUs only. The driver, `predict`, tests and a trial of a search started before trials reserved
-    their reads (one bundle) get the defaults.
+    Data asks for SPREAD explicitly, which leaves the group: its tasks would take CPUs no trial
+    reserved, and wait forever where trials hold them all. So every Ray Data task of a trial names
+    the reads bundle, and Ray Data plans for that bundle's CPUs only. The driver, `predict`, tests
+    and a trial of a search started before trials reserved their reads (one bundle) get the defaults.
     """
     import ray
 
@@ -216,30 +215,51 @@ def trial_reads() -> Reads:
 
     pg = ray.util.get_current_placement_group()
     if pg is None or pg.bundle_count <= READS_BUNDLE:
-        return Reads()
+        return Reads({})
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     where = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=READS_BUNDLE)
-    return Reads(where, float(pg.bundle_specs[READS_BUNDLE].get("CPU", 0)))
+    return Reads({"scheduling_strategy": where}, float(pg.bundle_specs[READS_BUNDLE].get("CPU", 0)))
 
 
 @dataclass(frozen=True)
 class CacheDatasets:
     """The cache's splits as Ray Datasets, built once in the driver and shared by trials.
 
+    A streamed split is a new Dataset each time it is asked for (`split`), so that its reads run
+    where the asking process's Ray Data tasks run (`trial_reads`), not where the driver's would.
+
     Attributes:
-        train, val, test: Ray Datasets with columns track_id, label, samples.
+        files: each split's shard paths (a streamed epoch reads the training split's in its own order).
         sample_rate: the cache's rate (every crop length is counted in it).
         materialised: whether the blocks sit in the object store (else streamed from Parquet).
-        train_files: the training split's shard paths (a streamed epoch reads them in its own order).
+        blocks: each split's materialised Dataset (empty when streamed).
     """
 
-    train: object
-    val: object
-    test: object
+    files: dict[str, tuple[str, ...]]
     sample_rate: int
     materialised: bool
-    train_files: tuple[str, ...] = ()
+    blocks: dict[str, object] = field(default_factory=dict)
+
+    def split(self, name: str):
+        """A split as a Ray Dataset with columns track_id, label, samples: the shared blocks, or its shards read here."""
+        return self.blocks[name] if self.materialised else _read(list(self.files[name]))
+
+    @property
+    def train(self):
+        return self.split("train")
+
+    @property
+    def val(self):
+        return self.split("val")
+
+    @property
+    def test(self):
+        return self.split("test")
+
+    @property
+    def train_files(self) -> tuple[str, ...]:
+        return self.files["train"]
 
     @property
     def mode(self) -> str:
@@ -269,13 +289,8 @@ class CacheDatasets:
                 flush=True,
             )
         _quiet_ray_data()
-        splits = {}
-        for split, paths in files.items():
-            ds = _read(paths)
-            splits[split] = ds.materialize() if materialise else ds
-        return cls(
-            splits["train"], splits["val"], splits["test"], manifest.sample_rate, materialise, tuple(files["train"])
-        )
+        blocks = {split: _read(paths).materialize() for split, paths in files.items()} if materialise else {}
+        return cls({s: tuple(p) for s, p in files.items()}, manifest.sample_rate, materialise, blocks)
 
 
 COLUMNS = ["track_id", "label", "samples"]
@@ -304,6 +319,23 @@ def _read_crops(batch, **crop) -> Iterator[dict]:
         yield _crop_rows({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, **crop)
 
 
+def _map(ds, fn, **kwargs):
+    """`ds.map_batches(fn, **kwargs)` with its tasks where this process's Ray Data tasks run (`trial_reads`).
+
+    The bundle is named per operator (`scheduling_strategy`): Ray 2.60 deprecates that (for removal in
+    Ray 2.64, with a warning per call, silenced here) and has no other way that keeps Ray Data's
+    budgets: a placement group in the Dataset's DataContext makes Ray Data count the group's bundles as
+    all there is (Ray Data 2.60's PlacementGroupClusterAutoscaler), with no object store memory in its
+    budget: two of three materialised trials so placed waited for data 80-86 % of their epochs, against
+    18-50 % without a reads bundle (a first run of benchmarks/reservation.py)."""
+    import warnings
+
+    reads = trial_reads()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **kwargs, **reads.remote_args)
+
+
 def _paths(paths: list[str]):
     """A Dataset of the paths, one block each, in the order given (kept: see `_bounded`)."""
     import ray
@@ -320,8 +352,9 @@ def _read(paths: list[str]):
     sampling files first (2.4-2.8 s before the first batch of a 26-track demo cache, every
     epoch), a list of paths starts at once (0.11 s). With order kept, file order is block order.
     """
+    _quiet_ray_data()  # a trial reads its streamed splits itself: no progress bars there either
     # order kept: materialised blocks in file order, run after run
-    return _paths(paths).map_batches(_load_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
+    return _map(_paths(paths), _load_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS)
 
 
 def decoded_bytes(path: str) -> int:
@@ -373,27 +406,16 @@ def _quiet_ray_data() -> None:
 
 def _bounded(ds, streamed: bool, reads: Reads):
     """Keep the block order (a restarted epoch sees the same batches); cap a streamed epoch's object store use
-    (a materialised cache's blocks are shared, not the trial's: only its crops are new); in a trial, run
-    every task of the Dataset (the driver's reads of a streamed split too) in its reads bundle, planned
-    for that bundle's CPUs (Ray Data would otherwise count the cluster's, and queue tasks for CPUs the
-    bundle does not have).
-
-    The Dataset's own DataContext names the bundle: Ray Data 2.60 deprecates both ways of placing its
-    tasks (this one "after January 2027"; map_batches' scheduling_strategy goes in Ray 2.64) and has no
-    other, and it recognises a placement group here (it then asks no autoscaler for more nodes)."""
-    import warnings
-
+    (a materialised cache's blocks are shared, not the trial's: only its crops are new); in a trial, plan
+    for its reads bundle's CPUs only (Ray Data would otherwise count the cluster's, and queue tasks for
+    CPUs the bundle does not have)."""
     ctx = ds.context
     ctx.execution_options.preserve_order = True
     limits = ctx.execution_options.resource_limits
     if streamed:
         limits = limits.copy(object_store_memory=TRIAL_OBJECT_STORE_BYTES)
-    if reads.where is not None:
+    if reads.cpus is not None:
         limits = limits.copy(cpu=reads.cpus, gpu=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the deprecation above, once per Dataset
-            ctx.scheduling_strategy = reads.where
-            ctx.scheduling_strategy_large_args = reads.where
     ctx.execution_options.resource_limits = limits
     return ds
 
@@ -424,12 +446,12 @@ def train_batches(
     crop = dict(crop_len=crop_len, mode="random", seed=seed, epoch=epoch)
     ordered = _bounded(epoch_order(datasets, seed, epoch), streamed, trial_reads())
     if streamed:
-        epoch_ds = ordered.map_batches(
-            _read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS
+        epoch_ds = _map(
+            ordered, _read_crops, fn_kwargs=crop, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS
         )
     else:
-        epoch_ds = ordered.map_batches(
-            _crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy", num_cpus=CROP_TASK_CPUS
+        epoch_ds = _map(
+            ordered, _crop_rows, fn_kwargs=crop, batch_size=CROP_ROWS, batch_format="numpy", num_cpus=CROP_TASK_CPUS
         )
     yield from _to_device(
         epoch_ds,
@@ -454,7 +476,8 @@ def eval_batches(
         (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
     """
     _quiet_ray_data()
-    crops = _bounded(ds, False, trial_reads()).map_batches(
+    crops = _map(
+        _bounded(ds, False, trial_reads()),
         _crop_rows,
         fn_kwargs=dict(crop_len=crop_len, mode=mode),
         batch_size=CROP_ROWS,
