@@ -290,10 +290,21 @@ class CacheDatasets:
             )
         _quiet_ray_data()
         blocks = {split: _read(paths).materialize() for split, paths in files.items()} if materialise else {}
+        if not materialise:
+            # Ray Data's per-cluster actors (its stats, its autoscaling coordinator) are detached and
+            # pinned to the node of the first process that runs a Dataset: here, not a trial's node,
+            # whose loss left them unschedulable and every other trial's Ray Data logging tracebacks
+            # (a task of no CPU: it runs even where other searches hold every CPU).
+            ray.data.from_items([{"x": 0}]).map_batches(_load_nothing, batch_size=1, num_cpus=0).materialize()
         return cls({s: tuple(p) for s, p in files.items()}, manifest.sample_rate, materialise, blocks)
 
 
 COLUMNS = ["track_id", "label", "samples"]
+
+
+def _load_nothing(batch):
+    """Ray Data batch UDF that passes its batch on: a Dataset run only to start Ray Data (see `build`)."""
+    return batch
 
 
 def _load_shards(batch):
