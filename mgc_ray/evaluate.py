@@ -33,6 +33,11 @@ HEADLINE = ("loss", *METRIC_NAMES)
 def build_parser() -> Parser:
     p = Parser(prog="python -m mgc_ray.evaluate", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--search",
+        metavar="NAME",
+        help="a search's name or its search run's id: its ensemble (the top trials, tune --ensemble) is scored",
+    )
     src.add_argument("--run-id", help="an MLflow run carrying mgc.checkpoint (a search run, its best or paper trial)")
     src.add_argument("--checkpoint", help="a checkpoint directory (holding model.pt)")
     p.add_argument("--split", default="test", choices=("test", "val"), help="default: test")
@@ -43,7 +48,9 @@ def build_parser() -> Parser:
 
 
 def _default_out(args) -> Path:
-    if args.run_id:
+    if args.search:
+        name = f"search-{args.search}"
+    elif args.run_id:
         name = args.run_id
     else:
         name = "ckpt-" + hashlib.sha1(str(Path(args.checkpoint).resolve()).encode()).hexdigest()[:8]
@@ -72,8 +79,8 @@ def check_compatible(manifest, payload, cache: str, checkpoint: str, split: str)
         raise UserError(f"cache {cache} has no {split} tracks: choose another --split or cache")
 
 
-def _scores(model, payload, manifest, split: str):
-    """`scoring.score_split` on the split's shards, under a small local Ray."""
+def _scores(members: list, manifest, split: str) -> list:
+    """`scoring.score_split` of each (model, payload) on the split's shards, under one small local Ray."""
     import ray
 
     from mgc_ray import cluster
@@ -88,7 +95,10 @@ def _scores(model, payload, manifest, split: str):
         ray.data.DataContext.get_current().print_on_execution_start = False  # Ray Data's bars stay: progress
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" lines
         ds = ray.data.read_parquet(manifest.shard_paths(split)).select_columns(["track_id", "label", "samples"])
-        return score_split(model, ds, list(payload.label_names), crop_len=payload.model_config.crop_samples)
+        return [
+            score_split(model, ds, list(payload.label_names), crop_len=payload.model_config.crop_samples)
+            for model, payload in members
+        ]
     finally:
         if started:
             ray.shutdown()
@@ -177,7 +187,12 @@ def write_outputs(out: Path, scores, label_names: list[str], info: dict) -> list
     md = [
         f"# {what}",
         "",
-        f"- checkpoint `{info['checkpoint']}` (epoch {info.get('epoch')})",
+        *(
+            [f"- checkpoint `{info['checkpoint']}` (epoch {info.get('epoch')})"]
+            if len(info["checkpoints"]) == 1
+            else [f"- an ensemble (mean probabilities) of {len(info['checkpoints'])} checkpoints:"]
+            + [f"  - `{c}`" for c in info["checkpoints"]]
+        ),
         *([f"- MLflow run `{info['run_id']}`"] if info.get("run_id") else []),
         f"- cache `{info['cache']}`, {info['tracks']} tracks",
         "",
@@ -199,32 +214,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mgc_ray.models import checkpoint as ckpt
 
     run = None
-    if args.run_id:
+    if args.search:
+        from mgc_ray.search.tracking import resolve_search
+
+        run = resolve_search(args.mlflow_uri, args.search)
+        paths = list(run.checkpoints)
+    elif args.run_id:
         from mgc_ray.search.tracking import resolve_run
 
         run = resolve_run(args.mlflow_uri, args.run_id)
-        path = run.checkpoint
+        paths = [run.checkpoint]
     else:
-        path = args.checkpoint
-    model, payload = ckpt.load_model(path, expect_arch=run.arch if run else None)
+        paths = [args.checkpoint]
+    members = [ckpt.load_model(path, expect_arch=run.arch if run else None) for path in paths]
+    ckpt.check_members([payload for _, payload in members], paths)
+    payload = members[0][1]
     cache = args.cache or (run.cache if run else None)
     if not cache:
         raise UserError(
             "no cache to score on: give --cache DIR (a prepared cache, python -m mgc_ray.prepare)"
-            + (f"; run {args.run_id}'s search records none" if run else "")
+            + (f"; run {run.run_id}'s search records none" if run else "")
         )
     manifest = check_cache(cache)
-    check_compatible(manifest, payload, cache, path, args.split)
+    for (_, member), path in zip(members, paths):
+        check_compatible(manifest, member, cache, path, args.split)
     out = writable_dir(Path(args.out) if args.out else _default_out(args), "--out")
     label_names = list(payload.label_names)
     arch = payload.model_config.arch
-    print(f"mgc_ray: scoring {arch} ({path}) on the {args.split} split of {cache}", flush=True)
-    scores = _scores(model, payload, manifest, args.split)
+    what = f"the ensemble of {len(paths)} models of search {run.name}" if len(paths) > 1 else paths[0]
+    print(f"mgc_ray: scoring {arch} ({what}) on the {args.split} split of {cache}", flush=True)
+    scored = _scores(members, manifest, args.split)
+    if len(scored) > 1:
+        from mgc_ray.trial.scoring import ensemble_scores
+
+        scores = ensemble_scores(scored, label_names)
+    else:
+        scores = scored[0]
     info = {
         "arch": arch,
         "split": args.split,
-        "checkpoint": str(path),
-        "run_id": args.run_id,
+        "checkpoint": str(paths[0]),
+        "checkpoints": [str(p) for p in paths],
+        "run_id": run.run_id if run else None,
         "cache": str(cache),
         "tracks": int(np.asarray(scores.track_confusion).sum()),
         "epoch": payload.epoch,
@@ -237,19 +268,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     if run is not None:
+        # an ensemble's figures sit beside, never over, the search run's best-trial evaluation
+        key = "evaluate_ensemble" if len(paths) > 1 else "evaluate"
         metrics = {
-            f"evaluate/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": v[k]
+            f"{key}/{args.split}{'' if lvl == 'crop' else '_track'}/{k}": v[k]
             for lvl, v in _levels(scores).items()
             for k in HEADLINE
         }
-        metrics.update(interval_metrics(f"evaluate/{args.split}", scores.crop_ci))
-        metrics.update(interval_metrics(f"evaluate/{args.split}_track", scores.track_ci))
+        metrics.update(interval_metrics(f"{key}/{args.split}", scores.crop_ci))
+        metrics.update(interval_metrics(f"{key}/{args.split}_track", scores.track_ci))
         from mgc_ray.search import tracking
 
         c = tracking.open_store(args.mlflow_uri)
         tracking.log_metrics(c, run.run_id, metrics)
-        tracking.log_artifacts(c, run.run_id, files, f"evaluate_{args.split}")
-        print(f"mgc_ray: logged {len(files)} files to MLflow run {run.run_id} (artifacts evaluate_{args.split}/)")
+        tracking.log_artifacts(c, run.run_id, files, f"{key}_{args.split}")
+        print(f"mgc_ray: logged {len(files)} files to MLflow run {run.run_id} (artifacts {key}_{args.split}/)")
     print(f"mgc_ray: wrote {', '.join(f.name for f in files)} to {out}", flush=True)
     return 0
 

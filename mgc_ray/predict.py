@@ -1,13 +1,15 @@
-"""`python -m mgc_ray.predict FILE [FILE ...] --run-id ID`: the genre of any audio file.
+"""`python -m mgc_ray.predict FILE [FILE ...] --search NAME`: the genre of any audio file.
 
 Each file (anything soundfile or librosa reads: mp3, wav, flac, ogg; any length, rate
 and channel count) is decoded to mono at the checkpoint's sample rate, cut into windows
-of the model's crop length covering the whole file (`features.cover_crops`; a file
+of the model's crop length covering the whole file (`pipeline.cover_crops`; a file
 shorter than one window is zero-padded), and the windows' softmax probabilities are
-averaged. No Ray. A file that cannot be read gets one `error:` line on stderr, the
-others are still answered, and the exit status is 2.
+averaged. With --search, the search's ensemble answers: each member's probabilities,
+averaged (members may differ in crop length). No Ray. A file that cannot be read gets
+one `error:` line on stderr, the others are still answered, and the exit status is 2.
 
-    python -m mgc_ray.predict song.mp3 --run-id 3f2a... --top 3
+    python -m mgc_ray.predict song.mp3 --search densenet-fma_small-20261203-1412 --top 3
+    python -m mgc_ray.predict song.mp3 --run-id 3f2a...
     python -m mgc_ray.predict *.mp3 --checkpoint DIR --json > genres.json
 """
 
@@ -30,6 +32,11 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m mgc_ray.predict", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (mp3, wav, flac, ...)")
     src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--search",
+        metavar="NAME",
+        help="a search's name or its search run's id: its ensemble (the top trials, tune --ensemble) answers",
+    )
     src.add_argument("--run-id", help="an MLflow run carrying mgc.checkpoint (a search run, its best or paper trial)")
     src.add_argument("--checkpoint", help="a checkpoint directory (holding model.pt)")
     p.add_argument("--top", type=int, default=3, metavar="K", help="genres shown per file (default 3)")
@@ -56,8 +63,9 @@ def probabilities(model: torch.nn.Module, wave: np.ndarray, crop_len: int) -> tu
     return torch.cat(probs).mean(0).numpy(), len(crops)  # (n_classes,)
 
 
-def predict_file(model, path: str, sample_rate: int, crop_len: int, label_names: list[str]) -> dict:
-    """One file's answer; raises ValueError with a one-line reason when it cannot be read."""
+def predict_file(members: list, path: str, sample_rate: int, label_names: list[str]) -> dict:
+    """One file's answer from `members` ((model, crop length) pairs: one model, or an ensemble whose
+    probabilities are averaged); raises ValueError with a one-line reason when it cannot be read."""
     from mgc_ray.data.audio import decode_audio
 
     if not os.path.exists(path):
@@ -72,7 +80,8 @@ def predict_file(model, path: str, sample_rate: int, crop_len: int, label_names:
         ) from None
     if len(wave) == 0:
         raise ValueError("holds no audio frames")
-    p, n = probabilities(model, wave, crop_len)
+    answers = [probabilities(model, wave, crop_len) for model, crop_len in members]
+    p, n = np.mean([a[0] for a in answers], axis=0), answers[0][1]
     order = np.argsort(-p)
     return {
         "file": path,
@@ -101,21 +110,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mgc_ray.models import checkpoint as ckpt
 
     expect, run_id = None, None
-    if args.run_id:
+    if args.search:
+        from mgc_ray.search.tracking import resolve_search
+
+        found = resolve_search(args.mlflow_uri, args.search)
+        paths, expect, run_id = list(found.checkpoints), found.arch, found.run_id
+    elif args.run_id:
         from mgc_ray.search.tracking import resolve_run
 
         run = resolve_run(args.mlflow_uri, args.run_id)
-        path, expect, run_id = run.checkpoint, run.arch, run.run_id
+        paths, expect, run_id = [run.checkpoint], run.arch, run.run_id
     else:
-        path = args.checkpoint
-    model, payload = ckpt.load_model(path, expect_arch=expect)
+        paths = [args.checkpoint]
+    loaded = [ckpt.load_model(path, expect_arch=expect) for path in paths]
+    ckpt.check_members([payload for _, payload in loaded], paths)
+    payload = loaded[0][1]
     cfg = payload.model_config
+    members = [(model, p.model_config.crop_samples) for model, p in loaded]
     label_names = list(payload.label_names)
+    if len(members) > 1:
+        print(f"mgc_ray: the ensemble of search {args.search} answers: {len(members)} models", file=sys.stderr)
     top = min(args.top, len(label_names))
     answers, failed = [], 0
     for f in args.files:
         try:
-            answer = predict_file(model, f, cfg.sample_rate, cfg.crop_samples, label_names)
+            answer = predict_file(members, f, cfg.sample_rate, label_names)
         except ValueError as exc:
             failed += 1
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -128,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_text(answer, top, cfg.crop_seconds), flush=True)
     if args.json:
         doc = {
-            "checkpoint": str(path),
+            "checkpoint": str(paths[0]),
+            "checkpoints": [str(p) for p in paths],
             "run_id": run_id,
             "arch": cfg.arch,
             "sample_rate": cfg.sample_rate,

@@ -91,6 +91,14 @@ def build_parser() -> Parser:
         metavar="H",
         help="GPU budget of the search (GPUs per trial x trial wall time, summed), stopping it the same way",
     )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help=f"after the search, the K trials with the lowest validation loss are also evaluated as one "
+        f"model (their mean probabilities) on the test split, beside the best trial; predict and evaluate "
+        f"--search use it (default {P.ENSEMBLE}; 1: the best trial alone)",
+    )
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as resources allow)")
     p.add_argument(
         "--gpus-per-trial",

@@ -82,6 +82,7 @@ class SmokeSearch:
     checkpoint: str  # the best trial's checkpoint directory (mgc.checkpoint)
     cache: str  # the search's waveform cache (22,050 Hz, demo-smoke)
     results: object  # pathlib.Path: the search's results folder
+    name: str = ""  # the search's name (its search run's mgc.search tag)
 
 
 def _run_module(module: str, *args: str, env: dict | None = None, cwd=None, timeout: int = 600):
@@ -152,6 +153,7 @@ def smoke_search(tmp_path_factory) -> SmokeSearch:
         checkpoint=parent.data.tags["mgc.checkpoint"],
         cache=parent.data.params["cache"],
         results=results,
+        name=parent.data.tags["mgc.search"],
     )
 
 

@@ -332,3 +332,23 @@ def load_train_state(directory: str | Path) -> dict | None:
         return torch.load(f, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated file without a seal to tell
         raise UserError(f"cannot read {f}: {exc.__class__.__name__}; is it an mgc_ray checkpoint?") from None
+
+
+def check_members(payloads: list[Payload], where: list) -> None:
+    """The models of one ensemble must take the same audio and name the same genres in the same order.
+
+    Raises:
+        UserError: naming the first member that differs from the first.
+    """
+    first = payloads[0]
+    for payload, path in zip(payloads[1:], where[1:]):
+        if payload.model_config.sample_rate != first.model_config.sample_rate:
+            raise UserError(
+                f"checkpoint {path} takes {payload.model_config.sample_rate} Hz audio, {where[0]} "
+                f"{first.model_config.sample_rate} Hz: an ensemble's members must take the same audio"
+            )
+        if tuple(payload.label_names) != tuple(first.label_names):
+            raise UserError(
+                f"checkpoint {path} names genres {list(payload.label_names)}, {where[0]} "
+                f"{list(first.label_names)}: an ensemble's members must be trained on the same genres"
+            )

@@ -7,6 +7,7 @@ takes nothing but the plan, the search space, the manifest and the trial resourc
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -546,6 +547,46 @@ def _score_trial(result, datasets, c, exp_id, parent, scorer: SplitScorer) -> di
     return dict(result=result, scores=scores, payload=payload, checkpoint=ckpt_path, run_id=run_id)
 
 
+def _ensemble(plan, ok: list, rows: dict, datasets, c, exp_id, parent, scorer: SplitScorer) -> dict | None:
+    """The `plan.ensemble` trials with the lowest validation loss, scored together on the test split
+    (`scoring.ensemble_scores`: their mean probabilities), or None when fewer than 2 trials finished
+    or the plan asks for the best alone. A member whose every checkpoint is damaged is left out with
+    one line; members already scored (the best, the paper trial) are not scored again."""
+    from mgc_ray.models.checkpoint import DamagedCheckpoint
+    from mgc_ray.trial.scoring import ensemble_scores
+
+    top = sorted(ok, key=lambda r: r.metrics[METRIC], reverse=MODE == "max")[: max(plan.ensemble, 1)]
+    if len(top) < 2:
+        return None
+    done = {row["result"].metrics["trial_id"]: row for row in rows.values()}
+    members = []
+    for r in top:
+        trial = r.metrics["trial_id"]
+        try:
+            row = done.get(trial) or _score_trial(r, datasets, c, exp_id, parent, scorer)
+        except (DamagedCheckpoint, UserError) as exc:
+            print(f"mgc_ray: the ensemble leaves out trial {trial}: {exc}", file=sys.stderr, flush=True)
+            continue
+        members.append(row)
+    if len(members) < 2:
+        return None
+    label_names = list(members[0]["payload"].label_names)
+    return dict(
+        scores=ensemble_scores([m["scores"] for m in members], label_names),
+        payload=members[0]["payload"],
+        members=[
+            {
+                "trial": m["result"].metrics["trial_id"],
+                "checkpoint": str(m["checkpoint"]),
+                "run_id": m["run_id"],
+                "val_loss": float(m["result"].metrics[METRIC]),
+            }
+            for m in members
+        ],
+        run_id=None,
+    )
+
+
 def finish(
     plan,
     space,
@@ -576,6 +617,11 @@ def finish(
     rows = {"best": _score_trial(best, datasets, c, exp_id, parent, scorer)}
     if paper is not None:
         rows["paper"] = rows["best"] if paper is best else _score_trial(paper, datasets, c, exp_id, parent, scorer)
+    ensemble = _ensemble(plan, ok, rows, datasets, c, exp_id, parent, scorer)
+    if ensemble is not None:
+        rows["ensemble"] = ensemble
+        tracking.log_metrics(c, parent, {f"ensemble_{k}": v for k, v in _test_metrics(ensemble["scores"]).items()})
+        c.set_tag(parent, Tag.ENSEMBLE, json.dumps(ensemble["members"]))
     test = _test_metrics(rows["best"]["scores"])
     tracking.log_metrics(c, parent, test)
     c.set_tag(parent, Tag.BEST_TRIAL, best.metrics["trial_id"])

@@ -65,6 +65,7 @@ class Tag:
     BUDGET_ENDED = "mgc.budget_ended"  # on a search run: the budget ended it, and how
     CHANCE_CUTS = "mgc.chance_cuts"  # on a search run: ASHA rungs that cut among trials all at chance
     BEST_OVERALL = "mgc.best_overall"  # on each search run of a search over several archs: the best arch
+    ENSEMBLE = "mgc.ensemble"  # on a search run: JSON list of its ensemble's members (trial, checkpoint, run_id)
 
 
 EXPERIMENT_PREFIX = "mgc_ray/"
@@ -317,6 +318,84 @@ def resolve_run(uri: str, run_id: str) -> RunModel:
     parent = search_run(c, run, uri)
     cache = parent.data.params.get("cache") if parent is not None else None
     return RunModel(run_id=run_id, checkpoint=ckpt, arch=tags.get(Tag.ARCH), cache=cache)
+
+
+@dataclass(frozen=True)
+class SearchModel:
+    """A search's model: its ensemble's members, or its best trial alone.
+
+    Attributes:
+        run_id: the search run (of the best arch, for a search over several).
+        name: the search's name.
+        checkpoints: the members' checkpoint directories, best first (one: the best trial alone).
+        arch: the search run's arch.
+        cache: the search's cache (None if not recorded).
+    """
+
+    run_id: str
+    name: str
+    checkpoints: tuple[str, ...]
+    arch: str | None
+    cache: str | None
+
+
+def _search_runs_named(c, name: str) -> list:
+    exps = [e.experiment_id for e in c.search_experiments() if e.name.startswith(EXPERIMENT_PREFIX)]
+    if not exps:
+        return []
+    return c.search_runs(
+        exps, filter_string=f"tags.`{Tag.SOURCE}` = 'search' and tags.`{Tag.SEARCH}` = '{name}'", max_results=100
+    )
+
+
+def resolve_search(uri: str, search: str) -> SearchModel:
+    """A search (its name, or its search run's id) -> its ensemble's checkpoints (the `mgc.ensemble`
+    tag), or its best trial's alone when it kept no ensemble. A search over several archs answers
+    with its best arch's search run (`mgc.best_overall`).
+
+    Raises:
+        UserError: no store, no such search, a run that is not a search run, or a search with no model.
+    """
+    import json
+
+    c = open_store(uri)
+    runs = [] if "'" in search else _search_runs_named(c, search)
+    if not runs:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            runs = [c.get_run(search)]
+        except MlflowException:
+            raise UserError(
+                f"no search named or with run id {search!r} in the MLflow store {uri}: give the search's name "
+                "(its results folder's and its Optuna study's name) or its search run's id from the MLflow UI"
+            ) from None
+        if runs[0].data.tags.get(Tag.SOURCE) != "search":
+            raise UserError(
+                f"run {search} is not a search run: give a search's name or its search run's id "
+                "(a trial's run goes to --run-id)"
+            )
+    if len(runs) > 1:
+        best = runs[0].data.tags.get(Tag.BEST_OVERALL)
+        runs = [r for r in runs if r.data.tags.get(Tag.ARCH) == best] or runs[:1]
+    run = runs[0]
+    tags = run.data.tags
+    members = json.loads(tags[Tag.ENSEMBLE]) if tags.get(Tag.ENSEMBLE) else []
+    checkpoints = tuple(m["checkpoint"] for m in members) or (
+        (tags[Tag.CHECKPOINT],) if tags.get(Tag.CHECKPOINT) else ()
+    )
+    if not checkpoints:
+        raise UserError(
+            f"search {tags.get(Tag.SEARCH, search)} (run {run.info.run_id}) has no model: it did not finish; "
+            "resume it (python -m mgc_ray.tune --resume ...) or give --checkpoint DIR"
+        )
+    return SearchModel(
+        run_id=run.info.run_id,
+        name=tags.get(Tag.SEARCH, run.info.run_name),
+        checkpoints=checkpoints,
+        arch=tags.get(Tag.ARCH),
+        cache=run.data.params.get("cache"),
+    )
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:

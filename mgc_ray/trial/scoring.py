@@ -40,6 +40,8 @@ class Scores:
             tracks of each of `metrics.METRIC_NAMES` (`metrics.intervals`).
         labels, crop_pred, track_pred: (T,) true and predicted classes per track, in `track_ids`'
             order (what a paired comparison of two models on the same tracks resamples).
+        crop_prob, track_prob: (T, k) softmax probabilities per track, in `track_ids`' order: of the
+            centred crop, and of the crops' averaged logits (what an ensemble averages).
     """
 
     crop: Mapping[str, float]
@@ -52,6 +54,8 @@ class Scores:
     labels: np.ndarray | None = None
     crop_pred: np.ndarray | None = None
     track_pred: np.ndarray | None = None
+    crop_prob: np.ndarray | None = None
+    track_prob: np.ndarray | None = None
 
 
 def score_split(
@@ -79,14 +83,16 @@ def score_split(
         device=device,
     )
     crop, confusion = score(logits, labels, label_names), confusion_matrix(labels, logits.argmax(1), k)
-    crop_by_track = dict(zip(crop_ids.tolist(), logits.argmax(1).tolist()))  # one centred crop per track
+    crop_row = {int(t): i for i, t in enumerate(crop_ids.tolist())}  # one centred crop per track
+    crop_prob_all = _softmax(logits)  # (N, k)
     logits, labels, ids = predict_logits(
         model,
         eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="cover", device=str(device)),
         device=device,
     )
     logits, labels, tracks = track_level(logits, labels, ids)
-    crop_pred = np.array([crop_by_track[int(t)] for t in tracks], dtype=np.int64)  # (T,), tracks' order
+    crop_prob = crop_prob_all[[crop_row[int(t)] for t in tracks]]  # (T, k), tracks' order
+    crop_pred = crop_prob.argmax(1).astype(np.int64)  # (T,)
     track_pred = logits.argmax(1)  # (T,)
     return Scores(
         crop=crop,
@@ -99,7 +105,65 @@ def score_split(
         labels=np.asarray(labels, dtype=np.int64),
         crop_pred=crop_pred,
         track_pred=np.asarray(track_pred, dtype=np.int64),
+        crop_prob=crop_prob,
+        track_prob=_softmax(logits),
     )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """(N, k) probabilities of (N, k) logits, float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def from_probabilities(
+    crop_prob: np.ndarray, track_prob: np.ndarray, labels: np.ndarray, track_ids, label_names: list[str]
+) -> Scores:
+    """The Scores of a model known only by its per-track probabilities ((T, k) each, in `track_ids`'
+    order): an ensemble, whose probabilities are its members' mean. Its loss is the cross-entropy of
+    those probabilities (log p as logits: softmax(log p) = p)."""
+    k = len(label_names)
+    labels = np.asarray(labels, dtype=np.int64)
+    levels = {}
+    for name, prob in (("crop", crop_prob), ("track", track_prob)):
+        logits = np.log(np.clip(prob, 1e-12, None)).astype(np.float32)
+        levels[name] = (score(logits, labels, label_names), prob.argmax(1).astype(np.int64))
+    (crop, crop_pred), (track, track_pred) = levels["crop"], levels["track"]
+    return Scores(
+        crop=crop,
+        track=track,
+        confusion=confusion_matrix(labels, crop_pred, k),
+        track_confusion=confusion_matrix(labels, track_pred, k),
+        track_ids=tuple(int(t) for t in track_ids),
+        crop_ci=intervals(labels, crop_pred, k),
+        track_ci=intervals(labels, track_pred, k),
+        labels=labels,
+        crop_pred=crop_pred,
+        track_pred=track_pred,
+        crop_prob=np.asarray(crop_prob),
+        track_prob=np.asarray(track_prob),
+    )
+
+
+def ensemble_scores(members: list[Scores], label_names: list[str]) -> Scores:
+    """The Scores of the mean of `members`' probabilities, crop and track level (each member scored
+    on the same split by `score_split`).
+
+    Raises:
+        ValueError: the members were scored on different tracks, or without their probabilities.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    first = members[0]
+    for m in members:
+        if m.crop_prob is None or m.track_prob is None:
+            raise ValueError("a member's Scores carry no probabilities (scored before they were kept)")
+        if m.track_ids != first.track_ids:
+            raise ValueError("the ensemble's members were scored on different tracks")
+    crop = np.mean([m.crop_prob for m in members], axis=0)  # (T, k)
+    track = np.mean([m.track_prob for m in members], axis=0)  # (T, k)
+    return from_probabilities(crop, track, first.labels, first.track_ids, label_names)
 
 
 def score_checkpoint(checkpoint, ds, share: float = 0.0) -> tuple[Scores, object]:
