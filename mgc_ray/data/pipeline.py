@@ -153,6 +153,9 @@ def _samples(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int16)
 
 
+CENTRE, COVER = 0, 1  # the kind of an evaluation crop read with mode "centre+cover"
+
+
 def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: int = 0) -> dict:
     """Ray Data batch UDF: whole clips -> fixed-length int16 crops.
 
@@ -160,12 +163,14 @@ def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: i
         batch: numpy batch with track_id, label, samples (one array per clip).
         crop_len: samples per crop at the cache rate.
         mode: "random" (training: new crop per track per epoch), "centre"
-            (validation/test at crop level) or "cover" (crops covering the clip,
-            one row each, for track-level scores).
+            (validation/test at crop level), "cover" (crops covering the clip,
+            one row each, for track-level scores) or "centre+cover" (both, in one
+            read of the split: a test evaluation's two levels).
     Returns:
-        numpy batch with wave (n, crop_len) int16, label int64, track_id int64.
+        numpy batch with wave (n, crop_len) int16, label int64, track_id int64; with
+        "centre+cover" also kind int64 (CENTRE or COVER) per row.
     """
-    waves, labels, ids = [], [], []
+    waves, labels, ids, kinds = [], [], [], []
     for tid, lab, s in zip(batch["track_id"], batch["label"], batch["samples"]):
         x = _samples(s)
         if mode == "random":
@@ -175,16 +180,22 @@ def _crop_rows(batch: dict, *, crop_len: int, mode: str, seed: int = 0, epoch: i
             crops = [centre_crop(x, crop_len)]
         elif mode == "cover":
             crops = list(cover_crops(x, crop_len))
+        elif mode == "centre+cover":
+            crops = [centre_crop(x, crop_len), *cover_crops(x, crop_len)]
+            kinds.extend([CENTRE] + [COVER] * (len(crops) - 1))
         else:
             raise ValueError(f"unknown crop mode {mode!r}")
         waves.extend(crops)
         labels.extend([int(lab)] * len(crops))
         ids.extend([int(tid)] * len(crops))
-    return {
+    out = {
         "wave": np.stack(waves).astype(np.int16, copy=False),
         "label": np.asarray(labels, dtype=np.int64),
         "track_id": np.asarray(ids, dtype=np.int64),
     }
+    if kinds:
+        out["kind"] = np.asarray(kinds, dtype=np.int64)
+    return out
 
 
 @dataclass(frozen=True)
@@ -481,10 +492,12 @@ def eval_batches(
     """Deterministic crops for validation/test.
 
     Args:
-        mode: "centre" (one centred crop per track, the paper's) or "cover"
-            (crops covering the whole clip; average their logits per track_id).
+        mode: "centre" (one centred crop per track, the paper's), "cover"
+            (crops covering the whole clip; average their logits per track_id), or
+            "centre+cover" (both from one read of the split).
     Yields:
-        (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)).
+        (wave (B, crop_len) float32 on `device`, label (B,), track_id (B,)); with
+        "centre+cover" also kind (B,): CENTRE or COVER.
     """
     _quiet_ray_data()
     crops = _map(
@@ -523,7 +536,12 @@ def _to_device(
         for b in batches:
             wave = b["wave"].to(device, non_blocking=True).float().div_(INT16_SCALE)  # (B, crop_len)
             label = b["label"].to(device, non_blocking=True).long()  # (B,)
-            yield (wave, label, b["track_id"]) if with_ids else (wave, label)
+            if not with_ids:
+                yield wave, label
+            elif "kind" in b:
+                yield wave, label, b["track_id"], b["kind"]
+            else:
+                yield wave, label, b["track_id"]
     finally:
         # an epoch left early (a stopped trial, a prefetched epoch closed): its execution and
         # tasks end now, not when the iterator is garbage-collected (Ray Data's iter_batches note)

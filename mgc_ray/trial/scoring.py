@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from mgc_ray.data.pipeline import eval_batches
+from mgc_ray.data.pipeline import CENTRE, eval_batches
 from mgc_ray.metrics import confusion_matrix, intervals
 from mgc_ray.trial.loop import (
     pick_device,
@@ -77,20 +77,15 @@ def score_split(
     device = device or pick_device()
     model = prepare_model(model, device)
     k = len(label_names)
-    logits, labels, crop_ids = predict_logits(
-        model,
-        eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="centre", device=str(device)),
-        device=device,
-    )
-    crop, confusion = score(logits, labels, label_names), confusion_matrix(labels, logits.argmax(1), k)
+    batches = eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="centre+cover", device=str(device))
+    logits, labels, tagged = predict_logits(model, _tagged(batches), device=device)
+    ids, centre = tagged // 2, tagged % 2 == CENTRE  # both levels from one read of the split
+    crop_logits, crop_labels, crop_ids = logits[centre], labels[centre], ids[centre]
+    crop = score(crop_logits, crop_labels, label_names)
+    confusion = confusion_matrix(crop_labels, crop_logits.argmax(1), k)
     crop_row = {int(t): i for i, t in enumerate(crop_ids.tolist())}  # one centred crop per track
-    crop_prob_all = _softmax(logits)  # (N, k)
-    logits, labels, ids = predict_logits(
-        model,
-        eval_batches(ds, crop_len=crop_len, batch_size=batch_size, mode="cover", device=str(device)),
-        device=device,
-    )
-    logits, labels, tracks = track_level(logits, labels, ids)
+    crop_prob_all = _softmax(crop_logits)  # (T, k)
+    logits, labels, tracks = track_level(logits[~centre], labels[~centre], ids[~centre])
     crop_prob = crop_prob_all[[crop_row[int(t)] for t in tracks]]  # (T, k), tracks' order
     crop_pred = crop_prob.argmax(1).astype(np.int64)  # (T,)
     track_pred = logits.argmax(1)  # (T,)
@@ -108,6 +103,13 @@ def score_split(
         crop_prob=crop_prob,
         track_prob=_softmax(logits),
     )
+
+
+def _tagged(batches):
+    """`eval_batches(mode="centre+cover")`'s batches with each crop's kind folded into its id
+    (track_id * 2 + kind), the form `predict_logits` collects."""
+    for wave, label, track_id, kind in batches:
+        yield wave, label, track_id * 2 + kind
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -100,6 +100,20 @@ def test_centre_and_cover_crops():
     assert cover["wave"][3, -1] == 999, "the last crop ends at the clip's end"
     with pytest.raises(ValueError, match="unknown crop mode"):
         _crop_rows(_clips(), crop_len=300, mode="middle")
+    assert "kind" not in centre and "kind" not in cover
+
+
+def test_centre_and_cover_in_one_read_are_the_same_crops_tagged_by_kind():
+    from mgc_ray.data.pipeline import CENTRE, COVER
+
+    centre = _crop_rows(_clips(), crop_len=300, mode="centre")
+    cover = _crop_rows(_clips(), crop_len=300, mode="cover")
+    both = _crop_rows(_clips(), crop_len=300, mode="centre+cover")
+    is_centre = both["kind"] == CENTRE
+    assert set(both["kind"].tolist()) == {CENTRE, COVER} and len(both["kind"]) == 3 + 7
+    for key in ("wave", "label", "track_id"):
+        assert np.array_equal(both[key][is_centre], centre[key]), key
+        assert np.array_equal(both[key][~is_centre], cover[key]), key
 
 
 # --- config conversion -----------------------------------------------------------
