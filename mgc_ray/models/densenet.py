@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from mgc_ray.config import ModelConfig
@@ -64,6 +63,11 @@ class DenseNet(HeadNet):
         drop_rate: float = 0.0,
         memory_efficient: bool = False,
     ) -> None:
+        # imported here, not with the module: `import torchvision` costs ~1 s of CPU (it imports
+        # torch._dynamo), paid by every process that imports the registry (the search driver, each
+        # trial, evaluate, predict) whether or not it builds a DenseNet
+        import torchvision
+
         super().__init__()
         self.config = config
         self.frontend = SpectrogramFrontEnd(config)

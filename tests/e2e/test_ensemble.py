@@ -82,14 +82,15 @@ def test_predict_search_answers_with_the_mean_of_its_members(smoke_search, fma_s
     assert json.loads(capsys.readouterr().out)["files"][0]["probabilities"] == pytest.approx(got)
 
 
-def test_unknown_search_is_one_clear_error(smoke_search, run_module, fma_samples):
+def test_unknown_search_is_one_clear_error(smoke_search, fma_samples):
+    """One line each (`run_cli` prints a UserError as `error: ...` and exits 2)."""
+    from mgc_ray.errors import UserError
+
     clip = os.path.join(fma_samples, REAL_CLIP)
-    proc = run_module("mgc_ray.predict", clip, "--search", "no-such-search", "--mlflow-uri", smoke_search.uri)
-    assert proc.returncode == 2
-    assert (
-        proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[0]]
-        and "no search named or with run id 'no-such-search'" in proc.stderr
-    )
-    assert "Traceback" not in proc.stderr
-    proc = run_module("mgc_ray.predict", clip, "--search", smoke_search.best_run_id, "--mlflow-uri", smoke_search.uri)
-    assert proc.returncode == 2 and "is not a search run" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(UserError, match="no search named or with run id 'no-such-search'") as err:
+        predict_main([clip, "--search", "no-such-search", "--mlflow-uri", smoke_search.uri])
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(UserError, match="is not a search run"):
+        predict_main([clip, "--search", smoke_search.best_run_id, "--mlflow-uri", smoke_search.uri])
+    with pytest.raises(UserError, match="no search named"):
+        evaluate_main(["--search", "no-such-search", "--mlflow-uri", smoke_search.uri])
