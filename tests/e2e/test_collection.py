@@ -125,6 +125,10 @@ def test_folder_per_genre_prepare_tune_evaluate_predict(tmp_path, run_module):
         "--audio-dir",
         str(music),
         "--smoke",
+        "--num-samples",  # one trial of one epoch: the check is on the collection's path through every command
+        "1",
+        "--max-epochs",
+        "1",
         "--no-dashboard",
         "--mlflow-uri",
         uri,

@@ -28,6 +28,10 @@ def test_another_seed_shares_the_cache_and_the_test_set(smoke_search, run_module
         "--no-dashboard",
         "--seed",
         "1",
+        "--num-samples",  # one trial of one epoch: the check is on the cache, the test set and the seeds
+        "1",
+        "--max-epochs",
+        "1",
         "--mlflow-uri",
         uri,
         "--results-dir",

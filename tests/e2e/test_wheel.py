@@ -62,6 +62,10 @@ def test_installed_wheel_runs_a_smoke_search_outside_the_checkout(tmp_path):
             "--arch",
             "baseline_a_2d",
             "--smoke",
+            "--num-samples",  # one trial of one epoch: the check is on the installed package, not the search
+            "1",
+            "--max-epochs",
+            "1",
             "--no-dashboard",
             "--mlflow-uri",
             f"sqlite:///{away / 'mlflow.db'}",
