@@ -34,10 +34,9 @@ from mgc_ray.stores import MLFLOW, OPTUNA, check_sqlite_store, check_tune_experi
 # the slowest we met), with 12-s clips that hold the paper's 10-s crop. (The learning check,
 # tests/e2e/test_learning.py, runs on `python -m mgc_ray.demo`'s larger default, 16 x 15 s.)
 DEMO = dict(tracks_per_genre=12, seconds=12.0)
-# --ensemble's default: the 3 best trials' mean probabilities. Three is the smallest ensemble with a
-# majority, and the top 3 of a 32-trial FMA search are all trials that ran to the last rung
-# (ASHA keeps about 1 in 4 per rung), so the members are comparably trained; each costs one
-# more test-split evaluation, not training.
+# --ensemble's default: the 3 best trials' mean probabilities. Three is the smallest ensemble in which
+# two members agreeing outweigh the third; each member costs one more test-split evaluation, not
+# training (the best and paper trials are scored anyway).
 ENSEMBLE = 3
 DEMO_SEARCH = dict(num_samples=4, max_epochs=4)
 # On a machine without a GPU the demo's default search ends the whole command within this
