@@ -306,3 +306,32 @@ def test_a_failed_trial_task_is_logged_in_one_line():
         "unavailable: RPC error: Socket closed"
     )
     assert logging.Formatter().format(record).count("\n") == 0
+
+
+def test_a_stopped_trials_removed_placement_group_is_not_a_traceback_but_other_errors_are():
+    """Tune removes a trial's placement group when it stops the trial; a read-ahead epoch's task that
+    fails for that is not logged with a traceback (data.pipeline._quiet_ray_data), any other error is."""
+    import io
+    import logging
+
+    from ray.exceptions import TaskPlacementGroupRemoved
+
+    from mgc_ray.data.pipeline import _quiet_ray_data
+
+    _quiet_ray_data()
+    _quiet_ray_data()  # idempotent: one filter
+    log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    log.addHandler(handler)
+    try:
+        for exc in (TaskPlacementGroupRemoved(), ValueError("a real failure")):
+            try:
+                raise exc
+            except Exception as e:  # noqa: BLE001
+                log.error("An exception was raised from a task", exc_info=e)
+    finally:
+        log.removeHandler(handler)
+    text = out.getvalue()
+    assert "TaskPlacementGroupRemoved" not in text and "ValueError: a real failure" in text
+    assert text.count("Traceback") == 1
